@@ -1,0 +1,155 @@
+"""Default boxes (priors): the fixed set of 8732 boxes every SSD300 prediction is relative to.
+
+Each source feature map k of size f_k x f_k tiles the image with cells; every cell holds a few
+boxes centred on it, one per (scale, aspect ratio) pair:
+
+* a square box of side s_k,
+* a square box of side s'_k = sqrt(s_k * s_{k+1})   (paper p.6: "an additional default box"),
+* for each ratio a in the map's list: a box w = s_k sqrt(a), h = s_k / sqrt(a) and its
+  transpose (ratio 1/a).
+
+Output order (the model's heads must produce the same order): map by map, then cell by cell
+row-major (y, then x), then box by box in the order above.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ssd_tutorial.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+
+__all__ = [
+    "DefaultBoxConfig",
+    "SSD300_VOC",
+    "PAPER",
+    "paper_scales",
+    "boxes_per_cell",
+    "boxes_per_map",
+    "default_boxes",
+]
+
+
+@dataclass(frozen=True)
+class DefaultBoxConfig:
+    """Where the default boxes go.  Sizes are in pixels of the ``image_size`` x ``image_size`` input.
+
+    * ``feature_maps`` -- side f_k of each source map.
+    * ``steps`` -- pixel distance between neighbouring cell centres on each map.  The cell
+      (i, j) of map k is centred at ((j + 0.5) * step_k, (i + 0.5) * step_k).
+    * ``min_sizes`` / ``max_sizes`` -- s_k and s_{k+1} in pixels; the extra square box has side
+      sqrt(min * max).
+    * ``aspect_ratios`` -- the ratios a > 1 used on each map; each brings a and 1/a.
+    * ``clip`` -- clip every box (in xyxy form) to the image.
+    """
+
+    image_size: int
+    feature_maps: tuple[int, ...]
+    steps: tuple[float, ...]
+    min_sizes: tuple[float, ...]
+    max_sizes: tuple[float, ...]
+    aspect_ratios: tuple[tuple[float, ...], ...]
+    clip: bool = False
+
+    def __post_init__(self) -> None:
+        n = len(self.feature_maps)
+        for name in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"DefaultBoxConfig.{name} has {len(getattr(self, name))} entries, "
+                    f"but there are {n} feature maps"
+                )
+        for k, (lo, hi) in enumerate(zip(self.min_sizes, self.max_sizes)):
+            if not 0 < lo <= hi:
+                raise ValueError(f"map {k}: need 0 < min_size <= max_size, got {lo}, {hi}")
+        for k, ratios in enumerate(self.aspect_ratios):
+            if any(a <= 0 for a in ratios):
+                raise ValueError(f"map {k}: aspect ratios must be positive, got {ratios}")
+
+
+# The layout of the released Caffe SSD300 (and of most PyTorch ports).
+# Caffe SSD: conv4_3 gets scale 0.1 (30 px) and the others follow the paper's formula with
+# s_min = 0.2, s_max = 0.9 rounded to whole pixels in steps of 17% of 300 px; steps are the
+# rounded strides of the maps (300/38 ~ 8) rather than 300 / f_k.
+SSD300_VOC = DefaultBoxConfig(
+    image_size=300,
+    feature_maps=(38, 19, 10, 5, 3, 1),
+    steps=(8, 16, 32, 64, 100, 300),
+    min_sizes=(30, 60, 111, 162, 213, 264),
+    max_sizes=(60, 111, 162, 213, 264, 315),
+    aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+    clip=False,
+)
+
+
+def paper_scales(m: int = 6, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:
+    """The paper's scales (p.6, eq. 4): s_k = s_min + (s_max - s_min) / (m - 1) * (k - 1), k = 1..m."""
+    if m < 2:
+        raise ValueError(f"paper_scales needs at least 2 maps, got m={m}")
+    return [s_min + (s_max - s_min) * (k - 1) / (m - 1) for k in range(1, m + 1)]
+
+
+def _paper_config() -> DefaultBoxConfig:
+    maps = (38, 19, 10, 5, 3, 1)
+    s = paper_scales(len(maps))
+    # The paper leaves s_{m+1} (needed for the last extra box) unsaid; we extend the same
+    # arithmetic one step: 0.9 + 0.14 = 1.04.
+    s_next = s[1:] + [s[-1] + (s[1] - s[0])]
+    return DefaultBoxConfig(
+        image_size=300,
+        feature_maps=maps,
+        steps=tuple(300 / f for f in maps),  # paper p.6: centres at ((i + 0.5) / |f_k|, ...)
+        min_sizes=tuple(300 * v for v in s),
+        max_sizes=tuple(300 * v for v in s_next),
+        # paper p.7: conv4_3, conv10_2 and conv11_2 use only 4 boxes (ratios 1, 2, 1/2)
+        aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+        clip=False,
+    )
+
+
+# The paper's formula taken literally: s_k from 0.2 to 0.9 on all six maps.
+PAPER = _paper_config()
+
+
+def boxes_per_cell(cfg: DefaultBoxConfig = SSD300_VOC) -> tuple[int, ...]:
+    """Boxes in each cell of each map: 2 squares + 2 per aspect ratio -> (4, 6, 6, 6, 4, 4)."""
+    return tuple(2 + 2 * len(r) for r in cfg.aspect_ratios)
+
+
+def boxes_per_map(cfg: DefaultBoxConfig = SSD300_VOC) -> tuple[int, ...]:
+    """Boxes on each map, f_k^2 x boxes per cell -> (5776, 2166, 600, 150, 36, 4) for SSD300."""
+    return tuple(f * f * a for f, a in zip(cfg.feature_maps, boxes_per_cell(cfg)))
+
+
+def _cell_shapes(cfg: DefaultBoxConfig, k: int) -> Tensor:
+    """Normalized (w, h) of the boxes in one cell of map k, in output order -> [A_k, 2]."""
+    s = cfg.min_sizes[k] / cfg.image_size
+    s_extra = math.sqrt(cfg.min_sizes[k] * cfg.max_sizes[k]) / cfg.image_size
+    shapes = [(s, s), (s_extra, s_extra)]
+    for a in cfg.aspect_ratios[k]:
+        r = math.sqrt(a)
+        shapes += [(s * r, s / r), (s / r, s * r)]
+    return torch.tensor(shapes, dtype=torch.float64)
+
+
+def default_boxes(cfg: DefaultBoxConfig = SSD300_VOC) -> Tensor:
+    """All default boxes of ``cfg`` -> ``[P, 4]`` cxcywh, normalized to [0, 1] (P = 8732 for SSD300).
+
+    Vectorized per map: a grid of cell centres [f*f, 1, 2] is broadcast against the cell's box
+    shapes [1, A, 2].  Computed in float64 and returned as float32.
+    """
+    per_map = []
+    for k, f in enumerate(cfg.feature_maps):
+        idx = torch.arange(f, dtype=torch.float64)
+        centres_1d = (idx + 0.5) * cfg.steps[k] / cfg.image_size  # [f]
+        cy, cx = torch.meshgrid(centres_1d, centres_1d, indexing="ij")  # row-major: y, then x
+        centres = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2)  # [f*f, 1, 2]
+        shapes = _cell_shapes(cfg, k)[None]  # [1, A, 2]
+        boxes = torch.cat(torch.broadcast_tensors(centres, shapes), dim=-1)  # [f*f, A, 4]
+        per_map.append(boxes.reshape(-1, 4))  # [f*f*A, 4]
+    priors = torch.cat(per_map)  # [P, 4] cxcywh
+    if cfg.clip:
+        priors = xyxy_to_cxcywh(cxcywh_to_xyxy(priors).clamp(0, 1))
+    return priors.float()

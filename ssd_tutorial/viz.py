@@ -1,0 +1,176 @@
+"""Plotting helpers the chapters share: images, boxes, default boxes, and real source code.
+
+Everything draws on a matplotlib ``Axes`` and returns it, so chapters can compose figures.
+Images may be ``uint8 [3, H, W]`` tensors, ``float [3, H, W]`` tensors in [0, 1], or
+``[H, W, 3]`` numpy arrays.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.patches import Rectangle
+from torch import Tensor
+
+from ssd_tutorial.boxes import cxcywh_to_xyxy
+from ssd_tutorial.default_boxes import SSD300_VOC, DefaultBoxConfig, boxes_per_cell, boxes_per_map, default_boxes
+
+__all__ = [
+    "COLORS",
+    "to_hwc",
+    "load_sample_photo",
+    "show_image",
+    "draw_boxes",
+    "draw_default_boxes",
+    "show_source",
+]
+
+# A qualitative palette (matplotlib's tab10) so class k always gets the same colour.
+COLORS = [plt.get_cmap("tab10")(i) for i in range(10)]
+
+
+def to_hwc(image: Tensor | np.ndarray) -> np.ndarray:
+    """Any supported image -> ``[H, W, 3]`` float array in [0, 1] for ``imshow``."""
+    if isinstance(image, Tensor):
+        image = image.detach().cpu()
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)  # [3, H, W] -> [H, W, 3]
+        image = image.numpy()
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    if image.ndim == 2 or image.shape[-1] == 1:
+        image = np.repeat(image.reshape(image.shape[0], image.shape[1], 1), 3, axis=-1)
+    return np.clip(image, 0.0, 1.0)
+
+
+def load_sample_photo() -> Tensor:
+    """The photo every chapter uses: matplotlib's sample ``grace_hopper.jpg`` -> uint8 ``[3, 600, 512]``.
+
+    It ships with matplotlib, so no download is needed.
+    """
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        array = plt.imread(f)  # [H, W, 3] uint8
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def show_image(image: Tensor | np.ndarray, ax: Axes | None = None, title: str | None = None) -> Axes:
+    """Show an image without axes ticks."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(to_hwc(image))
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def draw_boxes(
+    ax: Axes,
+    boxes_xyxy: Tensor | np.ndarray | Sequence[Sequence[float]],
+    labels: Sequence[Any] | None = None,
+    colors: Sequence[Any] | Any | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    linewidth: float = 2.0,
+    linestyle: str = "-",
+    alpha: float = 1.0,
+    fontsize: float = 9,
+) -> Axes:
+    """Draw ``[N, 4]`` xyxy boxes on ``ax``.
+
+    ``scale = (width, height)`` turns normalized boxes into pixels.  ``labels`` (strings or
+    numbers) are written at each box's top-left corner.  ``colors`` is one colour or one per box.
+    """
+    boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4)
+    sx, sy = scale
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        if colors is None:
+            color = COLORS[i % len(COLORS)]
+        elif isinstance(colors, (list, tuple)) and len(colors) == len(boxes) and not isinstance(colors[0], float):
+            color = colors[i]
+        else:
+            color = colors
+        ax.add_patch(
+            Rectangle(
+                (x1 * sx, y1 * sy),
+                (x2 - x1) * sx,
+                (y2 - y1) * sy,
+                fill=False,
+                edgecolor=color,
+                linewidth=linewidth,
+                linestyle=linestyle,
+                alpha=alpha,
+            )
+        )
+        if labels is not None:
+            ax.text(
+                x1 * sx,
+                y1 * sy,
+                str(labels[i]),
+                color="white",
+                fontsize=fontsize,
+                va="bottom",
+                bbox=dict(facecolor=color, edgecolor="none", pad=1, alpha=0.8),
+            )
+    return ax
+
+
+def draw_default_boxes(
+    ax: Axes,
+    map_index: int,
+    cells: Sequence[tuple[int, int]] = ((0, 0),),
+    cfg: DefaultBoxConfig = SSD300_VOC,
+    scale: tuple[float, float] = (1.0, 1.0),
+    show_centres: bool = True,
+) -> Axes:
+    """Draw the default boxes of the given ``(row, col)`` cells of feature map ``map_index``.
+
+    Boxes come from :func:`ssd_tutorial.default_boxes.default_boxes`, so what is drawn is what
+    the model uses.  ``scale = (width, height)`` maps normalized coordinates to the image.
+    """
+    priors = default_boxes(cfg)  # [P, 4] cxcywh normalized
+    start = sum(boxes_per_map(cfg)[:map_index])
+    f = cfg.feature_maps[map_index]
+    a = boxes_per_cell(cfg)[map_index]
+    for row, col in cells:
+        first = start + (row * f + col) * a
+        cell_boxes = cxcywh_to_xyxy(priors[first : first + a])  # [A, 4] xyxy
+        draw_boxes(ax, cell_boxes, colors=[COLORS[i % 10] for i in range(a)], scale=scale, linewidth=1.5)
+        if show_centres:
+            cx, cy = priors[first, :2].tolist()
+            ax.plot(cx * scale[0], cy * scale[1], "o", color="red", markersize=3)
+    return ax
+
+
+class _Source:
+    """The source of a function, shown highlighted in a notebook and as plain text elsewhere."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def __repr__(self) -> str:
+        return self.code
+
+    def _repr_html_(self) -> str:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+
+        formatter = HtmlFormatter(noclasses=True, style="default")
+        return highlight(self.code, PythonLexer(), formatter)
+
+
+def show_source(obj: Any) -> _Source:
+    """The real source of ``obj`` (a function, class or module) for display in a chapter.
+
+    Chapters show the package's code with this instead of copying it, so the book can never
+    drift from what runs.
+    """
+    return _Source(inspect.getsource(obj).rstrip("\n"))
