@@ -2,8 +2,6 @@
 
 nbval starts one kernel per notebook after collection; the kernel inherits this environment.
 """
-import os
+from execute_notebooks import apply_deterministic_env
 
-from execute_notebooks import DETERMINISTIC_ENV
-
-os.environ.update(DETERMINISTIC_ENV)
+apply_deterministic_env()

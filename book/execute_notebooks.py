@@ -21,8 +21,6 @@ DETERMINISTIC_ENV = {
     "PYTHONHASHSEED": "0",
     "OMP_NUM_THREADS": "2",
     "MKL_NUM_THREADS": "2",
-    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-    "TQDM_DISABLE": "0",
 }
 COLAB_MARKER = "# Colab only"
 
@@ -74,8 +72,14 @@ def execute(path: Path) -> float:
     return elapsed
 
 
-def main(argv: list[str]) -> int:
+def apply_deterministic_env() -> None:
+    """Set the fixed settings; leave the plot backend to the kernel (inline), whatever the shell says."""
     os.environ.update(DETERMINISTIC_ENV)
+    os.environ.pop("MPLBACKEND", None)
+
+
+def main(argv: list[str]) -> int:
+    apply_deterministic_env()
     paths = [Path(a).resolve() for a in argv] or chapters_from_toc()
     missing = [p for p in paths if not p.exists()]
     for p in missing:
