@@ -58,7 +58,8 @@ def load_sample_photo() -> Tensor:
 
     with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
         array = plt.imread(f)  # [H, W, 3] uint8
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+    # np.array copies: imread may hand back a read-only array, which torch warns about
+    return torch.from_numpy(np.array(array)).permute(2, 0, 1).contiguous()
 
 
 def show_image(image: Tensor | np.ndarray, ax: Axes | None = None, title: str | None = None) -> Axes:
@@ -135,9 +136,15 @@ def draw_default_boxes(
     Boxes come from :func:`ssd_tutorial.default_boxes.default_boxes`, so what is drawn is what
     the model uses.  ``scale = (width, height)`` maps normalized coordinates to the image.
     """
+    n_maps = len(cfg.feature_maps)
+    if not 0 <= map_index < n_maps:
+        raise IndexError(f"map_index {map_index} is out of range: the layout has {n_maps} maps")
+    f = cfg.feature_maps[map_index]
+    for row, col in cells:
+        if not (0 <= row < f and 0 <= col < f):
+            raise IndexError(f"cell ({row}, {col}) is outside feature map {map_index} of size {f}x{f}")
     priors = default_boxes(cfg)  # [P, 4] cxcywh normalized
     start = sum(boxes_per_map(cfg)[:map_index])
-    f = cfg.feature_maps[map_index]
     a = boxes_per_cell(cfg)[map_index]
     for row, col in cells:
         first = start + (row * f + col) * a

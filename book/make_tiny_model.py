@@ -1,0 +1,101 @@
+"""Train the tiny SSD300 that chapters 08-10 load: ``book/results/shapes_tiny.pt``.
+
+    python book/make_tiny_model.py                 # ~25 minutes on one CPU thread
+    python book/make_tiny_model.py --iters 200     # a quicker, weaker model
+
+It runs the package's own training loop (``ssd_tutorial.train.train``) on the ``shapes_cpu``
+preset with more iterations, then stores a plain ``state_dict`` of
+``tiny_ssd300(num_classes=len(SHAPES_CLASSES) + 1)`` (loadable with ``weights_only=True``) and
+``shapes_tiny.json`` beside it: how it was made and its VOC mAP@0.5 (11-point) on held-out
+shapes (a different seed from training).  The run is resumable: run it again with the same
+``--work-dir`` after an interruption.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ssd_tutorial.checkpoint import latest_checkpoint, load_checkpoint
+    from ssd_tutorial.config import get_config
+    from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset
+    from ssd_tutorial.model import tiny_ssd300
+    from ssd_tutorial.train import evaluate_model, train
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=1500)
+    parser.add_argument("--work-dir", default=str(ROOT / "runs" / "shapes_tiny"), help="checkpoints (resumable)")
+    parser.add_argument("--out", default=str(ROOT / "book" / "results" / "shapes_tiny.pt"))
+    parser.add_argument("--eval-images", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--export-only", action="store_true", help="no training: export the work dir's last.pt")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    # The shapes_cpu preset, longer.  Each image is generated fresh (20000 > iterations x batch),
+    # so the tiny model never sees an image twice; the SSD augmentation is switched off because
+    # in a short run it mostly makes objects smaller and slows learning (chapter 07 shows it).
+    cfg = get_config(
+        "shapes_cpu",
+        name="shapes_tiny",
+        shapes_train_images=20_000,
+        augment=False,
+        max_iters=args.iters,
+        lr_steps=(int(args.iters * 0.8),),
+        warmup_iters=50,
+        log_every=25,
+        checkpoint_every=100,
+        keep_checkpoints=1,
+    )
+    work_dir = Path(args.work_dir)
+    resume = latest_checkpoint(work_dir) is not None
+    start = time.perf_counter()
+    if not args.export_only:
+        train(cfg, work_dir, resume=resume, device="cpu", progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+
+    state = load_checkpoint(work_dir / "last.pt")
+    model = tiny_ssd300(num_classes=len(SHAPES_CLASSES) + 1)
+    model.load_state_dict(state["model"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+
+    held_out = ShapesDataset(args.eval_images, seed=cfg.shapes_val_seed)
+    result = evaluate_model(model, held_out, SHAPES_CLASSES, "cpu", use_07_metric=True)
+    metrics = [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    info = {
+        "file": out.name,
+        "model": "tiny_ssd300 (SSD300 with width_mult 0.125)",
+        "num_classes": len(SHAPES_CLASSES) + 1,
+        "classes": list(SHAPES_CLASSES),
+        "config": cfg.to_dict(),
+        "iterations": int(state["iteration"]),
+        "scheduled_iterations": cfg.max_iters,
+        "train_seconds_this_call": round(seconds, 1),
+        "device": "cpu",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "map50_voc07_11point": round(result["map"], 4),
+        "ap": {k: round(v, 4) for k, v in result["ap"].items()},
+        "eval": f"{args.eval_images} ShapesDataset images, seed {cfg.shapes_val_seed} (training used seed {cfg.shapes_train_seed})",
+        "loss_curve": [{"iteration": m["iteration"], "loss": round(m["loss"], 4)} for m in metrics if "loss" in m],
+        "made_by": "python book/make_tiny_model.py",
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    print(json.dumps({k: info[k] for k in ("iterations", "map50_voc07_11point", "ap")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

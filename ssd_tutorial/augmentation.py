@@ -1,0 +1,494 @@
+"""Augmentation: the paper's "data augmentation" (p.6), one function per piece.
+
+> "each training image is randomly sampled by one of the following options: use the entire
+> original input image; sample a patch so that the minimum jaccard overlap with the objects is
+> 0.1, 0.3, 0.5, 0.7, or 0.9; randomly sample a patch. The size of each sampled patch is
+> [0.1, 1] of the original image size, and the aspect ratio is between 1/2 and 2. [...] each
+> sampled patch is resized to fixed size and is horizontally flipped with probability of 0.5, in
+> addition to applying some photo-metric distortions" -- Liu et al. 2016, p.6
+
+plus the zoom-out ("expansion", p.9) that creates small objects.  The training pipeline, as in
+the released Caffe code, is::
+
+    photometric distortion -> zoom out (p=0.5, up to 4x, mean fill) -> random IoU crop
+    -> horizontal flip (p=0.5) -> resize to size x size -> normalize (ImageNet mean/std)
+
+Each piece is split into ``sample_*`` (draw the random parameters from a ``torch.Generator``)
+and ``apply_*`` (deterministic), so a chapter or a test can fix the parameters, and so that
+:class:`SSDAugmentation` can run the pieces in a cheaper order with the same result (see its
+docstring).  Images are ``[3, H, W]`` tensors: uint8 in, float in [0, 255] in between, float
+normalized out.  Boxes are xyxy in pixels until the end, where they become normalized xyxy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssd_tutorial.boxes import box_iou
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MIN_IOU_CHOICES",
+    "PhotometricParams",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
+    "sample_photometric",
+    "apply_photometric",
+    "photometric_distort",
+    "ZoomOutParams",
+    "sample_zoom_out",
+    "apply_zoom_out",
+    "zoom_out",
+    "sample_iou_crop",
+    "apply_crop",
+    "random_iou_crop",
+    "hflip",
+    "random_hflip",
+    "resize_image",
+    "normalize",
+    "denormalize",
+    "to_normalized_boxes",
+    "SSDAugmentation",
+]
+
+# ImageNet statistics (RGB, images in [0, 1]) that torchvision's VGG16 weights expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# The crop options; None = keep the whole image, -inf = any patch (no overlap constraint).
+# paper p.6: min IoU in {0.1, 0.3, 0.5, 0.7, 0.9}.  (ssd.pytorch drops 0.5; we keep it.)
+MIN_IOU_CHOICES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    """One uniform draw in [0, 1)."""
+    return float(torch.rand((), generator=generator))
+
+
+def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
+    return low + (high - low) * _rand(generator)
+
+
+def _mean_pixel(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
+    """The fill colour of zoom-out: ImageNet mean in [0, 255] (rounded for uint8), ``[3, 1, 1]``.
+
+    Caffe SSD: fills with its mean pixel (104, 117, 123) BGR, the same colour; after
+    normalization it becomes 0.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=device).mul(255.0)
+    if dtype == torch.uint8:
+        mean = mean.round()
+    return mean.to(dtype).reshape(3, 1, 1)  # [3, 1, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Photometric distortion
+# --------------------------------------------------------------------------------------------
+def rgb_to_hsv(image: Tensor) -> Tensor:
+    """RGB float ``[3, H, W]`` in [0, 255] -> HSV ``[3, H, W]``: H in [0, 1), S in [0, 1], V in [0, 255].
+
+    Written with arithmetic on masks rather than ``torch.where``/``gather``: several times
+    faster on CPU.
+    """
+    r, g, b = image.unbind(0)  # each [H, W]
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    delta = maxc - minc
+    safe = delta + (delta == 0).to(image.dtype)  # 1 where grey: the hue formulas give 0 there
+    is_r = (maxc == r).to(image.dtype)
+    is_g = (maxc == g).to(image.dtype) * (1 - is_r)
+    is_b = 1 - is_r - is_g
+    hue = (is_r * (g - b) + is_g * (2 * delta + b - r) + is_b * (4 * delta + r - g)) / (6 * safe)
+    hue = hue - torch.floor(hue)  # wrap to [0, 1)
+    sat = delta / maxc.clamp_min(1e-12)
+    return torch.stack((hue, sat, maxc))  # [3, H, W]
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """Inverse of :func:`rgb_to_hsv`: HSV ``[3, H, W]`` -> RGB float ``[3, H, W]`` in [0, 255].
+
+    Channel n of (R, G, B) = V - V S clamp(min(k, 4 - k), 0, 1) with k = (n + 6 H) mod 6 and
+    n = 5, 3, 1 (the closed form of the six-sector table).
+    """
+    hue, sat, val = hsv.unbind(0)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = n + 6.0 * hue
+        k = k - 6.0 * torch.floor(k / 6.0)  # mod 6
+        channels.append(val - val * sat * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(channels)  # [3, H, W]
+
+
+@dataclass(frozen=True)
+class PhotometricParams:
+    """One draw of the photometric distortion; ``None`` = that step is skipped.
+
+    brightness: added to every channel; contrast: multiplies every channel; saturation:
+    multiplies S; hue: added to H, in degrees; contrast_first: contrast before (True) or after
+    the HSV steps; channel_order: a permutation of (0, 1, 2) or None.
+    """
+
+    brightness: float | None = None
+    contrast: float | None = None
+    contrast_first: bool = True
+    saturation: float | None = None
+    hue: float | None = None
+    channel_order: tuple[int, int, int] | None = None
+
+
+def sample_photometric(
+    generator: torch.Generator | None = None,
+    brightness_delta: float = 32.0,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: float = 18.0,
+    channel_swap_prob: float = 0.0,
+) -> PhotometricParams:
+    """Draw the distortion of the released Caffe SSD (``distort_param`` of ssd_pascal.py).
+
+    Each of brightness (+-32), contrast (x0.5-1.5), saturation (x0.5-1.5) and hue (+-18 deg)
+    happens with probability 0.5; contrast goes before or after the HSV steps with equal odds
+    (the "random order").  Caffe SSD: ``random_order_prob`` = 0, so channels are never swapped
+    by default; ssd.pytorch swaps them with probability 0.5 (pass ``channel_swap_prob=0.5``).
+    """
+    brightness = _uniform(generator, -brightness_delta, brightness_delta) if _rand(generator) < 0.5 else None
+    contrast_first = _rand(generator) < 0.5
+    contrast = _uniform(generator, *contrast_range) if _rand(generator) < 0.5 else None
+    saturation = _uniform(generator, *saturation_range) if _rand(generator) < 0.5 else None
+    hue = _uniform(generator, -hue_delta, hue_delta) if _rand(generator) < 0.5 else None
+    order = None
+    if _rand(generator) < channel_swap_prob:
+        perms = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # all but the identity
+        order = perms[int(torch.randint(len(perms), (), generator=generator))]
+    return PhotometricParams(brightness, contrast, contrast_first, saturation, hue, order)
+
+
+def _scale_saturation(image: Tensor, factor: float) -> Tensor:
+    """Multiply HSV saturation by ``factor`` (capped at S = 1) without converting to HSV.
+
+    With V = max and S = (max - min) / max, a channel is c = V (1 - S g(H)); scaling S by k
+    keeps V and H, so c' = V - (V - c) k', where k' = min(k, 1 / S) = min(k, V / (max - min)).
+    Same numbers as the HSV round trip (a test checks it), at a fraction of the cost.
+    """
+    r, g, b = image.unbind(0)
+    maxc = torch.maximum(torch.maximum(r, g), b)  # [H, W]
+    minc = torch.minimum(torch.minimum(r, g), b)  # [H, W]
+    spread = maxc - minc
+    cap = torch.where(spread > 0, maxc / spread.clamp_min(1e-12), torch.full_like(maxc, factor))
+    k = cap.clamp(max=factor)  # [H, W]
+    return (maxc - (maxc - image) * k).clamp_(0.0, 255.0)
+
+
+def apply_photometric(image: Tensor, params: PhotometricParams) -> Tensor:
+    """Apply a drawn distortion to float ``[3, H, W]`` in [0, 255]; returns the same shape and range.
+
+    Every step is per pixel, so it commutes with cropping and flipping (used by SSDAugmentation).
+    Values are clamped to [0, 255] after each step, as on Caffe's 8-bit images.
+    """
+    out = image
+    if params.brightness is not None:
+        out = (out + params.brightness).clamp_(0.0, 255.0)
+
+    def contrast(x: Tensor) -> Tensor:
+        return (x * params.contrast).clamp_(0.0, 255.0) if params.contrast is not None else x
+
+    if params.contrast_first:
+        out = contrast(out)
+    if params.saturation is not None:
+        out = _scale_saturation(out, params.saturation)
+    if params.hue is not None:
+        hsv = rgb_to_hsv(out)  # [3, H, W]
+        hsv[0] = (hsv[0] + params.hue / 360.0) % 1.0
+        out = hsv_to_rgb(hsv).clamp_(0.0, 255.0)
+    if not params.contrast_first:
+        out = contrast(out)
+    if params.channel_order is not None:
+        out = out[list(params.channel_order)]
+    return out
+
+
+def photometric_distort(image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random photometric distortion of float ``[3, H, W]`` in [0, 255] (see :func:`sample_photometric`)."""
+    return apply_photometric(image, sample_photometric(generator))
+
+
+# --------------------------------------------------------------------------------------------
+# Zoom out ("expansion")
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ZoomOutParams:
+    """Canvas ``width x height`` px with the image pasted at (left, top), integer pixels."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+
+
+def sample_zoom_out(
+    width: int, height: int, generator: torch.Generator | None = None, max_ratio: float = 4.0, p: float = 0.5
+) -> ZoomOutParams | None:
+    """With probability ``p``, a canvas 1 to ``max_ratio`` times the image's side; else None.
+
+    paper p.9: "we first randomly place an image on a canvas of 16x of the original image size
+    filled with mean values" -- 16x the area, i.e. up to 4x the side.
+    """
+    if _rand(generator) >= p:
+        return None
+    ratio = _uniform(generator, 1.0, max_ratio)
+    canvas_w, canvas_h = int(width * ratio), int(height * ratio)
+    left = int(_uniform(generator, 0, canvas_w - width))
+    top = int(_uniform(generator, 0, canvas_h - height))
+    return ZoomOutParams(canvas_w, canvas_h, left, top)
+
+
+def apply_zoom_out(image: Tensor, boxes: Tensor, params: ZoomOutParams | None) -> tuple[Tensor, Tensor]:
+    """Paste float ``[3, H, W]`` onto a mean-filled canvas; boxes ``[G, 4]`` xyxy px move with it."""
+    if params is None:
+        return image, boxes
+    h, w = image.shape[1:]
+    canvas = _mean_pixel(image.dtype, image.device).expand(3, params.height, params.width).clone()  # [3, H', W']
+    canvas[:, params.top : params.top + h, params.left : params.left + w] = image
+    shift = torch.tensor([params.left, params.top, params.left, params.top], dtype=boxes.dtype)
+    return canvas, boxes + shift
+
+
+def zoom_out(
+    image: Tensor, boxes: Tensor, generator: torch.Generator | None = None, max_ratio: float = 4.0, p: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """Random zoom-out of float ``[3, H, W]`` with boxes ``[G, 4]`` xyxy px."""
+    params = sample_zoom_out(image.shape[2], image.shape[1], generator, max_ratio, p)
+    return apply_zoom_out(image, boxes, params)
+
+
+# --------------------------------------------------------------------------------------------
+# Random IoU crop
+# --------------------------------------------------------------------------------------------
+def sample_iou_crop(
+    boxes: Tensor,
+    width: int,
+    height: int,
+    generator: torch.Generator | None = None,
+    min_iou: float | None | str = "random",
+    max_trials: int = 50,
+    min_scale: float = 0.3,
+    aspect_range: tuple[float, float] = (0.5, 2.0),
+) -> tuple[tuple[int, int, int, int] | None, float | None]:
+    """Draw a crop window ``(x1, y1, x2, y2)`` px for an image ``width x height`` with boxes ``[G, 4]`` xyxy px.
+
+    ``min_iou="random"`` draws the option from :data:`MIN_IOU_CHOICES`; a number fixes it.
+    A window has sides ``[min_scale, 1]`` of the image's, aspect ``h / w`` in ``aspect_range``,
+    IoU >= ``min_iou`` with at least one box (Caffe SSD's rule), and the centre of at least
+    one box inside.  Returns ``(window, min_iou)``; window is None (keep the whole image) for
+    the "original" option, for an image without boxes, or after ``max_trials`` failures.
+
+    Departures: paper p.6 says patch sizes [0.1, 1] of the image; the released code (Caffe and
+    ssd.pytorch) uses [0.3, 1] of each side.  Caffe SSD samples every option and picks among
+    the successes; we draw one option first, as ssd.pytorch does.
+    """
+    if isinstance(min_iou, str):
+        if min_iou != "random":
+            raise ValueError(f"min_iou must be a number, None or 'random', got {min_iou!r}")
+        min_iou = MIN_IOU_CHOICES[int(torch.randint(len(MIN_IOU_CHOICES), (), generator=generator))]
+    if min_iou is None or boxes.numel() == 0:
+        return None, min_iou
+    # All trials are drawn at once and checked together; the first that passes wins.
+    draws = torch.rand(max_trials, 4, generator=generator, dtype=torch.float64)  # [T, 4]
+    w = (min_scale + (1 - min_scale) * draws[:, 0]) * width  # [T]
+    h = (min_scale + (1 - min_scale) * draws[:, 1]) * height  # [T]
+    left = (draws[:, 2] * (width - w)).floor()
+    top = (draws[:, 3] * (height - h)).floor()
+    windows = torch.stack((left, top, (left + w).floor(), (top + h).floor()), dim=1)  # [T, 4] xyxy px
+    aspect = h / w
+    ok = (aspect >= aspect_range[0]) & (aspect <= aspect_range[1])
+    ok &= (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1])
+    iou = box_iou(windows.to(boxes.dtype), boxes)  # [T, G]
+    ok &= iou.max(dim=1).values >= min_iou
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [G, 2]
+    cx, cy = centres[None, :, 0], centres[None, :, 1]  # [1, G]
+    inside = (cx > windows[:, 0:1]) & (cx < windows[:, 2:3]) & (cy > windows[:, 1:2]) & (cy < windows[:, 3:4])  # [T, G]
+    ok &= inside.any(dim=1)
+    if bool(ok.any()):
+        first = int(ok.nonzero()[0])
+        x1, y1, x2, y2 = (int(v) for v in windows[first].tolist())
+        return (x1, y1, x2, y2), min_iou
+    return None, min_iou
+
+
+def apply_crop(
+    image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor, window: tuple[int, int, int, int] | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Crop ``[3, H, W]`` to ``window``; keep the boxes whose centre lies inside, clipped to it.
+
+    Boxes ``[G, 4]`` xyxy px come back in the window's frame, with ``labels [G]`` and
+    ``difficult [G]`` filtered alike.  A kept box always has positive area: its centre is
+    strictly inside, so the clipped box still contains it.
+    """
+    if window is None:
+        return image, boxes, labels, difficult
+    x1, y1, x2, y2 = window
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [G, 2]
+    keep = (centres[:, 0] > x1) & (centres[:, 0] < x2) & (centres[:, 1] > y1) & (centres[:, 1] < y2)
+    kept = boxes[keep]
+    lo = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype)
+    hi = torch.tensor([x2, y2, x2, y2], dtype=boxes.dtype)
+    kept = torch.minimum(torch.maximum(kept, lo), hi) - lo
+    return image[:, y1:y2, x1:x2], kept, labels[keep], difficult[keep]
+
+
+def random_iou_crop(
+    image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Random IoU crop of ``[3, H, W]`` with boxes ``[G, 4]`` xyxy px (see :func:`sample_iou_crop`)."""
+    window, _ = sample_iou_crop(boxes, image.shape[2], image.shape[1], generator)
+    return apply_crop(image, boxes, labels, difficult, window)
+
+
+# --------------------------------------------------------------------------------------------
+# Flip, resize, normalize
+# --------------------------------------------------------------------------------------------
+def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Mirror ``[3, H, W]`` left-right; boxes ``[G, 4]`` xyxy px: ``x -> W - x``."""
+    width = image.shape[2]
+    flipped = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
+    return image.flip(2), flipped
+
+
+def random_hflip(
+    image: Tensor, boxes: Tensor, generator: torch.Generator | None = None, p: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """:func:`hflip` with probability ``p`` (paper p.6: 0.5)."""
+    return hflip(image, boxes) if _rand(generator) < p else (image, boxes)
+
+
+def resize_image(image: Tensor, size: int) -> Tensor:
+    """Bilinear resize of ``[3, H, W]`` (uint8 or float) to ``[3, size, size]``, same dtype.
+
+    The aspect ratio is not kept (SSD warps).  Caffe SSD: OpenCV's linear warp on 8-bit images,
+    no antialiasing; torch's uint8 bilinear does the same and is several times faster than float.
+    """
+    if image.shape[1:] == (size, size):
+        return image
+    try:
+        return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]  # [3, S, S]
+    except RuntimeError:  # an older torch without uint8 bilinear: go through float
+        out = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+        return out.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else out
+
+
+def normalize(image: Tensor) -> Tensor:
+    """``[..., 3, H, W]`` in [0, 255] (uint8 or float) -> float ``(x / 255 - mean) / std`` (ImageNet)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
+    std = torch.tensor(IMAGENET_STD, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
+    return (image.float() / 255.0 - mean) / std
+
+
+def denormalize(image: Tensor) -> Tensor:
+    """Undo :func:`normalize` for display: ``[..., 3, H, W]`` -> float in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
+    std = torch.tensor(IMAGENET_STD, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
+    return (image * std + mean).clamp(0.0, 1.0)
+
+
+def to_normalized_boxes(boxes: Tensor, width: int, height: int) -> Tensor:
+    """Pixel xyxy ``[G, 4]`` -> normalized xyxy ``[G, 4]``, clamped to [0, 1]."""
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    return (boxes.float() / scale).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------
+class SSDAugmentation:
+    """``(image uint8 [3, H, W], target) -> (float [3, size, size] normalized, target)``.
+
+    ``target`` holds ``boxes`` ``[G, 4]`` xyxy px, ``labels`` ``[G]``, optionally ``difficult``
+    ``[G]`` (and anything else, passed through); the output has normalized xyxy boxes, never
+    degenerate, with labels and difficult filtered alike.  ``train=False``: resize + normalize
+    only.  Randomness comes from ``generator`` (call argument) or else torch's global RNG, which
+    DataLoader seeds differently in every worker.
+
+    Cheaper order, same result: all random parameters are drawn first (in the released order),
+    then the photometric distortion is applied only to the part of the original image that
+    survives the crop, before it is pasted on the zoom-out canvas, and the flip is done after
+    the resize, on the small image.  Per-pixel operations commute with cropping, the canvas fill
+    is never distorted (nor is it in the released order), and a left-right flip commutes with a
+    bilinear resize, so the output equals the straightforward order photometric -> zoom out ->
+    crop -> flip -> resize (a test checks it, up to 1/255 from rounding).  The distortion is
+    not moved after the resize: bilinear interpolation does not commute with clamping and the
+    HSV round trip.  Images stay 8-bit until the final normalization, as in Caffe SSD.
+    """
+
+    def __init__(self, size: int = 300, train: bool = True, channel_swap_prob: float = 0.0) -> None:
+        self.size = size
+        self.train = train
+        self.channel_swap_prob = channel_swap_prob
+
+    def __repr__(self) -> str:
+        return f"SSDAugmentation(size={self.size}, train={self.train})"
+
+    def __call__(
+        self, image: Tensor, target: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, dict[str, Any]]:
+        if not isinstance(image, Tensor) or image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            got = f"{image.dtype} {list(image.shape)}" if isinstance(image, Tensor) else type(image).__name__
+            raise TypeError(f"SSDAugmentation expects a uint8 [3, H, W] image, got {got}")
+        boxes = target["boxes"].float().reshape(-1, 4)  # [G, 4] xyxy px
+        labels = target["labels"]
+        difficult = target.get("difficult", torch.zeros(len(labels), dtype=torch.bool))
+        if not len(boxes) == len(labels) == len(difficult):
+            raise ValueError(
+                f"target of {target.get('image_id', '?')}: {len(boxes)} boxes, {len(labels)} labels, "
+                f"{len(difficult)} difficult flags"
+            )
+        height, width = image.shape[1:]
+        if self.train:
+            out, boxes, labels, difficult = self._train(image, boxes, labels, difficult, generator)
+        else:
+            out = resize_image(image, self.size)  # [3, S, S] uint8
+            boxes = to_normalized_boxes(boxes, width, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # positive area only
+        new_target = dict(target)
+        new_target.update(boxes=boxes[keep], labels=labels[keep], difficult=difficult[keep])
+        return normalize(out), new_target
+
+    def _train(
+        self, image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        height, width = image.shape[1:]
+        # 1. Draw every random choice, in the released order.
+        photo = sample_photometric(generator, channel_swap_prob=self.channel_swap_prob)
+        zoom = sample_zoom_out(width, height, generator)
+        if zoom is not None:
+            boxes = boxes + torch.tensor([zoom.left, zoom.top, zoom.left, zoom.top], dtype=boxes.dtype)
+            canvas_w, canvas_h, left, top = zoom.width, zoom.height, zoom.left, zoom.top
+        else:
+            canvas_w, canvas_h, left, top = width, height, 0, 0
+        window, _ = sample_iou_crop(boxes, canvas_w, canvas_h, generator)
+        flip = _rand(generator) < 0.5
+        # 2. Boxes: crop (in canvas coordinates).
+        cx1, cy1, cx2, cy2 = window if window is not None else (0, 0, canvas_w, canvas_h)
+        _, boxes, labels, difficult = apply_crop(image[:, :0, :0], boxes, labels, difficult, window)
+        # 3. Pixels: only the part of the original image inside the window gets distorted; it is
+        #    rounded back to 8 bits (Caffe SSD works on 8-bit images throughout) and pasted on the fill.
+        ox1, oy1 = max(cx1, left), max(cy1, top)  # overlap of window and image, canvas coords
+        ox2, oy2 = min(cx2, left + width), min(cy2, top + height)
+        part = image[:, oy1 - top : oy2 - top, ox1 - left : ox2 - left].float()  # [3, h, w]
+        part = apply_photometric(part, photo).round_().to(torch.uint8)
+        if (ox1, oy1, ox2, oy2) == (cx1, cy1, cx2, cy2):
+            crop = part
+        else:
+            crop = _mean_pixel(torch.uint8).expand(3, cy2 - cy1, cx2 - cx1).clone()  # [3, h', w']
+            crop[:, oy1 - cy1 : oy2 - cy1, ox1 - cx1 : ox2 - cx1] = part
+        boxes = to_normalized_boxes(boxes, cx2 - cx1, cy2 - cy1)
+        out = resize_image(crop, self.size)  # [3, S, S] uint8
+        if flip:  # flipping commutes with the resize, and is cheaper on the small image
+            out, boxes = hflip(out, boxes * self.size)
+            boxes = boxes / self.size
+        return out, boxes, labels, difficult

@@ -1,0 +1,384 @@
+"""SSD's training augmentation for a whole batch at once, on the device that holds the images.
+
+The CPU pipeline (:class:`ssd_tutorial.augmentation.SSDAugmentation`) handles one image at a
+time in a DataLoader worker.  On a fast GPU the workers cannot keep up (decoding and augmenting
+a VOC image costs milliseconds of CPU; an H100 trains SSD300 on hundreds of images a second).
+This module does the same augmentation for a batch of decoded ``uint8`` images, each of its own
+size, with a fixed number of batched tensor operations and no Python loop over pixels or boxes:
+
+1. **geometry as one affine map per image.**  Zoom-out (expand), the random min-IoU crop and the
+   horizontal flip only move and scale the image, so together they are one affine map from the
+   output grid to the input pixels.  All the random crops of the batch are sampled in parallel
+   (``max_trials`` candidate patches per image, IoU with the image's boxes computed for all of
+   them at once; the first valid patch wins), then one
+   ``torch.nn.functional.grid_sample`` call resamples every image to ``size x size``.
+2. **photometric distortion on the output.**  Brightness, contrast, saturation, hue and channel
+   swap are pointwise colour maps with per-image random parameters, applied as broadcast tensor
+   arithmetic to the ``[B, 3, size, size]`` result (not to the full-size inputs: cheaper).
+3. **normalize** with the ImageNet mean/std of :mod:`ssd_tutorial.augmentation`.
+
+Box format: inputs are absolute-pixel ``xyxy`` boxes of each image; outputs are ``xyxy``
+normalized to ``[0, 1]`` of the ``size x size`` output, as the CPU pipeline returns them.
+
+The random choices follow the same distributions as ``SSDAugmentation`` (the released Caffe
+SSD's); the few departures are marked where they happen.  Every random number comes from the ``torch.Generator`` passed in, so a seeded generator gives
+the same batch twice (on one device; CPU and CUDA generators draw different streams).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD, MIN_IOU_CHOICES
+
+__all__ = [
+    "gpu_ssd_augment",
+    "gpu_ssd_augment_padded",
+    "photometric_distort",
+    "rgb_to_hsv",
+    "hsv_to_rgb",
+    "sample_crops",
+]
+
+CROP_MIN_SCALE = 0.3  # Caffe SSD: patch sides in [0.3, 1] of the image (paper p.6 says [0.1, 1] of the area)
+CROP_ASPECT_RANGE = (0.5, 2.0)  # paper p.6: patch aspect ratio between 1/2 and 2
+EXPAND_MAX_RATIO = 4.0  # paper p.7 "zoom out": canvas up to 4x the image side (16x the area)
+BRIGHTNESS_DELTA = 32.0  # Caffe SSD: add U(-32, 32) to every channel (on the 0..255 scale)
+CONTRAST_RANGE = (0.5, 1.5)  # Caffe SSD: multiply by U(0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)  # Caffe SSD: multiply S (HSV) by U(0.5, 1.5)
+HUE_DELTA = 18.0  # Caffe SSD: shift H by U(-18, 18) degrees
+# The orders of the RGB channels a channel swap picks from (all but the identity).
+_CHANNEL_PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    """``U(low, high)`` float32 of ``shape``, drawn on the generator's device, moved to ``device``."""
+    u = torch.rand(tuple(shape), generator=generator, device=generator.device)
+    return (low + (high - low) * u).to(device)
+
+
+def _coin(shape: Sequence[int], generator: torch.Generator, device: torch.device, p: float = 0.5) -> Tensor:
+    """Bernoulli(p) bool tensor of ``shape``."""
+    return _uniform(shape, 0.0, 1.0, generator, device) < p
+
+
+def _randint(shape: Sequence[int], high: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Uniform integers in ``[0, high)`` (long)."""
+    return torch.randint(high, tuple(shape), generator=generator, device=generator.device).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# colour
+# ----------------------------------------------------------------------------------------------
+def rgb_to_hsv(rgb: Tensor) -> Tensor:
+    """``[B, 3, H, W]`` RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
+    r, g, b = rgb.unbind(1)  # each [B, H, W]
+    maxc, argmax = rgb.max(dim=1)  # [B, H, W]
+    minc = rgb.min(dim=1).values  # [B, H, W]
+    delta = maxc - minc
+    safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
+    safe_max = torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    sat = torch.where(maxc > 0, delta / safe_max, torch.zeros_like(maxc))
+    # hue sector by which channel is largest (ties: red before green before blue)
+    hue_r = (g - b) / safe_delta
+    hue_g = 2.0 + (b - r) / safe_delta
+    hue_b = 4.0 + (r - g) / safe_delta
+    hue = torch.where(argmax == 0, hue_r, torch.where(argmax == 1, hue_g, hue_b))
+    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
+    hue = torch.remainder(hue / 6.0, 1.0)
+    return torch.stack((hue, sat, maxc), dim=1)  # [B, 3, H, W]
+
+
+def hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """``[B, 3, H, W]`` HSV in [0, 1] -> RGB in [0, 1].
+
+    Uses the closed form f(n) = V - V S max(0, min(k, 4 - k, 1)), k = (n + 6 H) mod 6,
+    with R = f(5), G = f(3), B = f(1): no branch per sector.
+    """
+    hue, sat, val = hsv.unbind(1)  # each [B, H, W]
+    n = torch.tensor((5.0, 3.0, 1.0), device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * hue[:, None], 6.0)  # [B, 3, H, W]
+    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    return val[:, None] - val[:, None] * sat[:, None] * ramp
+
+
+def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap_prob: float = 0.0) -> Tensor:
+    """Random colour distortion of ``[B, 3, H, W]`` float RGB on the 0..255 scale -> same shape.
+
+    Per image, with the distributions of Caffe SSD / ``SSDAugmentation``: brightness
+    (p=0.5, +U(-32, 32)), contrast (p=0.5, x U(0.5, 1.5)) before or after the HSV steps with
+    equal odds, saturation (p=0.5, S x U(0.5, 1.5)), hue (p=0.5, H + U(-18, 18) degrees), and a
+    channel swap with probability ``channel_swap_prob`` (Caffe SSD: 0; ssd.pytorch: 0.5).
+    Values are clamped to [0, 255] after brightness and contrast, S to [0, 1].
+    Images that skip a step get the identity parameter (0 shift, factor 1), so every step is one
+    tensor operation for the whole batch.
+    """
+    B, device = images.shape[0], images.device
+    on = lambda: _coin((B,), generator, device).float().view(B, 1, 1, 1)  # noqa: E731
+    brightness = on() * _uniform((B,), -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, generator, device).view(B, 1, 1, 1)
+    contrast_on = on()
+    contrast = 1.0 + contrast_on * (_uniform((B,), *CONTRAST_RANGE, generator, device).view(B, 1, 1, 1) - 1.0)
+    contrast_first = _coin((B,), generator, device).view(B, 1, 1, 1)
+    saturation = 1.0 + on() * (_uniform((B,), *SATURATION_RANGE, generator, device).view(B, 1, 1, 1) - 1.0)
+    hue_shift = on() * _uniform((B,), -HUE_DELTA, HUE_DELTA, generator, device).view(B, 1, 1, 1) / 360.0
+    swap = _coin((B,), generator, device, p=channel_swap_prob)
+    perm_index = _randint((B,), len(_CHANNEL_PERMUTATIONS), generator, device)
+
+    one = torch.ones_like(contrast)
+    x = (images + brightness).clamp(0.0, 255.0)
+    x = (x * torch.where(contrast_first, contrast, one)).clamp(0.0, 255.0)
+    hsv = rgb_to_hsv(x / 255.0)  # [B, 3, H, W]
+    hue, sat, val = hsv.unbind(1)
+    hue = torch.remainder(hue + hue_shift[:, 0], 1.0)
+    sat = (sat * saturation[:, 0]).clamp(0.0, 1.0)
+    x = hsv_to_rgb(torch.stack((hue, sat, val), dim=1)) * 255.0
+    x = (x * torch.where(contrast_first, one, contrast)).clamp(0.0, 255.0)
+    perms = torch.tensor(_CHANNEL_PERMUTATIONS, device=device)[perm_index]  # [B, 3]
+    perms = torch.where(swap[:, None], perms, torch.arange(3, device=device).expand(B, 3))  # [B, 3]
+    return torch.gather(x, 1, perms.view(B, 3, 1, 1).expand_as(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+# ----------------------------------------------------------------------------------------------
+def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a [..., N, 4]`` with ``b [..., M, 4]`` xyxy (same leading dims) -> ``[..., N, M]``."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])  # [..., N, M, 2]
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])  # [..., N, M, 2]
+    inter = (rb - lt).clamp(min=0).prod(-1)  # [..., N, M]
+    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)  # [..., N]
+    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)  # [..., M]
+    union = area_a[..., :, None] + area_b[..., None, :] - inter
+    return inter / union.clamp(min=1e-12)
+
+
+def _centres_inside(crops: Tensor, boxes: Tensor) -> Tensor:
+    """Whether each box's centre lies strictly inside each crop: ``[..., N, 4]``, ``[..., M, 4]`` -> ``[..., N, M]``."""
+    centres = (boxes[..., :2] + boxes[..., 2:]) / 2  # [..., M, 2]
+    c = centres[..., None, :, :]  # [..., 1, M, 2]
+    return (
+        (crops[..., :, None, 0] < c[..., 0])
+        & (crops[..., :, None, 1] < c[..., 1])
+        & (crops[..., :, None, 2] > c[..., 0])
+        & (crops[..., :, None, 3] > c[..., 1])
+    )
+
+
+def sample_crops(
+    boxes: Tensor,
+    valid: Tensor,
+    aspect: Tensor,
+    generator: torch.Generator,
+    max_trials: int = 50,
+    min_ious: Sequence[float | None] = MIN_IOU_CHOICES,
+) -> Tensor:
+    """Draw one random min-IoU crop per image, for the whole batch at once.
+
+    ``boxes`` [B, G, 4] xyxy normalized to each image's (or zoom-out canvas's) width and height,
+    ``valid`` [B, G] bool (False = padding), ``aspect`` [B] = height / width of each image in
+    pixels.  Returns ``[B, 4]`` crops in the same normalized xyxy coordinates.
+
+    The rule of :func:`ssd_tutorial.augmentation.sample_iou_crop`, for every image in parallel:
+    draw an option from ``min_ious`` (None = the whole image, -inf = no overlap constraint) and
+    ``max_trials`` candidate patches with sides U(0.3, 1) of the image's; a patch is valid when
+    its pixel aspect h / w is in [1/2, 2], its IoU with at least one object is >= the option's
+    minimum (Caffe SSD's rule) and the centre of at least one object lies inside it.  The first
+    valid patch wins; the whole image is kept for the None option, for an image without objects,
+    or when every trial fails.  IoU is computed in normalized coordinates: scaling x and y
+    changes every area by the same factor, so it changes no IoU.
+    Departure: patches are not rounded to whole pixels (the CPU pipeline crops integer pixels).
+    """
+    B, G = valid.shape
+    device = boxes.device
+    T = max_trials
+    option = _randint((B,), len(min_ious), generator, device)  # [B]
+    table = torch.tensor([float("nan") if m is None else m for m in min_ious], device=device)
+    min_iou = table[option]  # [B]; nan marks the whole-image option
+
+    w = _uniform((B, T), CROP_MIN_SCALE, 1.0, generator, device)  # [B, T] fraction of the width
+    h = _uniform((B, T), CROP_MIN_SCALE, 1.0, generator, device)
+    left = _uniform((B, T), 0.0, 1.0, generator, device) * (1.0 - w)
+    top = _uniform((B, T), 0.0, 1.0, generator, device) * (1.0 - h)
+    crops = torch.stack((left, top, left + w, top + h), dim=-1)  # [B, T, 4]
+    pixel_aspect = h / w * aspect.view(B, 1)  # patch height / width in pixels
+    aspect_ok = (pixel_aspect >= CROP_ASPECT_RANGE[0]) & (pixel_aspect <= CROP_ASPECT_RANGE[1])  # [B, T]
+
+    iou = _pairwise_iou(crops, boxes)  # [B, T, G]
+    best_iou = torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0)).amax(dim=-1)  # [B, T]; G >= 1
+    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(dim=-1)  # [B, T]
+    ok = aspect_ok & any_inside & (best_iou >= min_iou[:, None])  # [B, T]; nan compares False
+
+    first = ok.float().argmax(dim=-1)  # [B]; argmax returns the first maximum
+    crop = crops[torch.arange(B, device=device), first]  # [B, 4]
+    use_whole = ~ok.any(dim=-1) | torch.isnan(min_iou) | ~valid.any(dim=-1)  # [B]
+    full = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device).expand(B, 4)
+    return torch.where(use_whole[:, None], full, crop)
+
+
+def _pad_images(images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
+    """Images of different sizes -> one zero-padded ``[B, 3, H_max, W_max]`` tensor + sizes ``[B, 2]`` (H, W)."""
+    if isinstance(images, Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
+        B, _, H, W = images.shape
+        return images, torch.tensor([[H, W]] * B, device=images.device)
+    if len(images) == 0:
+        raise ValueError("images is empty: need at least one image")
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor) or img.ndim != 3 or img.shape[0] != 3:
+            got = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
+            raise ValueError(f"images[{i}] must be a [3, H, W] tensor, got {got}")
+    h_max = max(int(img.shape[1]) for img in images)
+    w_max = max(int(img.shape[2]) for img in images)
+    padded = images[0].new_zeros((len(images), 3, h_max, w_max))
+    for i, img in enumerate(images):
+        padded[i, :, : img.shape[1], : img.shape[2]] = img
+    sizes = torch.tensor([[int(img.shape[1]), int(img.shape[2])] for img in images], device=images[0].device)
+    return padded, sizes
+
+
+def gpu_ssd_augment_padded(
+    images: Sequence[Tensor] | Tensor,
+    boxes: Tensor,
+    valid: Tensor,
+    generator: torch.Generator,
+    size: int = 300,
+    train: bool = True,
+    max_trials: int = 50,
+    channel_swap_prob: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`gpu_ssd_augment` on padded box tensors, with no host synchronisation.
+
+    ``boxes`` [B, G, 4] absolute-pixel xyxy, ``valid`` [B, G] bool (False = padding).
+    Returns ``(images float [B, 3, size, size] normalized, boxes [B, G, 4] normalized xyxy,
+    keep [B, G] bool)``: ``keep`` marks the objects that survive (a subset of ``valid``);
+    rows where it is False hold meaningless numbers.
+    """
+    padded, sizes = _pad_images(images)
+    device = padded.device
+    B, _, h_max, w_max = padded.shape
+    if boxes.ndim != 3 or boxes.shape[0] != B or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be [B={B}, G, 4], got {list(boxes.shape)}")
+    if valid.shape != boxes.shape[:2]:
+        raise ValueError(f"valid must be [B, G] = {list(boxes.shape[:2])}, got {list(valid.shape)}")
+    height = sizes[:, 0].float()  # [B]
+    width = sizes[:, 1].float()  # [B]
+    wh = torch.stack((width, height, width, height), dim=-1)[:, None, :]  # [B, 1, 4]
+    unit_boxes = boxes.to(device=device, dtype=torch.float32) / wh  # [B, G, 4] normalized to the image
+    valid = valid.to(device)
+
+    if train:
+        # zoom out (p=0.5): the image becomes a 1/ratio-sized tile at a random place of a canvas
+        # ratio x its width and height.  Departure: the CPU pipeline rounds the canvas and the
+        # offsets to whole pixels; here they stay continuous.
+        expand = _coin((B,), generator, device)
+        ratio = torch.where(expand, _uniform((B,), 1.0, EXPAND_MAX_RATIO, generator, device), torch.ones(B, device=device))
+        offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)  # image's left edge on the canvas
+        offset_y = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
+        offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[:, None, :]  # [B, 1, 4]
+        canvas_boxes = offset + unit_boxes / ratio.view(B, 1, 1)  # [B, G, 4] normalized to the canvas
+        crop = sample_crops(canvas_boxes, valid, height / width, generator, max_trials)  # [B, 4]
+        flip = _coin((B,), generator, device)  # [B]
+        # Boxes: keep those whose centre is in the crop, clip them to it, express them in its frame.
+        crop_lo = crop[:, None, :2].repeat(1, 1, 2)  # [B, 1, 4] (x1, y1, x1, y1)
+        crop_hi = crop[:, None, 2:].repeat(1, 1, 2)  # [B, 1, 4] (x2, y2, x2, y2)
+        clipped = torch.minimum(torch.maximum(canvas_boxes, crop_lo), crop_hi)  # [B, G, 4]
+        out_boxes = (clipped - crop_lo) / (crop_hi - crop_lo)  # [B, G, 4] normalized to the output
+        mirrored = torch.stack((1 - out_boxes[..., 2], out_boxes[..., 1], 1 - out_boxes[..., 0], out_boxes[..., 3]), -1)
+        out_boxes = torch.where(flip.view(B, 1, 1), mirrored, out_boxes)
+        keep = valid & _centres_inside(crop[:, None, :], canvas_boxes)[:, 0, :]  # [B, G]
+    else:
+        ratio = torch.ones(B, device=device)
+        offset_x = offset_y = torch.zeros(B, device=device)
+        crop = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device).expand(B, 4)
+        flip = torch.zeros(B, dtype=torch.bool, device=device)
+        out_boxes = unit_boxes
+        keep = valid
+    out_boxes = out_boxes.clamp(0.0, 1.0)
+    # never a degenerate box, as SSDAugmentation
+    keep = keep & (out_boxes[..., 2] > out_boxes[..., 0]) & (out_boxes[..., 3] > out_boxes[..., 1])
+
+    # Image: output pixel centre t = (j + 0.5) / size -> crop -> canvas -> image pixels, per axis.
+    t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # [size]
+    crop_w, crop_h = crop[:, 2] - crop[:, 0], crop[:, 3] - crop[:, 1]  # [B]
+    t_x = torch.where(flip[:, None], 1.0 - t, t)  # [B, size]; a flip reads the crop right to left
+    x_canvas = crop[:, 0:1] + crop_w[:, None] * t_x  # [B, size]
+    y_canvas = crop[:, 1:2] + crop_h[:, None] * t  # [B, size]
+    u = (x_canvas - offset_x[:, None]) * ratio[:, None]  # [B, size] x normalized to the image
+    v = (y_canvas - offset_y[:, None]) * ratio[:, None]  # [B, size] y normalized to the image
+    # Clamp to the image's own pixel centres (as F.interpolate does at the border), so the zero
+    # padding of the smaller images in the batch is never read.
+    px = torch.minimum((u * width[:, None]).clamp(min=0.5), width[:, None] - 0.5)  # [B, size] pixels
+    py = torch.minimum((v * height[:, None]).clamp(min=0.5), height[:, None] - 0.5)
+    gx = (2.0 * px / w_max - 1.0)[:, None, :].expand(B, size, size)  # [B, size, size]
+    gy = (2.0 * py / h_max - 1.0)[:, :, None].expand(B, size, size)  # [B, size, size]
+    grid = torch.stack((gx, gy), dim=-1)  # [B, size, size, 2] (x, y) in [-1, 1]
+    out = F.grid_sample(padded.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    if train:
+        # Departure: SSDAugmentation distorts the colours before resizing; here they are distorted
+        # after it, on size x size pixels instead of the full image.  The maps are per pixel, so
+        # the two orders differ only where bilinear interpolation mixes pixels across a clamp or
+        # a hue wrap-around (edges).  The zoom-out fill stays the undistorted mean, as in Caffe SSD.
+        out = photometric_distort(out, generator, channel_swap_prob)
+        on_image = ((v >= 0) & (v <= 1))[:, None, :, None] & ((u >= 0) & (u <= 1))[:, None, None, :]  # [B, 1, S, S]
+        out = torch.where(on_image, out, mean * 255.0)
+    normalized = (out / 255.0 - mean) / std  # [B, 3, size, size]
+    return normalized, out_boxes, keep
+
+
+def gpu_ssd_augment(
+    images: Sequence[Tensor] | Tensor,
+    boxes: Sequence[Tensor],
+    labels: Sequence[Tensor],
+    generator: torch.Generator,
+    size: int = 300,
+    train: bool = True,
+    max_trials: int = 50,
+    channel_swap_prob: float = 0.0,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """SSD augmentation of a batch, on the images' device.
+
+    ``images``: a list of uint8 ``[3, H_i, W_i]`` (sizes may differ) or one ``[B, 3, H, W]``;
+    ``boxes``: list of ``[G_i, 4]`` absolute-pixel xyxy; ``labels``: list of ``[G_i]``.
+    Returns ``(images float [B, 3, size, size] normalized with the ImageNet mean/std,
+    boxes: list of [G'_i, 4] normalized xyxy, labels: list of [G'_i])``, ``G'_i <= G_i`` the
+    objects whose centre falls inside the sampled crop, in their original order.
+
+    ``train=False`` is the evaluation transform: a plain bilinear resize of the whole image and
+    normalization (as ``SSDAugmentation(train=False)``); boxes are only normalized.
+    Splitting the surviving objects into per-image lists needs one host synchronisation;
+    :func:`gpu_ssd_augment_padded` has none.
+    """
+    n = images.shape[0] if isinstance(images, Tensor) else len(images)
+    if n == 0:
+        raise ValueError("images is empty: need at least one image")
+    if len(boxes) != n or len(labels) != n:
+        raise ValueError(f"got {n} images but {len(boxes)} box tensors and {len(labels)} label tensors")
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        if b.ndim != 2 or b.shape[-1] != 4 or lab.ndim != 1 or lab.shape[0] != b.shape[0]:
+            raise ValueError(
+                f"image {i}: boxes must be [G, 4] and labels [G], got {list(b.shape)} and {list(lab.shape)}"
+            )
+    device = images.device if isinstance(images, Tensor) else images[0].device
+    counts = [int(b.shape[0]) for b in boxes]
+    g_max = max(max(counts, default=0), 1)
+    padded_boxes = torch.zeros((n, g_max, 4), device=device)
+    padded_labels = torch.zeros((n, g_max), dtype=torch.long, device=device)
+    for i, (b, lab) in enumerate(zip(boxes, labels)):  # one copy per image, no per-box work
+        padded_boxes[i, : counts[i]] = b.to(device=device, dtype=torch.float32)
+        padded_labels[i, : counts[i]] = lab.to(device)
+    valid = torch.arange(g_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]  # [B, G]
+
+    out, out_boxes, keep = gpu_ssd_augment_padded(
+        images, padded_boxes, valid, generator, size, train, max_trials, channel_swap_prob
+    )
+    kept_counts = keep.sum(dim=1).tolist()  # the one host synchronisation
+    box_list = list(out_boxes[keep].split(kept_counts))  # [G'_i, 4] each
+    label_list = list(padded_labels[keep].split(kept_counts))  # [G'_i] each
+    return out, box_list, label_list

@@ -1,0 +1,217 @@
+"""Inference: from 8732 x C scores to a few detections.
+
+The model answers every default box at once: ``loc [B, 8732, 4]`` offsets and
+``conf_logits [B, 8732, C]`` class scores (class 0 is background).  :func:`detect` turns that into
+a short list of boxes per image in four steps, for the whole batch at once:
+
+1. **decode** the offsets against the default boxes (``matching.decode``) -> normalized xyxy;
+2. **softmax** over the C classes, and drop the background column;
+3. **score threshold**: keep each (box, class) pair whose probability is above ``score_threshold``
+   -- one box may stay as a candidate for several classes;
+4. **class-aware non-maximum suppression**: among candidates of one class in one image, a box
+   that overlaps a higher-scoring one by IoU > ``iou_threshold`` is dropped; then each image keeps
+   its ``top_k`` best detections over all classes.
+
+Paper p.6 (testing): "we use a confidence threshold of 0.01 ... then apply nms with jaccard
+overlap of 0.45 per class and keep the top 200 detections per image".
+
+:class:`Predictor` wraps a model for raw images of any size and returns boxes in their pixels.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from ssd_tutorial.augmentation import normalize, resize_image
+from ssd_tutorial.boxes import check_boxes
+from ssd_tutorial.default_boxes import default_boxes
+from ssd_tutorial.matching import VARIANCES, decode
+
+__all__ = ["detect", "Predictor", "predict", "preprocess"]
+
+Detection = dict[str, Tensor]
+
+
+def _rank_within_group(group: Tensor) -> Tensor:
+    """Position of each element among the elements of its group, in the current order.
+
+    ``group [K]`` long (elements already sorted by descending score) -> ``[K]`` long, 0 for the
+    best element of each group, 1 for the second, ...  No Python loop.
+    """
+    order = torch.sort(group, stable=True).indices  # [K] groups together, score order kept inside
+    sorted_group = group[order]  # [K]
+    counts = torch.bincount(sorted_group)  # [max group + 1]
+    starts = torch.cumsum(counts, 0) - counts  # [max group + 1] first position of each group
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.numel(), device=group.device) - starts[sorted_group]
+    return rank
+
+
+def _empty_detections(batch: int, device: torch.device, dtype: torch.dtype) -> list[Detection]:
+    return [
+        {
+            "boxes": torch.zeros(0, 4, device=device, dtype=dtype),
+            "scores": torch.zeros(0, device=device, dtype=dtype),
+            "labels": torch.zeros(0, device=device, dtype=torch.long),
+        }
+        for _ in range(batch)
+    ]
+
+
+def detect(
+    loc: Tensor,
+    conf_logits: Tensor,
+    priors: Tensor,
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.45,
+    top_k: int = 200,
+    candidates_per_class: int | None = None,
+    variances: Sequence[float] = VARIANCES,
+    clip: bool = True,
+) -> list[Detection]:
+    """Detections for a whole batch: decode, softmax, score threshold, class-aware NMS, top-k.
+
+    * ``loc [B, P, 4]`` -- predicted offsets (``P = 8732`` for SSD300);
+    * ``conf_logits [B, P, C]`` -- class logits, class 0 = background;
+    * ``priors [P, 4]`` -- default boxes, normalized cxcywh.
+
+    Returns one dict per image: ``"boxes" [N, 4]`` normalized xyxy, ``"scores" [N]``,
+    ``"labels" [N]`` long in ``1..C-1``, sorted by descending score, ``N <= top_k``.
+
+    ``candidates_per_class``: keep only the best this many candidates of each class in each image
+    before NMS.  Caffe SSD: 400 (``nms_param.top_k``), as torchvision's SSD (``topk_candidates``).
+    Default ``None`` keeps all (a departure: slower when the threshold is low, never less exact).
+    ``clip``: clip decoded boxes to the image.  Caffe SSD leaves them unclipped; torchvision clips.
+    """
+    if loc.ndim != 3 or loc.shape[-1] != 4:
+        raise ValueError(f"loc must have shape [B, P, 4], got {list(loc.shape)}")
+    if conf_logits.ndim != 3 or conf_logits.shape[:2] != loc.shape[:2]:
+        raise ValueError(
+            f"conf_logits must have shape [B, P, C] with B, P as loc {list(loc.shape[:2])}, "
+            f"got {list(conf_logits.shape)}"
+        )
+    if conf_logits.shape[-1] < 2:
+        raise ValueError(f"conf_logits need at least 2 classes (background + 1), got {conf_logits.shape[-1]}")
+    check_boxes(priors, "priors")
+    if priors.ndim != 2 or priors.shape[0] != loc.shape[1]:
+        raise ValueError(f"priors must have shape [P, 4] with P = {loc.shape[1]}, got {list(priors.shape)}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if candidates_per_class is not None and candidates_per_class < 1:
+        raise ValueError(f"candidates_per_class must be >= 1 or None, got {candidates_per_class}")
+
+    batch, _, num_classes = conf_logits.shape
+    boxes = decode(loc, priors.to(loc), variances)  # [B, P, 4] normalized xyxy
+    if clip:
+        boxes = boxes.clamp(0.0, 1.0)
+    scores = conf_logits.softmax(dim=-1)[..., 1:]  # [B, P, C - 1]; background column dropped
+
+    # every (image, class, box) above the threshold is a candidate, listed image by image, then
+    # class by class, then box by box: this order breaks ties between equal scores everywhere
+    above = (scores > score_threshold).transpose(1, 2)  # [B, C - 1, P]
+    image_idx, class_idx, box_idx = above.nonzero(as_tuple=True)  # [K] each
+    if image_idx.numel() == 0:
+        return _empty_detections(batch, loc.device, loc.dtype)
+    cand_scores = scores[image_idx, box_idx, class_idx]  # [K]
+    cand_boxes = boxes[image_idx, box_idx]  # [K, 4]
+    # one group per (image, class): one batched_nms call serves the whole batch
+    group = image_idx * (num_classes - 1) + class_idx  # [K]
+
+    if candidates_per_class is not None:
+        order = torch.sort(cand_scores, descending=True, stable=True).indices  # [K]
+        keep = order[_rank_within_group(group[order]) < candidates_per_class]
+        cand_scores, cand_boxes, group = cand_scores[keep], cand_boxes[keep], group[keep]
+        image_idx, class_idx = image_idx[keep], class_idx[keep]
+
+    # batched_nms keeps groups apart by shifting each group's boxes far away from the others
+    # (offset = group * (max coordinate + 1)).  In float32 an offset of ~1000 costs ~1e-4 of
+    # precision on boxes ~0.1 wide, which can flip an IoU near the threshold; float64 avoids it.
+    kept = batched_nms(cand_boxes.double(), cand_scores.double(), group, iou_threshold)  # [N]
+    # best first; equal scores in candidate order (the kernels' own tie order varies by device)
+    kept = kept.sort().values
+    kept = kept[torch.sort(cand_scores[kept], descending=True, stable=True).indices]
+    kept = kept[_rank_within_group(image_idx[kept]) < top_k]  # top_k per image, over all classes
+    # image by image, best first: a stable sort by image keeps the score order inside each image
+    kept = kept[torch.sort(image_idx[kept], stable=True).indices]
+    counts = torch.bincount(image_idx[kept], minlength=batch).tolist()  # [B]
+    out_boxes = cand_boxes[kept].split(counts)
+    out_scores = cand_scores[kept].split(counts)
+    out_labels = (class_idx[kept] + 1).split(counts)  # back to 1-based labels
+    return [
+        {"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(out_boxes, out_scores, out_labels)
+    ]
+
+
+def preprocess(image: Tensor, size: int = 300) -> Tensor:
+    """One raw image -> the model's input: uint8 ``[3, H, W]`` (or ``[1, H, W]`` grey) -> float
+    ``[3, size, size]``, resized bilinearly and normalized with the ImageNet mean and std.
+
+    The same steps as ``augmentation.SSDAugmentation(train=False)``, with its own functions.
+    """
+    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
+        shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"an image must be a uint8 tensor [3, H, W] (or [1, H, W]), got {shape}")
+    if image.dtype != torch.uint8:
+        raise TypeError(f"an image must be uint8 (0..255), got {image.dtype}")
+    x = image.expand(3, -1, -1).contiguous()  # [3, H, W] uint8; grey -> 3 channels
+    return normalize(resize_image(x, size))  # [3, S, S] float
+
+
+class Predictor:
+    """A trained model made easy to call: raw uint8 images of any size in, boxes in their pixels out.
+
+    ``Predictor(model)(images)`` with ``images`` a list of uint8 ``[3, H, W]`` tensors returns one
+    dict per image, ``"boxes" [N, 4]`` xyxy **pixels of that image**, ``"scores" [N]``,
+    ``"labels" [N]`` (1-based).  ``priors`` default to ``default_boxes()`` (SSD300's 8732);
+    ``device`` defaults to the model's.  The thresholds are passed on to :func:`detect`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        priors: Tensor | None = None,
+        size: int = 300,
+        device: torch.device | str | None = None,
+        *,
+        score_threshold: float = 0.01,
+        iou_threshold: float = 0.45,
+        top_k: int = 200,
+        batch_size: int = 16,
+    ) -> None:
+        if device is None:
+            param = next(model.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.priors = (default_boxes() if priors is None else priors).to(self.device)  # [P, 4] cxcywh
+        self.size = size
+        self.detect_kwargs: dict[str, Any] = dict(
+            score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k
+        )
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def __call__(self, images: Sequence[Tensor]) -> list[Detection]:
+        if isinstance(images, Tensor) and images.ndim == 3:
+            raise TypeError("Predictor takes a list of images; wrap a single image as [image]")
+        results: list[Detection] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = list(images[start : start + self.batch_size])
+            x = torch.stack([preprocess(im, self.size) for im in chunk]).to(self.device)  # [b, 3, S, S]
+            loc, conf_logits = self.model(x)  # [b, P, 4], [b, P, C]
+            for image, det in zip(chunk, detect(loc, conf_logits, self.priors, **self.detect_kwargs)):
+                height, width = image.shape[-2:]
+                scale = torch.tensor([width, height, width, height], dtype=det["boxes"].dtype, device=self.device)
+                results.append({**det, "boxes": det["boxes"] * scale})  # normalized -> pixels
+        return results
+
+
+def predict(model: nn.Module, images: Sequence[Tensor], **kwargs: Any) -> list[Detection]:
+    """``Predictor(model, **kwargs)(images)``: detections in each image's pixels."""
+    return Predictor(model, **kwargs)(images)

@@ -1,0 +1,297 @@
+"""Matching: which default box answers for which object, and what it must predict.
+
+Three steps turn an image's objects into training targets for the 8732 default boxes:
+
+1. ``match``  -- every object takes its best default box (forced, whatever the overlap), then every
+   other default box takes the object it overlaps most if IoU >= threshold; the rest are
+   background (label 0).
+2. ``encode`` -- each matched box becomes four offsets relative to its default box, scaled by the
+   variances (0.1, 0.2).  ``decode`` turns offsets back into boxes.
+3. ``build_targets`` -- steps 1 and 2 for a whole batch at once, with no Python loop over objects
+   or default boxes, so it runs on the GPU beside the model.
+
+Tie rules (shared by ``match`` and ``build_targets``, which agree exactly):
+
+* an object whose IoU with several default boxes is equally best takes the one with the lowest
+  index (the first in ``default_boxes`` order);
+* a default box that overlaps several objects equally takes the object with the lowest index;
+* when several objects have the same best default box, the box goes to the object that overlaps
+  it most (lowest index on an exact tie).  The other objects keep only their matches above the
+  threshold -- they can end with none.  It needs two objects that nearly coincide, which is rare.
+  (Caffe SSD and torchvision let the object written last win; the result then depends on the
+  order of the annotations.)
+* an object that overlaps no default box at all (IoU 0 everywhere, e.g. zero area) forces nothing.
+
+Boxes of objects are normalized ``xyxy``; default boxes (priors) are normalized ``cxcywh``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ssd_tutorial.boxes import box_iou, check_boxes, cxcywh_to_xyxy, xyxy_to_cxcywh
+
+__all__ = ["VARIANCES", "match", "encode", "decode", "build_targets"]
+
+# Caffe SSD: the released code divides the centre offsets by 0.1 and the log-size offsets by 0.2
+# ("variances").  The paper's equation 2 has no such factors.
+VARIANCES: tuple[float, float] = (0.1, 0.2)
+
+
+def _check_variances(variances: Sequence[float]) -> tuple[float, float]:
+    if len(variances) != 2 or not all(v > 0 for v in variances):
+        raise ValueError(f"variances must be two positive numbers (centre, size), got {tuple(variances)}")
+    return float(variances[0]), float(variances[1])
+
+
+def _check_threshold(iou_threshold: float) -> None:
+    if not 0 < iou_threshold <= 1:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+
+
+def _check_objects(gt_xyxy: Tensor, gt_labels: Tensor, where: str = "") -> None:
+    check_boxes(gt_xyxy, f"gt_xyxy{where}", require_ordered=True)
+    if gt_xyxy.ndim != 2:
+        raise ValueError(f"gt_xyxy{where} must have shape [G, 4], got {list(gt_xyxy.shape)}")
+    if not isinstance(gt_labels, Tensor) or gt_labels.shape != gt_xyxy.shape[:1]:
+        shape = list(gt_labels.shape) if isinstance(gt_labels, Tensor) else type(gt_labels).__name__
+        raise ValueError(f"gt_labels{where} must be a tensor of shape [{gt_xyxy.shape[0]}], got {shape}")
+    if gt_labels.is_floating_point() or gt_labels.dtype == torch.bool:
+        raise TypeError(f"gt_labels{where} must be an integer tensor, got {gt_labels.dtype}")
+
+
+def _check_priors(priors_cxcywh: Tensor) -> None:
+    check_boxes(priors_cxcywh, "priors_cxcywh")
+    if priors_cxcywh.ndim != 2 or priors_cxcywh.shape[0] == 0:
+        raise ValueError(f"priors_cxcywh must have shape [P, 4] with P > 0, got {list(priors_cxcywh.shape)}")
+
+
+def match(
+    gt_xyxy: Tensor,
+    gt_labels: Tensor,
+    priors_cxcywh: Tensor,
+    iou_threshold: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """Give every default box an object or background, for one image.
+
+    Args:
+        gt_xyxy: ``[G, 4]`` objects, normalized xyxy (G may be 0).
+        gt_labels: ``[G]`` integer labels, 1..C-1 (0 is background and is refused).
+        priors_cxcywh: ``[P, 4]`` default boxes, normalized cxcywh.
+        iou_threshold: a default box that is no object's best box is positive when its IoU with
+            some object is at least this (paper p.5: "higher than a threshold (0.5)").
+
+    Returns:
+        ``matched_xyxy [P, 4]`` normalized xyxy: the object box of each positive default box; a
+        background default box holds itself, so that its encoded offsets are 0, never inf.
+        ``labels [P]`` long: the object's label, or 0 for background.
+
+    See the module docstring for the tie rules.
+    """
+    _check_objects(gt_xyxy, gt_labels)
+    _check_priors(priors_cxcywh)
+    _check_threshold(iou_threshold)
+    if gt_labels.numel() and int(gt_labels.min()) < 1:
+        raise ValueError(
+            f"gt_labels must be >= 1 (0 means background), got {sorted(set(gt_labels.tolist()))}"
+        )
+    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)  # [P, 4]
+    num_priors = priors_xyxy.shape[0]
+    labels = torch.zeros(num_priors, dtype=torch.long, device=priors_xyxy.device)
+    if gt_xyxy.shape[0] == 0:  # an image without objects: all background
+        return priors_xyxy.clone(), labels
+    gt_xyxy = gt_xyxy.to(priors_xyxy)
+
+    iou = box_iou(gt_xyxy, priors_xyxy)  # [G, P]
+    # torch.max along a dim returns the first of equal maxima (documented): lowest index wins.
+    best_obj_iou, best_obj = iou.max(dim=0)  # [P]: each default box's best object
+    best_prior_iou, best_prior = iou.max(dim=1)  # [G]: each object's best default box
+
+    # Forced matches (paper p.5: "match each ground truth box to the default box with the best
+    # jaccard overlap").  One object at a time, in index order; a later object takes a box
+    # already forced only if it overlaps it strictly more.
+    forced_obj = torch.full((num_priors,), -1, dtype=torch.long, device=iou.device)  # [P]
+    forced_iou = torch.zeros(num_priors, dtype=iou.dtype, device=iou.device)  # [P]
+    for g, p in enumerate(best_prior.tolist()):
+        if iou[g, p] > forced_iou[p]:  # IoU 0 (the object overlaps nothing) forces nothing
+            forced_obj[p] = g
+            forced_iou[p] = iou[g, p]
+
+    forced = forced_obj >= 0  # [P]
+    obj = torch.where(forced, forced_obj, best_obj)  # [P]
+    positive = forced | (best_obj_iou >= iou_threshold)  # [P]
+    labels = torch.where(positive, gt_labels.to(labels.device)[obj].long(), labels)
+    matched_xyxy = torch.where(positive[:, None], gt_xyxy[obj], priors_xyxy)  # [P, 4]
+    return matched_xyxy, labels
+
+
+def encode(
+    matched_xyxy: Tensor,
+    priors_cxcywh: Tensor,
+    variances: Sequence[float] = VARIANCES,
+) -> Tensor:
+    """Offsets that move each default box onto its matched box.
+
+    ``matched_xyxy [..., P, 4]`` normalized xyxy, ``priors_cxcywh [P, 4]`` -> ``[..., P, 4]``:
+
+        t_cx = (g_cx - d_cx) / (v0 * d_w)     t_w = log(g_w / d_w) / v1
+        t_cy = (g_cy - d_cy) / (v0 * d_h)     t_h = log(g_h / d_h) / v1
+
+    (paper p.5, eq. 2, with the variances v = (0.1, 0.2) of the released code).  A zero-width
+    matched box gives -inf; ``match`` never hands one to a positive box unless the object itself
+    has zero width.
+    """
+    v_centre, v_size = _check_variances(variances)
+    check_boxes(matched_xyxy, "matched_xyxy")
+    _check_priors(priors_cxcywh)
+    if matched_xyxy.shape[-2] != priors_cxcywh.shape[0]:
+        raise ValueError(
+            f"matched_xyxy has {matched_xyxy.shape[-2]} boxes but there are {priors_cxcywh.shape[0]} priors"
+        )
+    g = xyxy_to_cxcywh(matched_xyxy)  # [..., P, 4] cxcywh
+    d = priors_cxcywh.to(g)  # [P, 4], broadcasts over the leading dims
+    centre = (g[..., :2] - d[:, :2]) / (v_centre * d[:, 2:])  # [..., P, 2]
+    size = torch.log(g[..., 2:] / d[:, 2:]) / v_size  # [..., P, 2]
+    return torch.cat((centre, size), dim=-1)
+
+
+def decode(
+    offsets: Tensor,
+    priors_cxcywh: Tensor,
+    variances: Sequence[float] = VARIANCES,
+) -> Tensor:
+    """Boxes from offsets: the inverse of :func:`encode`.
+
+    ``offsets [..., P, 4]`` (e.g. the model's ``loc [B, P, 4]``), ``priors_cxcywh [P, 4]``
+    -> ``[..., P, 4]`` normalized xyxy.
+    """
+    v_centre, v_size = _check_variances(variances)
+    if not isinstance(offsets, Tensor) or offsets.ndim < 2 or offsets.shape[-1] != 4:
+        shape = list(offsets.shape) if isinstance(offsets, Tensor) else type(offsets).__name__
+        raise ValueError(f"offsets must have shape [..., P, 4], got {shape}")
+    _check_priors(priors_cxcywh)
+    if offsets.shape[-2] != priors_cxcywh.shape[0]:
+        raise ValueError(f"offsets have {offsets.shape[-2]} boxes but there are {priors_cxcywh.shape[0]} priors")
+    d = priors_cxcywh.to(offsets)  # [P, 4]
+    centre = d[:, :2] + offsets[..., :2] * v_centre * d[:, 2:]  # [..., P, 2]
+    size = d[:, 2:] * torch.exp(offsets[..., 2:] * v_size)  # [..., P, 2]
+    return cxcywh_to_xyxy(torch.cat((centre, size), dim=-1))
+
+
+def _pad_objects(
+    gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-image objects, padded to the batch's largest count G_max.
+
+    Returns boxes ``[B, G_max, 4]``, labels ``[B, G_max]`` long and ``valid [B, G_max]`` bool.
+    G_max is at least 1 so that every tensor below keeps a real object axis.
+    """
+    batch = len(gt_boxes)
+    g_max = max([1] + [int(b.shape[0]) for b in gt_boxes])
+    boxes = torch.zeros(batch, g_max, 4, device=device, dtype=dtype)
+    labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)
+    valid = torch.zeros(batch, g_max, dtype=torch.bool, device=device)
+    for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):  # one copy per image, no per-box work
+        n = b.shape[0]
+        boxes[i, :n] = b.to(device=device, dtype=dtype)
+        labels[i, :n] = lab.to(device=device, dtype=torch.long)
+        valid[i, :n] = True
+    return boxes, labels, valid
+
+
+def _batched_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> Tensor:
+    """IoU of ``a [B, G, 4]`` with ``b [P, 4]`` (both xyxy) -> ``[B, G, P]``.
+
+    Works coordinate by coordinate on ``[B, G, P]`` tensors, in place where it can (this is the
+    costliest step of ``build_targets``).  The union is at least the area of the ``b`` box, so
+    ``b`` boxes of positive area (default boxes) never divide by 0.
+    """
+    ax1, ay1, ax2, ay2 = (t[..., None] for t in a_xyxy.unbind(-1))  # [B, G, 1] each
+    bx1, by1, bx2, by2 = b_xyxy.unbind(-1)  # [P] each
+    width = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)  # [B, G, P]
+    height = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)  # [B, G, P]
+    inter = width.mul_(height)  # [B, G, P]
+    area_a = ((ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0))  # [B, G, 1]
+    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)  # [P]
+    union = (area_a + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)  # [B, G, P]
+    return inter.div_(union)
+
+
+def build_targets(
+    gt_boxes: Sequence[Tensor],
+    gt_labels: Sequence[Tensor],
+    priors_cxcywh: Tensor,
+    iou_threshold: float = 0.5,
+    variances: Sequence[float] = VARIANCES,
+) -> tuple[Tensor, Tensor]:
+    """Training targets for a batch: ``match`` + ``encode`` for every image at once.
+
+    Args:
+        gt_boxes: B tensors ``[G_i, 4]`` normalized xyxy (G_i may be 0).
+        gt_labels: B integer tensors ``[G_i]`` with labels >= 1.
+        priors_cxcywh: ``[P, 4]`` normalized cxcywh; the work runs on its device.
+
+    Returns:
+        ``loc_targets [B, P, 4]`` (offsets as :func:`encode`; 0 for background boxes) and
+        ``labels [B, P]`` long (0 = background), equal to running :func:`match` and
+        :func:`encode` image by image.
+
+    No Python loop touches objects or default boxes: objects are padded to G_max with a validity
+    mask, and the forced matches are written with ``scatter_reduce`` (max of IoU, then min of
+    object index among the equals), which is deterministic on every device.  Label values are
+    not checked here (that would wait for the GPU); ``match`` checks them.
+    """
+    if len(gt_boxes) != len(gt_labels):
+        raise ValueError(f"gt_boxes has {len(gt_boxes)} images but gt_labels has {len(gt_labels)}")
+    if len(gt_boxes) == 0:
+        raise ValueError("build_targets needs at least one image")
+    _check_priors(priors_cxcywh)
+    _check_threshold(iou_threshold)
+    for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):
+        check_boxes(b, f"gt_boxes[{i}]")
+        if b.ndim != 2 or not isinstance(lab, Tensor) or lab.shape != b.shape[:1]:
+            raise ValueError(
+                f"image {i}: gt_boxes must be [G, 4] and gt_labels [G], got {list(b.shape)} and "
+                f"{list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__}"
+            )
+    device, dtype = priors_cxcywh.device, priors_cxcywh.dtype
+    boxes, labels, valid = _pad_objects(gt_boxes, gt_labels, device, dtype)  # [B,G,4], [B,G], [B,G]
+    batch, g_max = labels.shape
+    num_priors = priors_cxcywh.shape[0]
+    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)  # [P, 4]
+
+    # Padding objects are zero boxes: IoU 0 with everything.  They sit after the real objects, so
+    # they lose every tie (first maximum wins), never reach the threshold (> 0) and claim nothing.
+    iou = _batched_iou(boxes, priors_xyxy)  # [B, G, P]
+
+    # torch.max along a dim returns the first of equal maxima: lowest index wins, as in match.
+    best_obj_iou, best_obj = iou.max(dim=1)  # [B, P]: each default box's best object
+    best_prior_iou, best_prior = iou.max(dim=2)  # [B, G]: each object's best default box
+
+    # Forced matches.  Objects that claim nothing (padding, or IoU 0 everywhere) send their claim
+    # to a dummy column P that is dropped afterwards.
+    claims = valid & (best_prior_iou > 0)  # [B, G]
+    target_col = torch.where(claims, best_prior, num_priors)  # [B, G]
+    claim_iou = torch.where(claims, best_prior_iou, torch.zeros_like(best_prior_iou))  # [B, G]
+    strongest = torch.zeros(batch, num_priors + 1, device=device, dtype=iou.dtype)  # [B, P+1]
+    strongest = strongest.scatter_reduce(1, target_col, claim_iou, reduce="amax", include_self=True)
+    # among the objects whose claim equals the strongest on their box, the lowest index wins
+    is_winner = claims & (claim_iou == strongest.gather(1, target_col))  # [B, G]
+    object_index = torch.arange(g_max, device=device).expand(batch, g_max)  # [B, G]
+    candidate = torch.where(is_winner, object_index, g_max)  # [B, G]
+    winner = torch.full((batch, num_priors + 1), g_max, dtype=torch.long, device=device)  # [B, P+1]
+    winner = winner.scatter_reduce(1, target_col, candidate, reduce="amin", include_self=True)
+    winner = winner[:, :num_priors]  # [B, P]; g_max where nothing was forced
+
+    forced = winner < g_max  # [B, P]
+    obj = torch.where(forced, winner, best_obj)  # [B, P]
+    positive = forced | (best_obj_iou >= iou_threshold)  # [B, P]
+    obj = obj.clamp(max=g_max - 1)  # images without objects: any index, masked below
+    matched_labels = labels.gather(1, obj)  # [B, P]
+    out_labels = torch.where(positive, matched_labels, torch.zeros_like(matched_labels))  # [B, P]
+    matched_boxes = boxes.gather(1, obj[..., None].expand(batch, num_priors, 4))  # [B, P, 4]
+    matched_boxes = torch.where(positive[..., None], matched_boxes, priors_xyxy[None])  # [B, P, 4]
+    loc_targets = encode(matched_boxes, priors_cxcywh, variances)  # [B, P, 4]
+    return loc_targets, out_labels

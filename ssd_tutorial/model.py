@@ -1,0 +1,487 @@
+"""The SSD300 network: VGG16 turned into six source feature maps, and two 3x3 heads on each.
+
+Paper p.4, fig. 2.  Layer by layer (sizes for a 300 x 300 input, ``width_mult = 1``):
+
+* VGG16 conv1_1 .. conv4_3 (pool3 in ceil mode, so 75 -> 38)     -> source 1: conv4_3, 512 x 38 x 38,
+  rescaled by ``L2Norm`` (a learned scale per channel, initialised to 20)
+* pool4, conv5_1 .. conv5_3, pool5 3x3 stride 1, fc6 as a 3x3 conv with dilation 6 (1024),
+  fc7 as a 1x1 conv (1024)                                          -> source 2: fc7, 1024 x 19 x 19
+* conv8_1 1x1 256, conv8_2 3x3 stride 2 512                         -> source 3: 512 x 10 x 10
+* conv9_1 1x1 128, conv9_2 3x3 stride 2 256                         -> source 4: 256 x 5 x 5
+* conv10_1 1x1 128, conv10_2 3x3 (no padding) 256                   -> source 5: 256 x 3 x 3
+* conv11_1 1x1 128, conv11_2 3x3 (no padding) 256                   -> source 6: 256 x 1 x 1
+
+On each source map k, a 3x3 conv predicts ``A_k * 4`` offsets (loc) and another ``A_k * C`` class
+scores (conf), with A = (4, 6, 6, 6, 4, 4) boxes per cell.  Their outputs are flattened in the
+order of :func:`ssd_tutorial.default_boxes.default_boxes`: map, row y, column x, box.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssd_tutorial.default_boxes import SSD300_VOC, DefaultBoxConfig, boxes_per_cell
+
+__all__ = [
+    "TINY_WIDTH",
+    "VGG16_LAYERS",
+    "L2Norm",
+    "SSD300",
+    "tiny_ssd300",
+    "subsample_fc",
+    "describe_layers",
+]
+
+# The CPU preset: every channel count x 1/8 (conv1_1 has 8 channels, fc7 128).  Same 300 x 300
+# input, same layers, same 8732 default boxes; about 64 times fewer weights.
+TINY_WIDTH = 0.125
+
+# VGG16 "D" up to conv5_3: channel counts, "M" = 2x2 max pool, "C" = the same in ceil mode.
+VGG16_LAYERS: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512,
+)  # fmt: skip
+# Index of every conv of torchvision's vgg16().features, in the order of VGG16_LAYERS' convs.
+_TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_CONV_NAMES = (
+    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
+)  # fmt: skip
+# Extra layers (paper fig. 2): (1x1 channels, 3x3 channels, stride, padding) for conv8..conv11.
+_EXTRAS = ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0))
+
+# How the two sets of ImageNet weights expect their input.  Our data pipeline hands the model
+# images normalized with the ImageNet mean/std (ssd_tutorial.augmentation); the VGG16 features
+# torchvision ships for SSD (IMAGENET1K_FEATURES, ported from the Caffe model) expect RGB in
+# 0..255 minus a mean.  ``SSD300`` bridges the two with a fixed per-channel affine map.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN = (0.48235, 0.45882, 0.40784)  # torchvision VGG16_Weights.IMAGENET1K_FEATURES transforms
+
+
+def _scaled(channels: int, width_mult: float) -> int:
+    return max(1, int(round(channels * width_mult)))
+
+
+class L2Norm(nn.Module):
+    """Normalize each position's channel vector to unit length, then scale channel c by ``weight[c]``.
+
+    ``[B, C, H, W]`` -> ``[B, C, H, W]``.  Paper p.7 (after ParseNet): conv4_3's features have a
+    larger scale than the later layers'; L2 normalization with a learned scale (initialised to
+    ``init_scale`` = 20, as in the released code) brings them in line.  Computed in float32 so
+    that it behaves the same under bf16/fp16 autocast.
+    """
+
+    def __init__(self, channels: int, init_scale: float = 20.0, eps: float = 1e-10) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(init_scale)))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        normed = F.normalize(x.float(), p=2.0, dim=1, eps=self.eps)  # [B, C, H, W]
+        return (normed * self.weight.float().view(1, -1, 1, 1)).to(x.dtype)
+
+
+def _conv(c_in: int, c_out: int, kernel: int, **kwargs: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=kernel, **kwargs)
+
+
+class SSD300(nn.Module):
+    """SSD300 (paper p.4, fig. 2) on a VGG16 backbone.
+
+    Args:
+        num_classes: classes including background (21 for VOC: 20 + background at index 0).
+        backbone_weights: ``None`` (Xavier init everywhere, train from scratch), ``"imagenet"``
+            (torchvision's ``VGG16_Weights.IMAGENET1K_FEATURES``, downloaded or from the torch hub
+            cache), or a path to a local state dict of a torchvision ``vgg16`` (``features.N.*``
+            keys, optionally ``classifier.*``) or of this model's backbone (``backbone.*``,
+            ``fc.*``).
+        width_mult: multiplies every channel count; ``TINY_WIDTH`` (0.125) is the CPU preset.
+            Pretrained weights need ``width_mult = 1``.
+        input_convention: what input the backbone weights expect.  ``"auto"``: the Caffe-style
+            IMAGENET1K_FEATURES weights (0..255 minus mean) unless the state dict carries finite
+            ``classifier`` weights (a torchvision classification checkpoint, which expects
+            ImageNet-normalized input).  ``"imagenet"`` or ``"caffe"`` force one.  The model
+            always *takes* ImageNet-normalized input; for Caffe weights it converts it first.
+
+    ``forward(x [B, 3, 300, 300] float, ImageNet-normalized)`` ->
+    ``(loc [B, 8732, 4], conf_logits [B, 8732, num_classes])`` in default-box order.
+    The default boxes themselves are not stored here: use ``default_boxes.default_boxes()``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        backbone_weights: str | Path | None = None,
+        width_mult: float = 1.0,
+        *,
+        input_convention: str = "auto",
+        prior_config: DefaultBoxConfig = SSD300_VOC,
+    ) -> None:
+        super().__init__()
+        if int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(f"num_classes counts background too and must be an integer >= 2, got {num_classes}")
+        if not width_mult > 0:
+            raise ValueError(f"width_mult must be positive, got {width_mult}")
+        if input_convention not in ("auto", "imagenet", "caffe"):
+            raise ValueError(f"input_convention must be 'auto', 'imagenet' or 'caffe', got {input_convention!r}")
+        anchors = boxes_per_cell(prior_config)
+        if len(anchors) != 6:
+            raise ValueError(f"SSD300 has 6 source maps; prior_config has {len(anchors)}")
+        self.num_classes = int(num_classes)
+        self.width_mult = float(width_mult)
+        self.boxes_per_cell = anchors
+        c = lambda n: _scaled(n, width_mult)  # noqa: E731
+
+        # conv1_1 .. conv4_3 (+ ReLU): the first source map.
+        layers: list[tuple[str, nn.Module]] = []
+        convs = iter(_CONV_NAMES)
+        c_in, block, pools = 3, 1, 0
+        for v in VGG16_LAYERS[:13]:  # up to conv4_3
+            if v in ("M", "C"):
+                pools += 1
+                layers.append((f"pool{pools}", nn.MaxPool2d(2, 2, ceil_mode=(v == "C"))))  # ceil: 75 -> 38
+            else:
+                name = next(convs)
+                layers += [(name, _conv(c_in, c(v), 3, padding=1)), (f"relu{name[4:]}", nn.ReLU(inplace=True))]
+                c_in = c(v)
+        self.backbone = nn.Sequential(OrderedDict(layers))
+        self.l2norm = L2Norm(c(512))
+
+        # pool4, conv5_x, pool5, fc6, fc7: the second source map.
+        layers = [("pool4", nn.MaxPool2d(2, 2))]
+        for name in _CONV_NAMES[10:]:
+            layers += [(name, _conv(c_in, c(512), 3, padding=1)), (f"relu{name[4:]}", nn.ReLU(inplace=True))]
+            c_in = c(512)
+        layers += [
+            # paper p.7: "we change pool5 from 2x2-s2 to 3x3-s1"
+            ("pool5", nn.MaxPool2d(3, stride=1, padding=1)),
+            # paper p.7: fc6 and fc7 become convolutions, fc6 with the atrous (dilated) algorithm
+            ("fc6", _conv(c_in, c(1024), 3, padding=6, dilation=6)),
+            ("relu6", nn.ReLU(inplace=True)),
+            ("fc7", _conv(c(1024), c(1024), 1)),
+            ("relu7", nn.ReLU(inplace=True)),
+        ]
+        self.fc = nn.Sequential(OrderedDict(layers))
+
+        # conv8 .. conv11: the last four source maps.
+        extras = []
+        c_in = c(1024)
+        for i, (mid, out, stride, pad) in enumerate(_EXTRAS, start=8):
+            extras.append(
+                nn.Sequential(
+                    OrderedDict(
+                        [
+                            (f"conv{i}_1", _conv(c_in, c(mid), 1)),
+                            (f"relu{i}_1", nn.ReLU(inplace=True)),
+                            (f"conv{i}_2", _conv(c(mid), c(out), 3, stride=stride, padding=pad)),
+                            (f"relu{i}_2", nn.ReLU(inplace=True)),
+                        ]
+                    )
+                )
+            )
+            c_in = c(out)
+        self.extras = nn.ModuleList(extras)
+
+        self.source_channels = (c(512), c(1024)) + tuple(c(out) for _, out, _, _ in _EXTRAS)
+        self.loc_heads = nn.ModuleList(
+            _conv(ch, a * 4, 3, padding=1) for ch, a in zip(self.source_channels, anchors)
+        )
+        self.conf_heads = nn.ModuleList(
+            _conv(ch, a * self.num_classes, 3, padding=1) for ch, a in zip(self.source_channels, anchors)
+        )
+
+        # x -> x * input_scale + input_shift before conv1_1; identity unless Caffe-style weights.
+        self.register_buffer("input_scale", torch.ones(1, 3, 1, 1))
+        self.register_buffer("input_shift", torch.zeros(1, 3, 1, 1))
+
+        self._xavier_init()
+        if backbone_weights is not None:
+            if width_mult != 1.0:
+                raise ValueError(
+                    f"backbone_weights={backbone_weights!r} needs width_mult=1.0 (the pretrained VGG16 "
+                    f"has full channel counts), got width_mult={width_mult}"
+                )
+            self.load_backbone(backbone_weights, input_convention)
+
+    def _xavier_init(self) -> None:
+        # Caffe SSD: every new conv gets Xavier (uniform) weights and zero biases.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ pretrained backbone
+    def load_backbone(self, weights: str | Path, input_convention: str = "auto") -> None:
+        """Load ImageNet VGG16 weights into conv1_1 .. conv5_3 (and fc6/fc7 when available).
+
+        ``weights`` is ``"imagenet"`` or a path; see the class docstring.
+        """
+        if isinstance(weights, str) and weights == "imagenet":
+            state = _fetch_imagenet_vgg16_features()
+            source = "torchvision VGG16_Weights.IMAGENET1K_FEATURES"
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"backbone_weights: no file at {str(path)!r} (pass 'imagenet', None, or the path of a "
+                    "saved VGG16 state dict)"
+                )
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as err:  # pickle errors of all kinds: say which file
+                raise ValueError(f"backbone_weights: {str(path)!r} is not a loadable state dict: {err}") from err
+            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+                state = state["state_dict"]
+            if not isinstance(state, dict):
+                raise ValueError(f"backbone_weights: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+            source = str(path)
+        mapped, has_fc = self._map_backbone_keys(state, source)
+        missing = [k for k in self._backbone_conv_keys() if k not in mapped]
+        if missing:
+            raise ValueError(f"backbone_weights from {source}: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+        own = self.state_dict()
+        for key, value in mapped.items():
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"backbone_weights from {source}: {key} has shape {list(value.shape)}, "
+                    f"the model expects {list(own[key].shape)}"
+                )
+        self.load_state_dict(mapped, strict=False)
+        if input_convention == "auto":
+            input_convention = "imagenet" if has_fc else "caffe"
+        if input_convention == "caffe":
+            std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+            caffe_mean = torch.tensor(_CAFFE_MEAN).view(1, 3, 1, 1)
+            # (x * std + mean) recovers [0, 1] RGB; the Caffe weights want 255 * (rgb - caffe_mean)
+            self.input_scale.copy_(255.0 * std)
+            self.input_shift.copy_(255.0 * (mean - caffe_mean))
+        else:
+            self.input_scale.fill_(1.0)
+            self.input_shift.zero_()
+
+    def _backbone_conv_keys(self) -> list[str]:
+        keys = []
+        for name in _CONV_NAMES:
+            module = "fc" if name.startswith("conv5") else "backbone"
+            keys += [f"{module}.{name}.weight", f"{module}.{name}.bias"]
+        return keys
+
+    def _map_backbone_keys(self, state: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], bool]:
+        """torchvision ``features.N.*`` (or our own ``backbone.*``/``fc.*``) keys -> this model's keys.
+
+        Returns the mapped tensors and whether fc6/fc7 came with them.
+        """
+        mapped: dict[str, Tensor] = {}
+        for key, value in state.items():
+            if key.startswith(("backbone.", "fc.")) and key in self._own_keys():
+                mapped[key] = value
+        for index, name in zip(_TORCHVISION_CONV_INDICES, _CONV_NAMES):
+            module = "fc" if name.startswith("conv5") else "backbone"
+            for part in ("weight", "bias"):
+                key = f"features.{index}.{part}"
+                if key in state:
+                    mapped[f"{module}.{name}.{part}"] = state[key]
+        has_fc = "fc.fc6.weight" in mapped and "fc.fc7.weight" in mapped
+        fc_keys = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
+        if all(k in state for k in fc_keys) and all(bool(torch.isfinite(state[k]).all()) for k in fc_keys):
+            fc6_w, fc6_b, fc7_w, fc7_b = subsample_fc(*(state[k] for k in fc_keys))
+            mapped.update({"fc.fc6.weight": fc6_w, "fc.fc6.bias": fc6_b, "fc.fc7.weight": fc7_w, "fc.fc7.bias": fc7_b})
+            has_fc = True
+        if not mapped:
+            some = sorted(state)[:4]
+            raise ValueError(
+                f"backbone_weights from {source}: no VGG16 keys found (expected 'features.0.weight' ... "
+                f"or 'backbone.conv1_1.weight' ...), got {some}"
+            )
+        return mapped, has_fc
+
+    def _own_keys(self) -> set[str]:
+        return set(self.state_dict())
+
+    # ------------------------------------------------------------------ forward
+    def source_maps(self, x: Tensor) -> list[Tensor]:
+        """The six source feature maps for ``x [B, 3, H, W]``: conv4_3 (after L2Norm), fc7, conv8_2,
+        conv9_2, conv10_2, conv11_2 -> ``[B, C_k, f_k, f_k]`` with f = (38, 19, 10, 5, 3, 1) at 300 px."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"SSD300 takes images [B, 3, H, W], got {list(x.shape)}")
+        x = x * self.input_scale + self.input_shift  # identity unless Caffe-style backbone weights
+        x = self.backbone(x)  # conv4_3: [B, 512w, 38, 38]
+        sources = [self.l2norm(x)]
+        x = self.fc(x)  # fc7: [B, 1024w, 19, 19]
+        sources.append(x)
+        for block in self.extras:
+            x = block(x)
+            sources.append(x)
+        return sources
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [B, 3, 300, 300]`` -> ``(loc [B, 8732, 4], conf_logits [B, 8732, num_classes])``."""
+        sources = self.source_maps(x)
+        batch = x.shape[0]
+        locs, confs = [], []
+        for source, loc_head, conf_head in zip(sources, self.loc_heads, self.conf_heads):
+            # a head's channel a*4 + j is offset j of box a; moving channels last puts the boxes of
+            # one cell together and the cells in row-major order, like default_boxes()
+            loc = loc_head(source).permute(0, 2, 3, 1)  # [B, f, f, A*4]
+            conf = conf_head(source).permute(0, 2, 3, 1)  # [B, f, f, A*C]
+            locs.append(loc.reshape(batch, -1, 4))  # [B, f*f*A, 4]
+            confs.append(conf.reshape(batch, -1, self.num_classes))  # [B, f*f*A, C]
+        return torch.cat(locs, dim=1), torch.cat(confs, dim=1)  # [B, 8732, 4], [B, 8732, C]
+
+    # ------------------------------------------------------------------ introspection
+    def trunk_layers(self) -> Iterator[tuple[str, nn.Module, int | None]]:
+        """The layers from the image to conv11_2 in order, as ``(name, module, source_index)``.
+
+        ``source_index`` is k (0..5) for the layer whose output is source map k, else None.
+        The L2Norm of conv4_3 is listed right after relu4_3 as source 0 (a branch: the trunk
+        continues from the un-normalized conv4_3).
+        """
+        for name, module in self.backbone.named_children():
+            yield name, module, None
+        yield "conv4_3_norm", self.l2norm, 0
+        children = list(self.fc.named_children())
+        for i, (name, module) in enumerate(children):
+            yield name, module, 1 if i == len(children) - 1 else None
+        for k, block in enumerate(self.extras, start=2):
+            children = list(block.named_children())
+            for i, (name, module) in enumerate(children):
+                yield name, module, k if i == len(children) - 1 else None
+
+
+def tiny_ssd300(num_classes: int) -> SSD300:
+    """The CPU preset: ``SSD300(num_classes, width_mult=TINY_WIDTH)`` (same input, same 8732 boxes)."""
+    return SSD300(num_classes=num_classes, backbone_weights=None, width_mult=TINY_WIDTH)
+
+
+def subsample_fc(
+    fc6_weight: Tensor, fc6_bias: Tensor, fc7_weight: Tensor, fc7_bias: Tensor, keep_every: int = 4, tap_every: int = 3
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """VGG16's fully connected fc6/fc7 as SSD's convolutions, by subsampling (paper p.7).
+
+    ``fc6_weight [4096, 512*7*7]`` is a 7x7 convolution over pool5 ``[512, 7, 7]``; keeping every
+    ``keep_every``-th output unit and every ``tap_every``-th kernel tap in each direction gives
+    ``[1024, 512, 3, 3]``: a 3x3 kernel whose taps lie 3 cells apart on the stride-32 map, i.e.
+    6 cells apart on SSD's stride-16 pool5 -- hence dilation 6.  ``fc7_weight [4096, 4096]``
+    becomes ``[1024, 1024, 1, 1]``.  The paper does not say which units it kept; we keep every
+    4th, starting at 0 (DeepLab-LargeFOV's "decimation").
+    """
+    out6, in6 = fc6_weight.shape
+    grid = 7
+    channels = in6 // (grid * grid)
+    if channels * grid * grid != in6 or fc7_weight.shape != (out6, out6):
+        raise ValueError(
+            f"subsample_fc expects fc6 [N, C*7*7] and fc7 [N, N], got {list(fc6_weight.shape)} and "
+            f"{list(fc7_weight.shape)}"
+        )
+    w6 = fc6_weight.reshape(out6, channels, grid, grid)  # [4096, 512, 7, 7]
+    w6 = w6[::keep_every, :, ::tap_every, ::tap_every].contiguous()  # [1024, 512, 3, 3]
+    b6 = fc6_bias[::keep_every].contiguous()  # [1024]
+    w7 = fc7_weight[::keep_every, ::keep_every].reshape(-1, out6 // keep_every, 1, 1).contiguous()  # [1024, 1024, 1, 1]
+    b7 = fc7_bias[::keep_every].contiguous()  # [1024]
+    return w6, b6, w7, b7
+
+
+def _fetch_imagenet_vgg16_features() -> dict[str, Tensor]:
+    """torchvision's VGG16 IMAGENET1K_FEATURES state dict (torch hub cache, else download).
+
+    Any failure (no network, bad cache) becomes a RuntimeError that says what to do offline.
+    """
+    try:
+        from torchvision.models import VGG16_Weights
+
+        return _download_state_dict(VGG16_Weights.IMAGENET1K_FEATURES)
+    except Exception as err:
+        raise RuntimeError(
+            "backbone_weights='imagenet': could not get torchvision's VGG16_Weights.IMAGENET1K_FEATURES "
+            f"({type(err).__name__}: {err}). Without a network: on a machine with internet run\n"
+            "  python -c \"import torch, torchvision; torch.save(torchvision.models.VGG16_Weights."
+            "IMAGENET1K_FEATURES.get_state_dict(progress=True), 'vgg16_features.pt')\"\n"
+            "copy vgg16_features.pt here and pass backbone_weights='vgg16_features.pt' "
+            "(or put the downloaded file in the torch hub cache, ~/.cache/torch/hub/checkpoints/), "
+            "or train from scratch with backbone_weights=None."
+        ) from err
+
+
+def _download_state_dict(weights: object) -> dict[str, Tensor]:
+    """One place that touches the network (tests replace it)."""
+    return weights.get_state_dict(progress=False)  # type: ignore[attr-defined]
+
+
+def describe_layers(model: SSD300, image_size: int = 300) -> list[dict[str, object]]:
+    """One row per trunk layer and per head: name, output shape, parameters, receptive field.
+
+    Runs ``model`` layer by layer on a zero image ``[1, 3, image_size, image_size]`` for the
+    shapes.  The receptive field ``rf`` (pixels), the ``stride`` (jump between neighbouring
+    cells, pixels) and ``centre`` (centre of cell 0, pixels, pixel i spanning [i, i+1]) follow
+    from each layer's kernel k, stride s, padding p and dilation d:
+
+        k_eff = d (k - 1) + 1,   rf += (k_eff - 1) * jump,   centre += ((k_eff - 1) / 2 - p) * jump,
+        jump *= s
+
+    A head (3x3, stride 1, padding 1) adds ``2 * jump`` to its source map's receptive field.
+    """
+    rows: list[dict[str, object]] = []
+    rf, jump, centre = 1.0, 1.0, 0.5
+    source_geometry: dict[int, tuple[float, float, float]] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        x = torch.zeros(1, 3, image_size, image_size, device=model.input_scale.device)
+        x = x * model.input_scale + model.input_shift
+        trunk = x
+        for name, module, source in model.trunk_layers():
+            if isinstance(module, L2Norm):
+                out = module(trunk)  # a branch: the trunk itself goes on un-normalized
+            else:
+                trunk = module(trunk)
+                out = trunk
+                if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+                    k, s, p, d = (_pair0(getattr(module, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
+                    k_eff = d * (k - 1) + 1
+                    rf += (k_eff - 1) * jump
+                    centre += ((k_eff - 1) / 2 - p) * jump
+                    jump *= s
+            rows.append(
+                {
+                    "layer": name,
+                    "type": type(module).__name__,
+                    "output": tuple(out.shape[1:]),
+                    "params": sum(p.numel() for p in module.parameters()),
+                    "rf": int(rf),
+                    "stride": int(jump),
+                    "centre": centre,
+                    "source": source,
+                }
+            )
+            if source is not None:
+                source_geometry[source] = (rf, jump, centre)
+        for kind, heads in (("loc", model.loc_heads), ("conf", model.conf_heads)):
+            for k, head in enumerate(heads):
+                f_rf, f_jump, f_centre = source_geometry[k]
+                shape = rows[[r["source"] for r in rows].index(k)]["output"]
+                rows.append(
+                    {
+                        "layer": f"{kind}_head{k}",
+                        "type": "Conv2d",
+                        "output": (head.out_channels, shape[1], shape[2]),
+                        "params": sum(p.numel() for p in head.parameters()),
+                        "rf": int(f_rf + 2 * f_jump),
+                        "stride": int(f_jump),
+                        "centre": f_centre,
+                        "source": k,
+                    }
+                )
+    model.train(was_training)
+    return rows
+
+
+def _pair0(v: int | tuple[int, ...]) -> int:
+    """Conv/pool attributes are ints or (h, w) pairs; SSD's are square, so take the first."""
+    return int(v[0]) if isinstance(v, tuple) else int(v)
+

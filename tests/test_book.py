@@ -1,0 +1,115 @@
+"""Checks over the book: every chapter in _toc.yml is a notebook that follows the style brief.
+
+Chapters not written yet are skipped with a reason; once a chapter exists every check applies.
+nbval (``pytest --nbval book/``) re-runs the chapters; these checks look at the stored notebooks.
+"""
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_execute_notebooks():
+    spec = importlib.util.spec_from_file_location("book_execute_notebooks", ROOT / "book" / "execute_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXECUTE = _load_execute_notebooks()
+CHAPTERS = EXECUTE.chapters_from_toc()
+
+
+def test_toc_lists_the_chapters_in_order():
+    names = [p.name for p in CHAPTERS]
+    assert names[0] == "00_introduction.ipynb"
+    numbers = [int(n[:2]) for n in names]
+    assert numbers == list(range(len(names))), f"chapters out of order or missing a number: {names}"
+
+
+@pytest.fixture(params=CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def notebook(request) -> nbformat.NotebookNode:
+    path: Path = request.param
+    if not path.exists():
+        pytest.skip(f"{path.relative_to(ROOT)} is listed in _toc.yml but not written yet")
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["_path"] = str(path.relative_to(ROOT))
+    return nb
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _headings(nb) -> list[tuple[int, str]]:
+    """(level, text) of every markdown heading, skipping fenced code blocks."""
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        in_fence = False
+        for line in cell.source.splitlines():
+            if line.lstrip().startswith("```"):
+                in_fence = not in_fence
+            elif not in_fence and (m := re.match(r"^(#{1,6})\s+(.*\S)", line)):
+                found.append((len(m.group(1)), m.group(2)))
+    return found
+
+
+def test_first_cell_is_the_colab_install_cell(notebook):
+    first = notebook.cells[0]
+    assert first.cell_type == "code", f"{notebook.metadata['_path']}: first cell must be the Colab cell"
+    assert first.source == EXECUTE.colab_cell_source(), (
+        f"{notebook.metadata['_path']}: first cell differs from the Colab cell; "
+        "run python book/execute_notebooks.py on it"
+    )
+
+
+def test_every_code_cell_was_executed_in_order(notebook):
+    counts = [c.execution_count for c in _code_cells(notebook)]
+    assert None not in counts, f"{notebook.metadata['_path']}: unexecuted code cells"
+    # one fresh run from top to bottom numbers the cells 1, 2, 3, ...
+    assert counts == list(range(1, len(counts) + 1)), f"{notebook.metadata['_path']}: counts {counts}"
+
+
+def test_no_error_outputs(notebook):
+    for i, cell in enumerate(_code_cells(notebook)):
+        errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
+        assert not errors, f"{notebook.metadata['_path']} code cell {i}: {errors[0].ename}: {errors[0].evalue}"
+        stderr = [o for o in cell.get("outputs", []) if o.output_type == "stream" and o.name == "stderr"]
+        assert not any("Traceback" in o.text for o in stderr), f"{notebook.metadata['_path']} code cell {i}"
+
+
+def test_no_absolute_paths_of_this_machine_in_outputs(notebook):
+    root = str(ROOT)
+    for i, cell in enumerate(_code_cells(notebook)):
+        for output in cell.get("outputs", []):
+            text = output.get("text", "") + str(output.get("data", {}).get("text/plain", ""))
+            assert root not in text, f"{notebook.metadata['_path']} code cell {i} prints a local path"
+
+
+def test_one_title_then_sections_without_level_jumps(notebook):
+    headings = _headings(notebook)
+    path = notebook.metadata["_path"]
+    assert headings and headings[0][0] == 1, f"{path}: must open with a '#' title"
+    assert [level for level, _ in headings].count(1) == 1, f"{path}: exactly one '#' title"
+    for (prev, _), (level, text) in zip(headings, headings[1:]):
+        assert level <= prev + 1, f"{path}: heading '{text}' jumps from level {prev} to {level}"
+
+
+def test_ends_with_summary_and_exercises(notebook):
+    sections = [text for level, text in _headings(notebook) if level == 2]
+    path = notebook.metadata["_path"]
+    assert sections[-2:] == ["Summary", "Exercises"], f"{path}: last sections are {sections[-2:]}"
+
+
+def test_imports_from_the_package_without_star_imports(notebook):
+    code = "\n".join(c.source for c in _code_cells(notebook))
+    assert not re.search(r"^\s*from\s+\S+\s+import\s+\*", code, flags=re.M), notebook.metadata["_path"]
+    assert "from ssd_tutorial" in code, f"{notebook.metadata['_path']}: uses nothing from the package"

@@ -1,0 +1,119 @@
+"""Tests for ssd_tutorial.config and the learning-rate schedule of ssd_tutorial.train."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ssd_tutorial.config import PRESETS, TrainConfig, apply_overrides, config_from_dict, get_config, parse_value
+from ssd_tutorial.train import build_scheduler, lr_factor
+
+
+def test_presets_exist_and_paper_recipe():
+    assert sorted(PRESETS) == ["shapes_cpu", "shapes_gpu", "ssd300_voc0712"]
+    voc = PRESETS["ssd300_voc0712"]
+    # paper p.7 / released solver: batch 32, SGD 1e-3, momentum 0.9, wd 5e-4, 120k its, drops at 80k/100k.
+    assert (voc.batch_size, voc.lr, voc.momentum, voc.weight_decay) == (32, 1e-3, 0.9, 5e-4)
+    assert (voc.max_iters, voc.lr_steps, voc.lr_gamma) == (120_000, (80_000, 100_000), 0.1)
+    assert voc.backbone_weights == "imagenet" and voc.augment and voc.width_mult == 1.0
+    assert voc.grad_clip_norm == 0.0  # the paper does not clip
+    assert PRESETS["shapes_cpu"].width_mult == 0.125
+    assert PRESETS["shapes_gpu"].width_mult == 1.0
+
+
+def test_config_is_frozen():
+    cfg = get_config("shapes_cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_get_config_overrides_and_unknown_preset():
+    cfg = get_config("shapes_cpu", max_iters=7, lr=0.5)
+    assert (cfg.max_iters, cfg.lr) == (7, 0.5)
+    assert PRESETS["shapes_cpu"].max_iters != 7  # the preset itself is untouched
+    with pytest.raises(KeyError, match="shapes_cpu"):
+        get_config("no_such_preset")
+
+
+def test_command_line_overrides_all_forms():
+    cfg = apply_overrides(
+        get_config("shapes_cpu"),
+        ["--set", "lr=0.02", "--batch-size", "4", "--lr_steps=10,20", "--augment", "false",
+         "--backbone-weights", "none", "--set", "max_iters=1e3"],
+    )
+    assert cfg.lr == 0.02 and cfg.batch_size == 4 and cfg.lr_steps == (10, 20)
+    assert cfg.augment is False and cfg.backbone_weights is None and cfg.max_iters == 1000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "no_field=1"], "no field"),
+        (["--batch-size", "four"], "batch_size"),
+        (["--augment", "maybe"], "augment"),
+        (["--lr"], "needs a value"),
+        (["stray"], "unexpected argument"),
+    ],
+)
+def test_bad_overrides_name_the_problem(args, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        apply_overrides(get_config("shapes_cpu"), args)
+
+
+def test_invalid_values_rejected():
+    with pytest.raises(ValueError, match="amp"):
+        get_config("shapes_cpu", amp="fp8")
+    with pytest.raises(ValueError, match="lr_steps"):
+        get_config("shapes_cpu", lr_steps=(20, 10))
+    with pytest.raises(ValueError, match="batch_size"):
+        get_config("shapes_cpu", batch_size=0)
+
+
+def test_to_dict_is_plain_and_round_trips():
+    for cfg in PRESETS.values():
+        d = cfg.to_dict()
+        assert all(isinstance(v, (str, int, float, bool, list, type(None))) for v in d.values())
+        assert config_from_dict(d) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        config_from_dict({**PRESETS["shapes_cpu"].to_dict(), "bogus": 1})
+
+
+def test_parse_value_types():
+    assert parse_value("lr_steps", "") == ()
+    assert parse_value("compile", "YES") is True
+    assert parse_value("voc_roots", "a,b") == ("a", "b")
+
+
+def test_lr_factor_by_hand():
+    cfg = TrainConfig(warmup_iters=10, warmup_factor=0.1, lr_steps=(20, 30), lr_gamma=0.1, max_iters=40)
+    # warmup: 0.1 at 0, then linear: at 5 -> 0.1 * 0.5 + 0.5 = 0.55; 1 from 10 on.
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 5) == pytest.approx(0.55)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 19) == pytest.approx(1.0)
+    assert lr_factor(cfg, 20) == pytest.approx(0.1)
+    assert lr_factor(cfg, 30) == pytest.approx(0.01)
+
+
+def test_scheduler_follows_lr_factor():
+    # The paper recipe's shape, compressed 1000x so the real scheduler can be stepped through it.
+    cfg = get_config("ssd300_voc0712", warmup_iters=4, max_iters=120, lr_steps=(80, 100))
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=cfg.lr)
+    scheduler = build_scheduler(cfg, optimizer)
+    seen = []
+    for it in range(120):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([cfg.lr * lr_factor(cfg, it) for it in range(120)])
+    assert seen[0] == pytest.approx(1e-3 / 3) and seen[2] == pytest.approx(1e-3 * (1 / 3 * 0.5 + 0.5))
+    assert seen[79] == pytest.approx(1e-3) and seen[80] == pytest.approx(1e-4) and seen[100] == pytest.approx(1e-5)
+
+
+def test_paper_schedule_values():
+    cfg = get_config("ssd300_voc0712")
+    assert [cfg.lr * lr_factor(cfg, it) for it in (500, 79_999, 80_000, 99_999, 100_000, 119_999)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
+    )

@@ -1,0 +1,210 @@
+"""Tests for ssd_tutorial.inference: a hand-worked case, parity with a per-class loop over
+torchvision.ops.nms, empty results, batches of 1 and 64, the Predictor's pixel boxes, bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import nms
+
+from ssd_tutorial.default_boxes import default_boxes
+from ssd_tutorial.inference import Predictor, detect, predict, preprocess
+
+
+# ---------------------------------------------------------------- a reference written plainly
+def reference_detect(loc, conf_logits, priors, score_threshold, iou_threshold, top_k, candidates_per_class=None):
+    """Per image, per class: threshold, (top candidates), torchvision nms; then top_k by score."""
+    centre = priors[:, :2] + loc[..., :2] * 0.1 * priors[:, 2:]  # [B, P, 2]
+    size = priors[:, 2:] * torch.exp(loc[..., 2:] * 0.2)  # [B, P, 2]
+    boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1).clamp(0, 1)  # [B, P, 4]
+    probs = conf_logits.softmax(-1)
+    out = []
+    for b in range(loc.shape[0]):
+        all_boxes, all_scores, all_labels = [], [], []
+        for c in range(1, conf_logits.shape[-1]):
+            s = probs[b, :, c]
+            mask = s > score_threshold
+            cb, cs = boxes[b][mask], s[mask]
+            if candidates_per_class is not None:
+                top = cs.argsort(descending=True, stable=True)[:candidates_per_class]
+                cb, cs = cb[top], cs[top]
+            keep = nms(cb.double(), cs.double(), iou_threshold)
+            all_boxes.append(cb[keep])
+            all_scores.append(cs[keep])
+            all_labels.append(torch.full((len(keep),), c, dtype=torch.long))
+        s = torch.cat(all_scores)
+        order = s.argsort(descending=True, stable=True)[:top_k]
+        out.append({"boxes": torch.cat(all_boxes)[order], "scores": s[order], "labels": torch.cat(all_labels)[order]})
+    return out
+
+
+def assert_same(got, expected):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g["labels"].dtype == torch.long
+        torch.testing.assert_close(g["scores"], e["scores"], rtol=0, atol=0)
+        torch.testing.assert_close(g["labels"], e["labels"], rtol=0, atol=0)
+        torch.testing.assert_close(g["boxes"], e["boxes"], rtol=1e-6, atol=1e-6)
+
+
+def random_priors(num: int, generator: torch.Generator) -> torch.Tensor:
+    centre = torch.rand(num, 2, generator=generator)
+    size = 0.05 + 0.3 * torch.rand(num, 2, generator=generator)
+    return torch.cat((centre, size), dim=1)  # [P, 4] cxcywh
+
+
+# ---------------------------------------------------------------- hand-worked case
+def hand_case():
+    """Three default boxes, classes background / cat (1) / dog (2), zero offsets.
+
+    Box 0 and box 1 are 0.2 x 0.2 squares 0.02 apart: IoU = 0.18*0.2 / (0.04+0.04-0.036) = 0.818.
+    Box 2 is far from both.  Logits (bg, cat, dog):
+      box 0 (0, 2, 0)   -> cat e^2/(e^2+2)
+      box 1 (0, 1, 0)   -> cat e/(e+2), dog 1/(e+2)
+      box 2 (0, .5, 1)  -> cat e^.5/Z, dog e/Z, Z = 1 + e^.5 + e
+    """
+    priors = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.32, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])
+    logits = torch.tensor([[[0.0, 2.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 1.0]]])
+    return torch.zeros(1, 3, 4), logits, priors
+
+
+def test_hand_case() -> None:
+    loc, logits, priors = hand_case()
+    e = math.e
+    z = 1 + math.exp(0.5) + e
+    # threshold .15 drops box 0's dog (1/(e^2+2) = .107) but keeps box 1's dog (1/(e+2) = .212).
+    # cat: box 1 (.576) overlaps box 0 (.787) with IoU .82 > .45 -> suppressed; box 2's cat stays.
+    # dog: box 1 and box 2 do not overlap -> both stay.  Classes never suppress each other.
+    (result,) = detect(loc, logits, priors, score_threshold=0.15, iou_threshold=0.45)
+    expected_scores = [e**2 / (e**2 + 2), e / z, math.exp(0.5) / z, 1 / (e + 2)]
+    assert result["labels"].tolist() == [1, 2, 1, 2]
+    assert result["scores"].tolist() == pytest.approx(expected_scores, abs=1e-6)
+    torch.testing.assert_close(
+        result["boxes"],
+        torch.tensor([[0.2, 0.2, 0.4, 0.4], [0.6, 0.6, 0.8, 0.8], [0.6, 0.6, 0.8, 0.8], [0.22, 0.2, 0.42, 0.4]]),
+    )
+    # top_k keeps the best two over all classes
+    (top2,) = detect(loc, logits, priors, score_threshold=0.15, top_k=2)
+    assert top2["labels"].tolist() == [1, 2]
+    # an IoU threshold above .82 no longer suppresses box 1's cat
+    (loose,) = detect(loc, logits, priors, score_threshold=0.15, iou_threshold=0.9)
+    assert loose["labels"].tolist() == [1, 1, 2, 1, 2]
+    assert loose["scores"][1].item() == pytest.approx(e / (e + 2), abs=1e-6)
+
+
+# ---------------------------------------------------------------- parity with the loop reference
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_reference_batch_of_1_with_ssd300_priors(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    priors = default_boxes()  # [8732, 4]
+    loc = torch.randn(1, 8732, 4, generator=g)
+    logits = 3 * torch.randn(1, 8732, 21, generator=g)
+    for thr in (0.01, 0.3):
+        got = detect(loc, logits, priors, score_threshold=thr, iou_threshold=0.45, top_k=200)
+        assert_same(got, reference_detect(loc, logits, priors, thr, 0.45, 200))
+        assert len(got[0]["scores"]) == 200  # plenty of candidates: top_k binds
+
+
+def test_matches_reference_batch_of_64() -> None:
+    g = torch.Generator().manual_seed(64)
+    priors = random_priors(300, g)
+    loc = torch.randn(64, 300, 4, generator=g)
+    logits = 2 * torch.randn(64, 300, 11, generator=g)
+    # a few images with nothing above the threshold at all
+    logits[[3, 17, 40], :, 0] = 50.0
+    got = detect(loc, logits, priors, score_threshold=0.2, iou_threshold=0.5, top_k=50)
+    assert_same(got, reference_detect(loc, logits, priors, 0.2, 0.5, 50))
+    assert [len(got[i]["scores"]) for i in (3, 17, 40)] == [0, 0, 0]
+    assert all(len(d["scores"]) == 50 for i, d in enumerate(got) if i not in (3, 17, 40))
+
+
+def test_candidates_per_class_matches_reference() -> None:
+    g = torch.Generator().manual_seed(7)
+    priors = random_priors(500, g)
+    loc = torch.randn(4, 500, 4, generator=g)
+    logits = torch.randn(4, 500, 5, generator=g)
+    got = detect(loc, logits, priors, score_threshold=0.05, iou_threshold=0.3, top_k=1000, candidates_per_class=20)
+    assert_same(got, reference_detect(loc, logits, priors, 0.05, 0.3, 1000, candidates_per_class=20))
+    assert all(len(d["scores"]) <= 4 * 20 for d in got)
+
+
+# ---------------------------------------------------------------- empty results
+def test_all_below_threshold_gives_empty_results() -> None:
+    loc, logits, priors = hand_case()
+    result = detect(loc.repeat(2, 1, 1), logits.repeat(2, 1, 1), priors, score_threshold=0.99)
+    assert len(result) == 2
+    for r in result:
+        assert r["boxes"].shape == (0, 4) and r["scores"].shape == (0,) and r["labels"].shape == (0,)
+        assert r["labels"].dtype == torch.long
+
+
+# ---------------------------------------------------------------- bad input
+def test_bad_shapes_are_named() -> None:
+    loc, logits, priors = hand_case()
+    with pytest.raises(ValueError, match="loc"):
+        detect(loc[0], logits, priors)
+    with pytest.raises(ValueError, match="conf_logits"):
+        detect(loc, logits[:, :2], priors)
+    with pytest.raises(ValueError, match="priors"):
+        detect(loc, logits, priors[:2])
+    with pytest.raises(ValueError, match="top_k"):
+        detect(loc, logits, priors, top_k=0)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        detect(loc, logits[..., :1], priors)
+
+
+# ---------------------------------------------------------------- Predictor
+class FixedModel(nn.Module):
+    """Always predicts the hand case, whatever the image (checks only the plumbing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor):
+        self.seen.append(tuple(x.shape))
+        loc, logits, _ = hand_case()
+        return loc.expand(x.shape[0], -1, -1) * self.scale, logits.expand(x.shape[0], -1, -1)
+
+
+def test_predictor_returns_pixels_of_each_image() -> None:
+    _, _, priors = hand_case()
+    model = FixedModel()
+    wide = torch.zeros(3, 100, 200, dtype=torch.uint8)  # H = 100, W = 200
+    grey = torch.zeros(1, 50, 30, dtype=torch.uint8)  # H = 50, W = 30, one channel
+    results = Predictor(model, priors=priors, size=64, score_threshold=0.15)([wide, grey])
+    assert model.seen == [(2, 3, 64, 64)]  # both resized to 64 x 64 and batched
+    # the best box is normalized [0.2, 0.2, 0.4, 0.4]: x scales by W, y by H
+    torch.testing.assert_close(results[0]["boxes"][0], torch.tensor([40.0, 20.0, 80.0, 40.0]))
+    torch.testing.assert_close(results[1]["boxes"][0], torch.tensor([6.0, 10.0, 12.0, 20.0]))
+    again = predict(model, [wide], priors=priors, size=64, score_threshold=0.15)
+    torch.testing.assert_close(again[0]["boxes"], results[0]["boxes"])
+
+
+def test_preprocess_normalizes_with_imagenet_statistics() -> None:
+    from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD
+
+    image = torch.full((3, 37, 53), 128, dtype=torch.uint8)
+    x = preprocess(image, size=300)
+    assert x.shape == (3, 300, 300)
+    for c in range(3):  # a flat image stays flat: (128/255 - mean) / std everywhere
+        expected = (128 / 255 - float(IMAGENET_MEAN[c])) / float(IMAGENET_STD[c])
+        torch.testing.assert_close(x[c], torch.full((300, 300), expected), rtol=0, atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        preprocess(image.float())
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        preprocess(image[0])
+
+
+def test_preprocess_matches_eval_augmentation() -> None:
+    from ssd_tutorial.augmentation import SSDAugmentation
+
+    g = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, 120, 90), dtype=torch.uint8, generator=g)
+    target = {"boxes": torch.tensor([[10.0, 20.0, 50.0, 80.0]]), "labels": torch.tensor([1]),
+              "difficult": torch.tensor([False]), "image_id": "x"}
+    expected, _ = SSDAugmentation(size=300, train=False)(image, target)
+    torch.testing.assert_close(preprocess(image, 300), expected, rtol=0, atol=1e-4)

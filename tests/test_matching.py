@@ -1,0 +1,256 @@
+"""Tests for ssd_tutorial.matching: hand-worked cases, tie rules, torchvision parity, batching."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision.models.detection._utils import BoxCoder, SSDMatcher
+from torchvision.ops import box_iou as tv_box_iou
+
+from ssd_tutorial.boxes import cxcywh_to_xyxy
+from ssd_tutorial.default_boxes import default_boxes
+from ssd_tutorial.matching import build_targets, decode, encode, match
+
+PRIORS = default_boxes()  # [8732, 4] cxcywh
+
+# Five default boxes (cxcywh) and two objects (xyxy), worked by hand in test_hand_worked_match.
+HAND_PRIORS = torch.tensor(
+    [
+        [0.25, 0.25, 0.5, 0.5],  # p0: xyxy (0, 0, .5, .5)
+        [0.75, 0.75, 0.5, 0.5],  # p1: (.5, .5, 1, 1)
+        [0.30, 0.25, 0.5, 0.5],  # p2: (.05, 0, .55, .5)
+        [0.50, 0.50, 0.2, 0.2],  # p3: (.4, .4, .6, .6)
+        [0.75, 0.25, 0.5, 0.5],  # p4: (.5, 0, 1, .5)
+    ]
+)
+HAND_GT = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.45, 0.45, 0.55, 0.55]])  # A (label 3), B (label 7)
+HAND_LABELS = torch.tensor([3, 7])
+
+
+def random_scene(gen: torch.Generator, num_objects: int, grid: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_objects`` boxes inside the unit square (xyxy) with labels 1..20.
+
+    With ``grid`` the corners snap to multiples of 1/grid, which makes exact IoU ties (shared
+    best boxes, identical objects) common.
+    """
+    corners = torch.rand(num_objects, 2, 2, generator=gen)  # [G, 2 points, (x, y)]
+    if grid:
+        corners = (corners * grid).round() / grid
+    low = corners.min(dim=1).values  # [G, 2]
+    high = corners.max(dim=1).values  # [G, 2]
+    high = torch.maximum(high, low + 0.02)  # at least a sliver of area
+    boxes = torch.cat((low, high.clamp(max=1.0)), dim=1)  # [G, 4]
+    boxes[:, :2] = torch.minimum(boxes[:, :2], boxes[:, 2:] - 0.02)
+    labels = torch.randint(1, 21, (num_objects,), generator=gen)
+    return boxes, labels
+
+
+# ----------------------------------------------------------------------------- hand-worked
+def test_hand_worked_match():
+    # IoU by hand: A is p0 exactly (1.0); A with p2: overlap 0.45 x 0.5 = 0.225 over
+    # 0.25 + 0.25 - 0.225 = 0.275 -> 0.818 >= 0.5; A with p3: 0.01 / 0.28 = 0.036.
+    # B (0.1 x 0.1) lies inside p3 (0.2 x 0.2): IoU 0.01 / 0.04 = 0.25 < 0.5, but p3 is B's best
+    # box (its IoU with p0, p1, p4 is 0.0025 / 0.2575 = 0.0097, with p2 0.005 / 0.255 = 0.0196),
+    # so p3 is forced to B.  p1 and p4 overlap nothing enough: background.
+    matched, labels = match(HAND_GT, HAND_LABELS, HAND_PRIORS)
+    assert labels.tolist() == [3, 0, 3, 7, 0]
+    assert torch.equal(matched[0], HAND_GT[0])
+    assert torch.equal(matched[2], HAND_GT[0])
+    assert torch.equal(matched[3], HAND_GT[1])
+    # background boxes hold themselves, so their offsets are 0
+    assert torch.allclose(matched[[1, 4]], cxcywh_to_xyxy(HAND_PRIORS[[1, 4]]))
+
+    offsets = encode(matched, HAND_PRIORS)
+    # p2 -> A: centres 0.25 vs 0.30, width 0.5: (0.25 - 0.30) / (0.1 * 0.5) = -1; same size -> 0
+    assert torch.allclose(offsets[2], torch.tensor([-1.0, 0.0, 0.0, 0.0]), atol=1e-6)
+    # p3 -> B: same centre; size 0.1 vs 0.2: log(0.5) / 0.2 = -3.4657
+    assert torch.allclose(offsets[3], torch.tensor([0.0, 0.0, -3.4657359, -3.4657359]), atol=1e-5)
+    assert torch.allclose(offsets[[0, 1, 4]], torch.zeros(3, 4), atol=1e-6)
+
+
+def test_threshold_is_inclusive_and_adjustable():
+    # A with p2 has IoU 0.2250 / 0.2750 = 9/11 = 0.8182: positive at 0.8182, not at 0.82
+    _, labels = match(HAND_GT, HAND_LABELS, HAND_PRIORS, iou_threshold=9 / 11 - 1e-6)
+    assert labels[2] == 3
+    _, labels = match(HAND_GT, HAND_LABELS, HAND_PRIORS, iou_threshold=0.82)
+    assert labels.tolist() == [3, 0, 0, 7, 0]  # the forced matches stay whatever the threshold
+
+
+def test_image_without_objects_is_all_background():
+    matched, labels = match(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), PRIORS)
+    assert labels.shape == (8732,) and labels.dtype == torch.long and int(labels.sum()) == 0
+    assert torch.allclose(encode(matched, PRIORS), torch.zeros(8732, 4), atol=1e-5)
+    loc, lab = build_targets([torch.zeros(0, 4)], [torch.zeros(0, dtype=torch.long)], PRIORS)
+    assert loc.shape == (1, 8732, 4) and int(lab.abs().sum()) == 0
+    assert torch.allclose(loc, torch.zeros(1, 8732, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize("size_px", [1.0, 2.0, 5.0])
+def test_object_smaller_than_every_box_still_gets_one(size_px: float):
+    # the smallest default box is 30 px (21 px for its 2:1 form); a 1..5 px object is below the
+    # 0.5 threshold with every box, so only the forced match can give it a positive
+    side = size_px / 300
+    gt = torch.tensor([[0.40, 0.52, 0.40 + side, 0.52 + side]])
+    iou = tv_box_iou(gt, cxcywh_to_xyxy(PRIORS))[0]
+    assert float(iou.max()) < 0.5
+    _, labels = match(gt, torch.tensor([5]), PRIORS)
+    assert int((labels == 5).sum()) == 1
+    assert int(labels.nonzero()[0, 0]) == int(iou.argmax())
+
+
+def test_number_of_positives_grows_with_object_size():
+    counts = []
+    for side in (0.05, 0.2, 0.6):
+        gt = torch.tensor([[0.5 - side / 2, 0.5 - side / 2, 0.5 + side / 2, 0.5 + side / 2]])
+        counts.append(int((match(gt, torch.tensor([1]), PRIORS)[1] > 0).sum()))
+    assert counts[0] < counts[1] < counts[2], counts
+
+
+# ----------------------------------------------------------------------------- tie rules
+def test_shared_best_box_goes_to_the_object_overlapping_it_most():
+    # Both objects' best box is p3 (0.4..0.6): B covers 0.01 of it (IoU 0.25), C covers
+    # 0.4..0.58 x 0.4..0.58 = 0.0324 (IoU 0.81).  C wins p3 whatever the order; B keeps nothing.
+    b = torch.tensor([0.45, 0.45, 0.55, 0.55])
+    c = torch.tensor([0.40, 0.40, 0.58, 0.58])
+    priors = HAND_PRIORS[[3, 1]]  # only p3 and a far-away box
+    for gt, labels, winner in ((torch.stack((b, c)), torch.tensor([7, 9]), 9), (torch.stack((c, b)), torch.tensor([9, 7]), 9)):
+        _, out = match(gt, labels, priors)
+        assert out.tolist() == [winner, 0]
+        _, batched = build_targets([gt], [labels], priors)
+        assert batched[0].tolist() == [winner, 0]
+
+
+def test_exact_tie_goes_to_the_lower_index():
+    gt = torch.tensor([[0.45, 0.45, 0.55, 0.55], [0.45, 0.45, 0.55, 0.55]])  # the same box twice
+    labels = torch.tensor([4, 6])
+    _, out = match(gt, labels, HAND_PRIORS)
+    assert out.tolist() == [0, 0, 0, 4, 0]
+    _, batched = build_targets([gt], [labels], HAND_PRIORS)
+    assert batched[0].tolist() == [0, 0, 0, 4, 0]
+
+
+def test_object_overlapping_nothing_forces_nothing():
+    gt = torch.tensor([[0.3, 0.3, 0.3, 0.3]])  # zero area: IoU 0 with every box
+    _, labels = match(gt, torch.tensor([2]), HAND_PRIORS)
+    assert int(labels.abs().sum()) == 0
+    _, batched = build_targets([gt], [torch.tensor([2])], HAND_PRIORS)
+    assert int(batched.abs().sum()) == 0
+
+
+# ----------------------------------------------------------------------------- parity with torchvision
+def torchvision_targets(gt: torch.Tensor, labels: torch.Tensor, priors_cxcywh: torch.Tensor):
+    """What torchvision's SSD.compute_loss builds for one image (SSDMatcher + BoxCoder(10, 10, 5, 5))."""
+    priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
+    matcher = SSDMatcher(0.5)
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))  # 1 / variances (0.1, 0.1, 0.2, 0.2)
+    matches = matcher(tv_box_iou(gt, priors_xyxy))  # [P], -1 = background
+    foreground = matches >= 0
+    out_labels = torch.zeros(priors_xyxy.shape[0], dtype=torch.long)
+    out_labels[foreground] = labels[matches[foreground]]
+    offsets = coder.encode_single(gt[matches.clamp(min=0)], priors_xyxy)  # [P, 4]
+    return offsets, out_labels, foreground
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_objects=st.integers(1, 8))
+def test_match_and_encode_agree_with_torchvision(seed: int, num_objects: int):
+    gen = torch.Generator().manual_seed(seed)
+    gt, labels = random_scene(gen, num_objects)
+    # torchvision lets the last object win a shared best box, we let the one overlapping it most:
+    # compare only scenes where every object has its own best box (random real-valued boxes
+    # almost never tie exactly otherwise).
+    best = tv_box_iou(gt, cxcywh_to_xyxy(PRIORS)).argmax(dim=1)
+    if best.unique().numel() < num_objects:
+        return
+    tv_offsets, tv_labels, foreground = torchvision_targets(gt, labels, PRIORS)
+    matched, ours = match(gt, labels, PRIORS)
+    assert torch.equal(ours, tv_labels)
+    offsets = encode(matched, PRIORS)
+    assert torch.allclose(offsets[foreground], tv_offsets[foreground], atol=1e-4, rtol=1e-4)
+
+
+def test_torchvision_differs_only_by_its_tie_rule():
+    # The same scene as test_shared_best_box_...: torchvision gives p3 to the object listed last.
+    gt = torch.tensor([[0.40, 0.40, 0.58, 0.58], [0.45, 0.45, 0.55, 0.55]])
+    labels = torch.tensor([9, 7])
+    _, tv_labels, _ = torchvision_targets(gt, labels, HAND_PRIORS[[3, 1]])
+    _, ours = match(gt, labels, HAND_PRIORS[[3, 1]])
+    assert tv_labels.tolist() == [7, 0] and ours.tolist() == [9, 0]
+
+
+# ----------------------------------------------------------------------------- encode / decode
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 3))
+def test_decode_inverts_encode(seed: int, batch: int):
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, PRIORS.shape[0], (64,), generator=gen)
+    priors = PRIORS[idx]  # [64, 4]
+    boxes = torch.stack([random_scene(gen, 64)[0] for _ in range(batch)])  # [batch, 64, 4]
+    round_trip = decode(encode(boxes, priors), priors)
+    assert round_trip.shape == boxes.shape
+    assert torch.allclose(round_trip, boxes, atol=1e-5)
+    offsets = torch.randn(batch, 64, 4, generator=gen)
+    assert torch.allclose(encode(decode(offsets, priors), priors), offsets, atol=1e-3)
+
+
+def test_decode_of_zero_offsets_is_the_default_box():
+    assert torch.allclose(decode(torch.zeros(2, 8732, 4), PRIORS), cxcywh_to_xyxy(PRIORS).expand(2, -1, -1))
+
+
+def test_variances_scale_the_offsets():
+    matched, _ = match(HAND_GT, HAND_LABELS, HAND_PRIORS)
+    plain = encode(matched, HAND_PRIORS, variances=(1.0, 1.0))  # the paper's equation 2
+    scaled = encode(matched, HAND_PRIORS)
+    assert torch.allclose(scaled, plain / torch.tensor([0.1, 0.1, 0.2, 0.2]))
+    assert math.isclose(float(plain[3, 2]), math.log(0.5), rel_tol=1e-5)
+
+
+# ----------------------------------------------------------------------------- build_targets
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=4),
+    grid=st.sampled_from([None, 5, 10]),
+)
+def test_build_targets_equals_match_and_encode_per_image(seed, counts, grid):
+    gen = torch.Generator().manual_seed(seed)
+    scenes = [random_scene(gen, n, grid) for n in counts]
+    if grid and counts[0] >= 2:  # force an exact duplicate object: the tie rule must agree too
+        boxes, labels = scenes[0]
+        boxes[1] = boxes[0]
+    loc, labels = build_targets([s[0] for s in scenes], [s[1] for s in scenes], PRIORS)
+    assert loc.shape == (len(counts), 8732, 4) and labels.shape == (len(counts), 8732)
+    for i, (gt, gt_labels) in enumerate(scenes):
+        matched, expected = match(gt, gt_labels, PRIORS)
+        assert torch.equal(labels[i], expected)
+        assert torch.allclose(loc[i], encode(matched, PRIORS), atol=1e-6)
+
+
+def test_build_targets_runs_in_the_priors_dtype_and_device():
+    loc, labels = build_targets([HAND_GT], [HAND_LABELS], HAND_PRIORS.double())
+    assert loc.dtype == torch.float64 and labels.dtype == torch.long
+    assert loc.device == HAND_PRIORS.device
+    assert labels[0].tolist() == [3, 0, 3, 7, 0]
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match="0 means background"):
+        match(HAND_GT, torch.tensor([0, 1]), HAND_PRIORS)
+    with pytest.raises(ValueError, match="row 1"):
+        match(torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.6, 0.6, 0.5, 0.7]]), HAND_LABELS, HAND_PRIORS)
+    with pytest.raises(ValueError, match="gt_labels"):
+        match(HAND_GT, torch.tensor([1, 2, 3]), HAND_PRIORS)
+    with pytest.raises(TypeError, match="integer"):
+        match(HAND_GT, torch.tensor([1.0, 2.0]), HAND_PRIORS)
+    with pytest.raises(ValueError, match="priors"):
+        encode(HAND_GT, HAND_PRIORS)  # 2 boxes, 5 priors
+    with pytest.raises(ValueError, match="variances"):
+        decode(torch.zeros(5, 4), HAND_PRIORS, variances=(0.1, 0.0))
+    with pytest.raises(ValueError, match="gt_labels has 1"):
+        build_targets([HAND_GT, HAND_GT], [HAND_LABELS], HAND_PRIORS)
+    with pytest.raises(ValueError, match="image 1"):
+        build_targets([HAND_GT, HAND_GT], [HAND_LABELS, HAND_LABELS[:1]], HAND_PRIORS)

@@ -1,0 +1,281 @@
+"""Tests for ssd_tutorial.model: parity with torchvision's SSD300, output order, weights, dtypes."""
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ssd_tutorial import model as model_module
+from ssd_tutorial.default_boxes import SSD300_VOC, boxes_per_map, default_boxes
+from ssd_tutorial.model import TINY_WIDTH, L2Norm, SSD300, describe_layers, subsample_fc, tiny_ssd300
+
+TORCHVISION_SSD300_PARAMS = 26_285_486  # ssd300_vgg16(num_classes=21, weights=None, weights_backbone=None)
+
+
+@pytest.fixture(scope="module")
+def full_model() -> SSD300:
+    torch.manual_seed(0)
+    return SSD300(num_classes=21).eval()
+
+
+@pytest.fixture(scope="module")
+def full_outputs(full_model: SSD300) -> dict[str, object]:
+    """One forward of the full model at batch 1, with the six source maps caught by hooks."""
+    sources: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: sources.append(out)) for m in
+             [full_model.l2norm, full_model.fc, *full_model.extras]]
+    x = torch.randn(1, 3, 300, 300, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loc, conf = full_model(x)
+    for h in hooks:
+        h.remove()
+    return {"x": x, "loc": loc, "conf": conf, "sources": sources}
+
+
+def torchvision_ssd300() -> nn.Module:
+    """torchvision's SSD300 built on the meta device: no time spent initialising 138M VGG weights."""
+    with torch.device("meta"):
+        return torchvision.models.detection.ssd300_vgg16(num_classes=21, weights=None, weights_backbone=None)
+
+
+def tv_vgg16_features() -> nn.Sequential:
+    """torchvision's VGG16 conv part alone (no 100M-parameter classifier), randomly initialised."""
+    return torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
+
+
+def test_parameter_count_equals_torchvision(full_model: SSD300):
+    tv = torchvision_ssd300()
+    tv_count = sum(p.numel() for p in tv.parameters())
+    ours = sum(p.numel() for p in full_model.parameters())
+    assert tv_count == TORCHVISION_SSD300_PARAMS
+    assert ours == tv_count
+
+
+def test_same_outputs_as_torchvision_with_the_same_weights(full_model: SSD300, full_outputs):
+    # Copy our weights into torchvision's SSD300 layer by layer, then compare the raw head outputs
+    # (torchvision's backbone + head, skipping its resize/normalize transform).
+    tv = torchvision_ssd300().to_empty(device="cpu").eval()  # every parameter is overwritten below
+    ours = (
+        [full_model.l2norm.weight]
+        + [m.weight for m in full_model.backbone if isinstance(m, nn.Conv2d)]
+        + [m.bias for m in full_model.backbone if isinstance(m, nn.Conv2d)]
+    )
+    tv_params = [tv.backbone.scale_weight] + [
+        getattr(m, part) for part in ("weight", "bias") for m in tv.backbone.features if isinstance(m, nn.Conv2d)
+    ]
+    ours_rest = [
+        getattr(m, part)
+        for seq in [full_model.fc, *full_model.extras, *full_model.conf_heads, *full_model.loc_heads]
+        for m in (seq.modules() if isinstance(seq, nn.Sequential) else [seq])
+        if isinstance(m, nn.Conv2d)
+        for part in ("weight", "bias")
+    ]
+    tv_rest = [
+        getattr(m, part)
+        for seq in [*tv.backbone.extra, *tv.head.classification_head.module_list, *tv.head.regression_head.module_list]
+        for m in (seq.modules() if isinstance(seq, nn.Sequential) else [seq])
+        if isinstance(m, nn.Conv2d)
+        for part in ("weight", "bias")
+    ]
+    assert len(ours + ours_rest) == len(tv_params + tv_rest) == len(list(tv.parameters()))
+    with torch.no_grad():
+        for src, dst in zip(ours + ours_rest, tv_params + tv_rest):
+            assert src.shape == dst.shape
+            dst.copy_(src)
+        tv_out = tv.head(list(tv.backbone(full_outputs["x"]).values()))
+    loc, conf = full_outputs["loc"], full_outputs["conf"]
+    assert torch.allclose(loc, tv_out["bbox_regression"], atol=1e-4, rtol=1e-3)
+    assert torch.allclose(conf, tv_out["cls_logits"], atol=1e-4, rtol=1e-3)
+
+
+def test_output_shapes(full_outputs):
+    loc, conf, sources = full_outputs["loc"], full_outputs["conf"], full_outputs["sources"]
+    assert loc.shape == (1, 8732, 4) and conf.shape == (1, 8732, 21)
+    assert [tuple(s.shape[1:]) for s in sources] == [
+        (512, 38, 38), (1024, 19, 19), (512, 10, 10), (256, 5, 5), (256, 3, 3), (256, 1, 1)
+    ]  # fmt: skip
+
+
+def test_tiny_model_is_the_same_architecture_with_fewer_channels():
+    tiny = tiny_ssd300(num_classes=5)
+    assert tiny.width_mult == TINY_WIDTH == 0.125
+    assert tiny.source_channels == (64, 128, 64, 32, 32, 32)
+    loc, conf = tiny(torch.zeros(2, 3, 300, 300))
+    assert loc.shape == (2, 8732, 4) and conf.shape == (2, 8732, 5)
+
+
+def test_head_outputs_line_up_with_default_boxes():
+    # Feed the heads source maps whose channel 0 holds the column x and channel 1 the row y, and
+    # make every loc head output, for box a of a cell, (x, y, a, k): then prediction p must be
+    # (col, row, box, map) of default box p, which we derive from the default boxes themselves.
+    model = tiny_ssd300(num_classes=3)
+    sizes = SSD300_VOC.feature_maps
+    maps = []
+    for f, ch in zip(sizes, model.source_channels):
+        m = torch.zeros(1, ch, f, f)
+        m[0, 0] = torch.arange(f, dtype=torch.float32)[None, :]  # column
+        m[0, 1] = torch.arange(f, dtype=torch.float32)[:, None]  # row
+        maps.append(m)
+    with torch.no_grad():
+        for k, head in enumerate(model.loc_heads):
+            head.weight.zero_()
+            head.bias.zero_()
+            for a in range(head.out_channels // 4):
+                head.weight[a * 4 + 0, 0, 1, 1] = 1.0  # centre tap copies the column
+                head.weight[a * 4 + 1, 1, 1, 1] = 1.0  # and the row
+                head.bias[a * 4 + 2] = a
+                head.bias[a * 4 + 3] = k
+    model.source_maps = lambda x: maps  # type: ignore[method-assign]
+    with torch.no_grad():
+        loc, _ = model(torch.zeros(1, 3, 300, 300))
+    col, row, box, k = loc[0].round().long().unbind(-1)  # [8732] each
+
+    priors = default_boxes()  # [8732, 4] cxcywh
+    expected_k = torch.repeat_interleave(torch.arange(6), torch.tensor(boxes_per_map()))
+    assert torch.equal(k, expected_k)
+    steps = torch.tensor(SSD300_VOC.steps, dtype=torch.float32)[expected_k]
+    assert torch.allclose((col.float() + 0.5) * steps / 300, priors[:, 0], atol=1e-5)
+    assert torch.allclose((row.float() + 0.5) * steps / 300, priors[:, 1], atol=1e-5)
+    # box index a: the first two boxes of a cell are squares, the second one larger
+    square = (priors[:, 2] - priors[:, 3]).abs() < 1e-6
+    assert bool(square[box < 2].all()) and not bool(square[box >= 2].any())
+
+
+def test_l2norm_hand_worked():
+    # channel vector (3, 4) has length 5 -> (0.6, 0.8), times the initial scale 20 -> (12, 16)
+    layer = L2Norm(2)
+    x = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    assert torch.allclose(layer(x).flatten(), torch.tensor([12.0, 16.0]))
+    assert torch.allclose(layer(torch.zeros(1, 2, 1, 1)), torch.zeros(1, 2, 1, 1))  # no NaN at 0
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    model = tiny_ssd300(num_classes=4).eval()
+    x = torch.randn(2, 3, 300, 300)
+    with torch.no_grad():
+        loc, conf = model(x)
+        model_cl = model.to(memory_format=torch.channels_last)
+        loc_cl, conf_cl = model_cl(x.to(memory_format=torch.channels_last))
+    assert torch.allclose(loc, loc_cl, atol=1e-4) and torch.allclose(conf, conf_cl, atol=1e-4)
+
+
+def test_bf16_autocast_runs_and_stays_close():
+    torch.manual_seed(0)
+    model = tiny_ssd300(num_classes=4).eval()
+    x = torch.randn(1, 3, 300, 300)
+    with torch.no_grad():
+        loc, conf = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loc16, conf16 = model(x)
+    assert loc16.dtype == torch.bfloat16 and conf16.shape == (1, 8732, 4)
+    assert bool(torch.isfinite(loc16).all() and torch.isfinite(conf16).all())
+    scale = float(conf.abs().max())
+    assert float((conf16.float() - conf).abs().max()) < 0.1 * scale
+
+
+def test_describe_layers():
+    model = tiny_ssd300(num_classes=3)
+    rows = {r["layer"]: r for r in describe_layers(model)}
+    # receptive field of VGG16's conv4_3 by hand: 3x3 convs add 2*jump, 2x2 pools add 1*jump:
+    # 1 +2+2 (conv1) +1 =6, +4+4 =14 (conv2) +2 =16, +8*3 =40 (conv3) +4 =44, +8*3 = 92 at jump 8
+    assert rows["conv4_3"]["rf"] == 92 and rows["conv4_3"]["stride"] == 8
+    # pool5 (3x3, s1) adds 2*16, fc6 (3x3, dilation 6) adds 12*16: 196 + 32 + 192 = 420
+    assert rows["fc6"]["rf"] == 420 and rows["fc7"]["stride"] == 16
+    assert [r["output"][1] for r in rows.values() if r["source"] is not None and "head" not in r["layer"]] == [
+        38, 19, 10, 5, 3, 1
+    ]  # fmt: skip
+    assert sum(r["params"] for r in rows.values()) == sum(p.numel() for p in model.parameters())
+
+
+def test_subsample_fc_picks_every_fourth_unit_and_every_third_tap():
+    gen = torch.Generator().manual_seed(0)
+    fc6_w, fc6_b = torch.randn(16, 2 * 49, generator=gen), torch.randn(16, generator=gen)
+    fc7_w, fc7_b = torch.randn(16, 16, generator=gen), torch.randn(16, generator=gen)
+    w6, b6, w7, b7 = subsample_fc(fc6_w, fc6_b, fc7_w, fc7_b)
+    assert w6.shape == (4, 2, 3, 3) and w7.shape == (4, 4, 1, 1)
+    # unit 2 of the conv is unit 8 of the fc layer; tap (1, 2) is position (3, 6) of the 7x7 grid
+    assert w6[2, 1, 1, 2] == fc6_w[8, 1 * 49 + 3 * 7 + 6]
+    assert b6[3] == fc6_b[12] and w7[1, 3, 0, 0] == fc7_w[4, 12] and b7[2] == fc7_b[8]
+    with pytest.raises(ValueError, match="fc6"):
+        subsample_fc(torch.zeros(16, 50), fc6_b, fc7_w, fc7_b)
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+def test_local_torchvision_state_dict_round_trip(tmp_path):
+    torch.manual_seed(3)
+    features = tv_vgg16_features()
+    path = tmp_path / "vgg16_features.pt"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    model = SSD300(num_classes=21, backbone_weights=str(path)).eval()
+    assert torch.equal(model.backbone.conv1_1.weight, features[0].weight)
+    assert torch.equal(model.backbone.conv4_3.bias, features[21].bias)
+    assert torch.equal(model.fc.conv5_3.weight, features[28].weight)
+    # no classifier in the file: taken as the Caffe-style IMAGENET1K_FEATURES -> input converted
+    assert torch.allclose(model.input_scale.flatten(), 255 * torch.tensor([0.229, 0.224, 0.225]))
+    # conv4_3 (before L2Norm) equals torchvision's VGG16 up to relu4_3 on the converted input
+    features[16].ceil_mode = True  # pool3, as SSD
+    x = torch.randn(1, 3, 68, 68)  # small: the layers are what is compared, not the size
+    with torch.no_grad():
+        expected = features[:23](x * model.input_scale + model.input_shift)
+        got = model.backbone(x * model.input_scale + model.input_shift)
+    assert got.shape == (1, 512, 9, 9) and torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+
+    # and our own backbone keys load back too
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(("backbone.", "fc."))}
+    own_path = tmp_path / "own.pt"
+    torch.save(own, own_path)
+    again = SSD300(num_classes=3, backbone_weights=own_path, input_convention="imagenet")
+    assert torch.equal(again.fc.conv5_1.weight, model.fc.conv5_1.weight)
+    assert torch.equal(again.input_scale, torch.ones(1, 3, 1, 1))
+
+
+def test_imagenet_offline_error_says_what_to_do(monkeypatch):
+    def offline(weights):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(model_module, "_download_state_dict", offline)  # never touch the network
+    with pytest.raises(RuntimeError) as info:
+        SSD300(num_classes=21, backbone_weights="imagenet")
+    message = str(info.value)
+    assert "IMAGENET1K_FEATURES" in message and "internet" in message
+    assert "backbone_weights='vgg16_features.pt'" in message and "backbone_weights=None" in message
+
+
+def test_imagenet_weights_go_through_torchvision_weights_api(monkeypatch):
+    features = tv_vgg16_features()
+    seen = []
+
+    def fake_download(weights):
+        seen.append(weights)
+        return {f"features.{k}": v for k, v in features.state_dict().items()}
+
+    monkeypatch.setattr(model_module, "_download_state_dict", fake_download)
+    model = SSD300(num_classes=21, backbone_weights="imagenet")
+    assert seen == [torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES]
+    assert torch.equal(model.fc.conv5_2.weight, features[26].weight)
+    assert not torch.equal(model.input_scale, torch.ones(1, 3, 1, 1))
+
+
+def test_input_conversion_matches_augmentation_constants():
+    augmentation = pytest.importorskip("ssd_tutorial.augmentation")
+    assert tuple(augmentation.IMAGENET_MEAN) == pytest.approx(model_module._IMAGENET_MEAN)
+    assert tuple(augmentation.IMAGENET_STD) == pytest.approx(model_module._IMAGENET_STD)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        SSD300(backbone_weights=tmp_path / "nowhere.pt")
+    junk = tmp_path / "junk.pt"
+    torch.save({"something.weight": torch.zeros(1)}, junk)
+    with pytest.raises(ValueError, match="no VGG16 keys"):
+        SSD300(backbone_weights=junk)
+    with pytest.raises(ValueError, match="width_mult=1.0"):
+        SSD300(backbone_weights=junk, width_mult=0.5)
+    with pytest.raises(ValueError, match="num_classes"):
+        SSD300(num_classes=1)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        tiny_ssd300(3)(torch.zeros(1, 1, 300, 300))

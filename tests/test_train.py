@@ -1,0 +1,285 @@
+"""Tests for ssd_tutorial.train and ssd_tutorial.checkpoint: the loop, exact resume, crashes, DDP.
+
+All runs use the tiny model on a few ShapesDataset images (with the SSD augmentation on, so
+resume also has to reproduce the random crops) and one CPU thread, so results are bit-exact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssd_tutorial.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
+from ssd_tutorial.config import get_config
+from ssd_tutorial.train import ResumableBatchSampler, SeededItems, Trainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(**changes):
+    """shapes_cpu shrunk to seconds: 16 images, batch 2, 6 iterations, a log line per iteration."""
+    base = dict(
+        shapes_train_images=16, shapes_val_images=0, batch_size=2, max_iters=6, warmup_iters=2,
+        lr_steps=(4,), log_every=1, checkpoint_every=3, num_workers=0,
+    )
+    base.update(changes)
+    return get_config("shapes_cpu", **base)
+
+
+CLI_OVERRIDES = [
+    "--set", "shapes_train_images=16", "--set", "shapes_val_images=0", "--set", "warmup_iters=2",
+    "--set", "lr_steps=4", "--set", "log_every=1", "--set", "num_workers=0",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bit-exact CPU results need the same thread count in every run (and in the subprocesses)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    return {r["iteration"]: r["loss"] for r in records if "loss" in r}
+
+
+def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted run of tiny_cfg(): the baseline every resume test must reproduce."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("reference")
+    summary = train(tiny_cfg(), run_dir, progress=False)
+    return run_dir, summary
+
+
+# -- data order ---------------------------------------------------------------------------
+def test_sampler_is_a_function_of_seed_and_iteration():
+    full = list(ResumableBatchSampler(10, 4, seed=3, start_iteration=0, end_iteration=7))
+    tail = list(ResumableBatchSampler(10, 4, seed=3, start_iteration=4, end_iteration=7))
+    assert tail == full[4:]
+    # 10 items, batch 4: 2 batches per epoch, the 2 leftover items are dropped; each epoch draws
+    # distinct items, positions count items consumed.
+    for epoch in range(3):
+        indices = [i for i, _ in full[2 * epoch]] + [i for i, _ in full[2 * epoch + 1]]
+        assert len(set(indices)) == 8
+    assert [p for _, p in full[5]] == [20, 21, 22, 23]
+    other_seed = list(ResumableBatchSampler(10, 4, seed=4, start_iteration=0, end_iteration=7))
+    assert other_seed != full
+
+
+def test_sampler_ranks_split_each_global_batch():
+    single = list(ResumableBatchSampler(12, 4, seed=0, end_iteration=5))
+    rank0 = list(ResumableBatchSampler(12, 4, seed=0, end_iteration=5, rank=0, world_size=2))
+    rank1 = list(ResumableBatchSampler(12, 4, seed=0, end_iteration=5, rank=1, world_size=2))
+    assert [a + b for a, b in zip(rank0, rank1)] == single
+    with pytest.raises(ValueError, match="divisible"):
+        ResumableBatchSampler(12, 3, seed=0, world_size=2)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        ResumableBatchSampler(3, 4, seed=0)
+
+
+def test_seeded_items_repeat_and_leave_global_rng_alone():
+    class Noisy(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    items = SeededItems(Noisy(), seed=1)
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = items[(2, 40)]
+    assert torch.equal(torch.rand(1), expected_next)  # caller's generator untouched
+    assert torch.equal(items[(2, 40)], a)
+    assert not torch.equal(items[(2, 41)], a)
+
+
+# -- end to end and exact resume -----------------------------------------------------------
+def test_end_to_end_loss_goes_down(reference_run):
+    run_dir, summary = reference_run
+    assert summary["iterations"] == 6 and summary["skipped_steps"] == 0
+    curve = losses(run_dir)
+    assert sorted(curve) == [1, 2, 3, 4, 5, 6]
+    assert curve[6] < curve[1]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*.pt")) == ["checkpoint_0000003.pt", "checkpoint_0000006.pt"]
+    state = load_checkpoint(run_dir / "last.pt")  # weights_only=True inside
+    assert state["iteration"] == 6 and state["config"]["batch_size"] == 2
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "data_order"} <= set(state)
+    assert set(state["rng"]) >= {"torch", "numpy", "python"}
+
+
+def test_stop_then_resume_equals_uninterrupted(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    first = train(tiny_cfg(), tmp_path, max_iters=2, progress=False)  # stops between checkpoints
+    assert first["iterations"] == 2 and (tmp_path / "checkpoint_0000002.pt").exists()
+    second = train(tiny_cfg(), tmp_path, resume=True, progress=False)
+    assert second["iterations"] == 6 and second["trained_iterations"] == 4
+    assert losses(tmp_path) == losses(ref_dir)  # exact equality, iteration by iteration
+    ref, got = final_params(ref_dir), final_params(tmp_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_sigkill_resumes_from_last_complete_checkpoint(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "ssd_tutorial.train", "--config", "shapes_cpu", "--output-dir", str(tmp_path),
+        "--no-progress", *CLI_OVERRIDES, "--set", "batch_size=2", "--set", "max_iters=1000",
+        "--set", "checkpoint_every=2",
+    ]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "checkpoint_0000002.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, whatever was being written stays half-written
+        proc.wait()
+    # what a kill during a write would leave: a partial temp file, which must be ignored
+    (tmp_path / ".checkpoint_0000099.pt.1234.tmp").write_bytes(b"\x80\x02partial")
+    resumed_at = load_checkpoint(latest_checkpoint(tmp_path))["iteration"]
+    assert 2 <= resumed_at < 6
+    train(tiny_cfg(), tmp_path, resume=True, progress=False)
+    assert losses(tmp_path) == losses(ref_dir)
+    ref, got = final_params(ref_dir), final_params(tmp_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, monkeypatch):
+    original = Trainer.train_step
+
+    def step_then_sigterm(self, *args):
+        out = original(self, *args)
+        if self.iteration == 1:  # (incremented after the step returns): raised during iteration 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_sigterm)
+    summary = train(tiny_cfg(checkpoint_every=100), tmp_path, progress=False)
+    assert summary["stopped_by_signal"] and summary["iterations"] == 2
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
+    assert signal.getsignal(signal.SIGTERM) is not None  # handler restored (no crash here)
+
+
+# -- safety ---------------------------------------------------------------------------------
+class _Payload:
+    """A pickled object: what weights_only=True must refuse to load."""
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    bad = tmp_path / "last.pt"
+    torch.save({"model": {}, "iteration": 3, "payload": _Payload()}, bad)
+    with pytest.raises(RuntimeError, match="weights_only"):
+        load_checkpoint(bad)
+    with pytest.raises(RuntimeError, match="refusing"):
+        train(tiny_cfg(), tmp_path, resume=True, progress=False)
+
+
+def test_resume_without_checkpoint_and_missing_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(tiny_cfg(), tmp_path, resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_save_atomic_replaces_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "c.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+    save_atomic({"a": torch.zeros(2)}, path)
+    assert torch.equal(load_checkpoint(path)["a"], torch.zeros(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_resume_with_other_batch_size_refused(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    (tmp_path / "last.pt").write_bytes((ref_dir / "last.pt").read_bytes())
+    with pytest.raises(ValueError, match="batch_size"):
+        Trainer(tiny_cfg(batch_size=4), tmp_path, resume=True, progress=False)
+
+
+# -- non-finite losses -------------------------------------------------------------------------
+def _batch(n=2):
+    images = torch.randn(n, 3, 300, 300)
+    boxes = [torch.tensor([[0.1, 0.1, 0.5, 0.6]])] * n
+    labels = [torch.tensor([1])] * n
+    return images, boxes, labels
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_nonfinite_loss_skips_the_update(tmp_path, fused):
+    trainer = Trainer(tiny_cfg(), tmp_path, progress=False)
+    if fused:
+        try:
+            trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1e-3, momentum=0.9, fused=True)
+        except (RuntimeError, TypeError, ValueError) as error:
+            pytest.skip(f"fused SGD unavailable on this CPU build: {error}")
+    images, boxes, labels = _batch()
+    for nan_first in (True, False):  # a skipped first step (no momentum yet), then a later one
+        if not nan_first:
+            assert torch.isfinite(trainer.train_step(images, boxes, labels)["loss"])
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        momentum = {id(p): s["momentum_buffer"].clone() for p, s in trainer.optimizer.state.items()}
+        out = trainer.train_step(torch.full_like(images, float("nan")), boxes, labels)
+        assert not torch.isfinite(out["loss"])
+        after = trainer.model.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched
+        now = {id(p): s["momentum_buffer"] for p, s in trainer.optimizer.state.items()}
+        assert now.keys() == momentum.keys() and all(torch.equal(momentum[k], now[k]) for k in now)
+        assert int(trainer.nonfinite_streak) == 1
+    assert int(trainer.skipped_steps) == 2
+    trainer.train_step(images, boxes, labels)
+    assert int(trainer.nonfinite_streak) == 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_repeated_nonfinite_losses_abort_with_a_clear_message(tmp_path, monkeypatch):
+    import ssd_tutorial.train as train_module
+
+    def nan_loss(loss_fn, loc, conf_logits, gt_boxes, gt_labels, world_size=1):
+        total = (loc.sum() + conf_logits.sum()) * float("nan")
+        return total, total, total
+
+    monkeypatch.setattr(train_module, "compute_loss", nan_loss)
+    with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+        train(tiny_cfg(max_nonfinite=3), tmp_path, progress=False)
+
+
+# -- several processes -----------------------------------------------------------------------
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    cfg = tiny_cfg(batch_size=4, max_iters=3, checkpoint_every=100)
+    train(cfg, single_dir, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "ssd_tutorial.train", "--config", "shapes_cpu", "--output-dir", str(ddp_dir), "--no-progress",
+        "--device", "cpu", *CLI_OVERRIDES, "--set", "batch_size=4", "--set", "max_iters=3", "--set", "checkpoint_every=100",
+    ]
+    result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = losses(single_dir), losses(ddp_dir)
+    assert sorted(ddp) == [1, 2, 3]
+    for it in single:
+        assert ddp[it] == pytest.approx(single[it], rel=1e-4)
+    ref, got = final_params(single_dir), final_params(ddp_dir)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
