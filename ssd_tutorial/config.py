@@ -35,6 +35,7 @@ class TrainConfig:
     train_split: str = "trainval"
     val_root: str = ""  # VOC-layout folder used for the periodic mAP ("" = no VOC val)
     val_split: str = "test"
+    class_names: tuple[str, ...] = ()  # for a VOC-layout set with its own classes; () = the VOC 20
     shapes_train_images: int = 20000
     shapes_val_images: int = 200
     shapes_train_seed: int = 0

@@ -28,6 +28,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ __all__ = [
     "build_datasets",
     "class_names_for",
     "compute_loss",
+    "collect_detections",
+    "evaluate_model",
     "Trainer",
     "train",
     "main",
@@ -229,7 +232,9 @@ def class_names_for(cfg: TrainConfig) -> tuple[str, ...]:
     """Class names (without background) of the config's dataset."""
     from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
 
-    return tuple(SHAPES_CLASSES) if cfg.dataset == "shapes" else tuple(VOC_CLASSES)
+    if cfg.dataset == "shapes":
+        return tuple(SHAPES_CLASSES)
+    return tuple(cfg.class_names) if cfg.class_names else tuple(VOC_CLASSES)
 
 
 def _resolve(path: str) -> Path:
@@ -250,6 +255,7 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None) -> tuple[Datas
         return train_set, val_set
     if not cfg.voc_roots:
         raise ValueError("dataset 'voc' needs voc_roots (folders in VOC layout), e.g. --set voc_roots=data/VOCdevkit/VOC2007")
+    names = class_names_for(cfg)
     parts = []
     for root in cfg.voc_roots:
         if not _resolve(root).is_dir():
@@ -257,9 +263,11 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None) -> tuple[Datas
                 f"VOC folder {root} not found: download it with `python data_scripts/download_voc.py` "
                 "or set voc_roots"
             )
-        parts.append(VOCDataset(_resolve(root), split=cfg.train_split, transform=train_transform))
+        parts.append(VOCDataset(_resolve(root), split=cfg.train_split, transform=train_transform, class_names=names))
     train_set = parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
-    val_set = VOCDataset(_resolve(cfg.val_root), split=cfg.val_split) if cfg.val_root and _resolve(cfg.val_root).is_dir() else None
+    val_set = None
+    if cfg.val_root and _resolve(cfg.val_root).is_dir():
+        val_set = VOCDataset(_resolve(cfg.val_root), split=cfg.val_split, class_names=names)
     return train_set, val_set
 
 
@@ -394,9 +402,9 @@ class Trainer:
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
-        self.gpu_augment = cfg.augment_on_gpu and self.device.type == "cuda" and cfg.augment
-        if cfg.augment_on_gpu and not self.gpu_augment and self.is_main:
-            print("augment_on_gpu needs CUDA: using the CPU augmentation in the workers", file=sys.stderr)
+        # Batched augmentation on the training device (ssd_tutorial.gpu_augmentation) instead of
+        # SSDAugmentation in the DataLoader workers; meant for CUDA, works on any device.
+        self.gpu_augment = cfg.augment_on_gpu and cfg.augment
         self.train_set, self.val_set = build_datasets(cfg, None if self.gpu_augment else self._cpu_transform())
 
         if self.is_main:
@@ -524,7 +532,9 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm, foreach=True)
         nonfinite = ~torch.isfinite(total.detach())
         self._step_unless(nonfinite)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped step makes LambdaLR warn about the call order
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         self.nonfinite_streak = torch.where(nonfinite, self.nonfinite_streak + 1, torch.zeros_like(self.nonfinite_streak))
         self.skipped_steps = self.skipped_steps + nonfinite.long()
         return {"loss": total.detach(), "loc": loc_loss.detach(), "conf": conf_loss.detach()}
@@ -580,8 +590,14 @@ class Trainer:
     def _request_stop(self, signum: int, frame: Any) -> None:
         self._stop_requested = True
 
-    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
-        """Train from ``self.iteration`` to ``stop_at`` (default ``cfg.max_iters``); returns a summary."""
+    def fit(
+        self, stop_at: int | None = None, time_limit_s: float | None = None, save_final: bool = True
+    ) -> dict[str, Any]:
+        """Train from ``self.iteration`` to ``stop_at`` (default ``cfg.max_iters``); returns a summary.
+
+        ``time_limit_s`` also stops the run once that many seconds have passed.  A checkpoint is
+        written at the end unless ``save_final`` is False (and one was not just written).
+        """
         cfg = self.cfg
         end = min(stop_at if stop_at is not None else cfg.max_iters, cfg.max_iters)
         start_iteration = self.iteration
@@ -620,6 +636,10 @@ class Trainer:
                     window_start = time.perf_counter()
                 if stopped_by_signal:
                     break
+                if time_limit_s is not None and time.perf_counter() - t0 >= time_limit_s:
+                    if not at_log:
+                        losses.append(self._log(loss_sum, window_iters, window_images, time.perf_counter() - window_start))
+                    break
                 if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                     self.save()
                     saved_at = self.iteration
@@ -628,12 +648,12 @@ class Trainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
         elapsed = time.perf_counter() - t0
-        if saved_at != self.iteration:
+        if saved_at != self.iteration and (save_final or stopped_by_signal):
             self.save()
         if stopped_by_signal and self.is_main:
             print(f"SIGTERM: checkpoint written at iteration {self.iteration}; resume with --resume", file=sys.stderr)
         final_eval = None
-        if not stopped_by_signal and cfg.eval_every and self.iteration == cfg.max_iters:
+        if not stopped_by_signal and cfg.eval_every and self.iteration == end:
             final_eval = self._evaluate_and_log()
         if self.is_main and self.tb is not None:
             self.tb.flush()
@@ -729,27 +749,23 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 @torch.no_grad()
-def evaluate_model(
+def collect_detections(
     model: nn.Module,
     dataset: Dataset,
-    class_names: Sequence[str],
     device: torch.device | str,
     max_images: int | None = None,
     size: int = 300,
     batch_size: int = 32,
-    use_07_metric: bool = True,
-) -> dict[str, Any]:
-    """VOC mAP@0.5 of ``model`` on ``dataset`` (items ``(uint8 [3, H, W], target with pixel boxes)``).
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``model`` on ``dataset`` (items ``(uint8 [3, H, W], target)``) -> (detections, ground truths).
 
-    Detections come from :class:`ssd_tutorial.inference.Predictor` (pixel boxes) and are scored
-    with :func:`ssd_tutorial.evaluation.evaluate_voc` (11-point AP when ``use_07_metric``).
+    Both are ``{image_id: {...}}`` in the format of :func:`ssd_tutorial.evaluation.evaluate_voc`
+    (pixel xyxy boxes); detections come from :class:`ssd_tutorial.inference.Predictor`.
     """
-    from ssd_tutorial.evaluation import evaluate_voc
     from ssd_tutorial.inference import Predictor
 
     was_training = model.training
-    model.eval()
-    predictor = Predictor(model, size=size, device=device)
+    predictor = Predictor(model, size=size, device=device, batch_size=batch_size)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)  # type: ignore[arg-type]
     detections: dict[str, Any] = {}
     ground_truths: dict[str, Any] = {}
@@ -763,6 +779,26 @@ def evaluate_model(
                 "boxes": target["boxes"], "labels": target["labels"], "difficult": target["difficult"]
             }
     model.train(was_training)
+    return detections, ground_truths
+
+
+def evaluate_model(
+    model: nn.Module,
+    dataset: Dataset,
+    class_names: Sequence[str],
+    device: torch.device | str,
+    max_images: int | None = None,
+    size: int = 300,
+    batch_size: int = 32,
+    use_07_metric: bool = True,
+) -> dict[str, Any]:
+    """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class: float}}``.
+
+    11-point interpolated AP (VOC2007 devkit) when ``use_07_metric``, else all-point (VOC2010+).
+    """
+    from ssd_tutorial.evaluation import evaluate_voc
+
+    detections, ground_truths = collect_detections(model, dataset, device, max_images, size, batch_size)
     return evaluate_voc(detections, ground_truths, list(class_names), iou_threshold=0.5, use_07_metric=use_07_metric)
 
 

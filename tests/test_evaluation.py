@@ -301,3 +301,46 @@ def test_coco_perfect_and_empty(capsys: pytest.CaptureFixture[str]) -> None:
     assert perfect == pytest.approx({"map": 1.0, "map50": 1.0, "map75": 1.0}, abs=1e-12)
     assert evaluate_coco({}, gts, ["a", "b"]) == {"map": 0.0, "map50": 0.0, "map75": 0.0}
     assert capsys.readouterr().out == ""  # pycocotools' printing is silenced
+
+
+# ---------------------------------------------------------------- the evaluate CLI
+def _tiny_state_dict(num_classes: int) -> dict:
+    from ssd_tutorial.model import tiny_ssd300
+
+    torch.manual_seed(0)
+    model = tiny_ssd300(num_classes)
+    with torch.no_grad():  # background logit +8 everywhere: few candidates, a fast test
+        for head in model.conf_heads:
+            head.bias.view(-1, num_classes)[:, 0] += 8.0
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_evaluate_cli_writes_json_and_plot(tmp_path: Path, wrapped: bool) -> None:
+    import json
+
+    from ssd_tutorial.data import SHAPES_CLASSES
+    from ssd_tutorial.evaluate import main
+
+    state = _tiny_state_dict(len(SHAPES_CLASSES) + 1)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": state, "iteration": 3} if wrapped else state, ckpt)
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(ckpt), "--dataset", "shapes", "--num-images", "3", "--device", "cpu",
+                 "--output-dir", str(out)]) == 0
+    summary = json.loads((out / "evaluation.json").read_text())
+    assert summary["images"] == 3
+    assert 0.0 <= summary["voc_map50_11point"] <= 1.0
+    assert set(summary["coco"]) == {"map", "map50", "map75"}
+    assert (out / "pr_curves.png").stat().st_size > 0
+    assert (out / "per_class.txt").read_text().splitlines()[-1].startswith("mAP")
+
+
+def test_evaluate_cli_bad_checkpoints(tmp_path: Path) -> None:
+    from ssd_tutorial.evaluate import load_model
+
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt"):
+        load_model(tmp_path / "other.pt")

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(**changes):
-    """shapes_cpu shrunk to seconds: 16 images, batch 2, 6 iterations, a log line per iteration."""
+    """shapes_cpu shrunk to seconds: 16 images, batch 2, 4 iterations, a log line per iteration."""
     base = dict(
-        shapes_train_images=16, shapes_val_images=0, batch_size=2, max_iters=6, warmup_iters=2,
-        lr_steps=(4,), log_every=1, checkpoint_every=3, num_workers=0,
+        shapes_train_images=16, shapes_val_images=0, batch_size=2, max_iters=4, warmup_iters=2,
+        lr_steps=(3,), log_every=1, checkpoint_every=2, num_workers=0,
     )
     base.update(changes)
     return get_config("shapes_cpu", **base)
@@ -35,7 +35,7 @@ def tiny_cfg(**changes):
 
 CLI_OVERRIDES = [
     "--set", "shapes_train_images=16", "--set", "shapes_val_images=0", "--set", "warmup_iters=2",
-    "--set", "lr_steps=4", "--set", "log_every=1", "--set", "num_workers=0",
+    "--set", "lr_steps=3", "--set", "log_every=1", "--set", "num_workers=0",
 ]
 
 
@@ -113,23 +113,23 @@ def test_seeded_items_repeat_and_leave_global_rng_alone():
 # -- end to end and exact resume -----------------------------------------------------------
 def test_end_to_end_loss_goes_down(reference_run):
     run_dir, summary = reference_run
-    assert summary["iterations"] == 6 and summary["skipped_steps"] == 0
+    assert summary["iterations"] == 4 and summary["skipped_steps"] == 0
     curve = losses(run_dir)
-    assert sorted(curve) == [1, 2, 3, 4, 5, 6]
-    assert curve[6] < curve[1]
-    assert sorted(p.name for p in run_dir.glob("checkpoint_*.pt")) == ["checkpoint_0000003.pt", "checkpoint_0000006.pt"]
+    assert sorted(curve) == [1, 2, 3, 4]
+    assert curve[4] < curve[1]
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*.pt")) == ["checkpoint_0000002.pt", "checkpoint_0000004.pt"]
     state = load_checkpoint(run_dir / "last.pt")  # weights_only=True inside
-    assert state["iteration"] == 6 and state["config"]["batch_size"] == 2
+    assert state["iteration"] == 4 and state["config"]["batch_size"] == 2
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "data_order"} <= set(state)
     assert set(state["rng"]) >= {"torch", "numpy", "python"}
 
 
 def test_stop_then_resume_equals_uninterrupted(reference_run, tmp_path):
     ref_dir, _ = reference_run
-    first = train(tiny_cfg(), tmp_path, max_iters=2, progress=False)  # stops between checkpoints
-    assert first["iterations"] == 2 and (tmp_path / "checkpoint_0000002.pt").exists()
+    first = train(tiny_cfg(), tmp_path, max_iters=1, progress=False)  # stops between checkpoints
+    assert first["iterations"] == 1 and (tmp_path / "checkpoint_0000001.pt").exists()
     second = train(tiny_cfg(), tmp_path, resume=True, progress=False)
-    assert second["iterations"] == 6 and second["trained_iterations"] == 4
+    assert second["iterations"] == 4 and second["trained_iterations"] == 3
     assert losses(tmp_path) == losses(ref_dir)  # exact equality, iteration by iteration
     ref, got = final_params(ref_dir), final_params(tmp_path)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
@@ -141,12 +141,12 @@ def test_sigkill_resumes_from_last_complete_checkpoint(reference_run, tmp_path):
     cmd = [
         sys.executable, "-m", "ssd_tutorial.train", "--config", "shapes_cpu", "--output-dir", str(tmp_path),
         "--no-progress", *CLI_OVERRIDES, "--set", "batch_size=2", "--set", "max_iters=1000",
-        "--set", "checkpoint_every=2",
+        "--set", "checkpoint_every=1",
     ]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "checkpoint_0000002.pt").exists():
+        while not (tmp_path / "checkpoint_0000001.pt").exists():
             assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
             assert time.monotonic() < deadline, "no checkpoint within 120 s"
             time.sleep(0.02)
@@ -156,7 +156,7 @@ def test_sigkill_resumes_from_last_complete_checkpoint(reference_run, tmp_path):
     # what a kill during a write would leave: a partial temp file, which must be ignored
     (tmp_path / ".checkpoint_0000099.pt.1234.tmp").write_bytes(b"\x80\x02partial")
     resumed_at = load_checkpoint(latest_checkpoint(tmp_path))["iteration"]
-    assert 2 <= resumed_at < 6
+    assert 1 <= resumed_at < 4
     train(tiny_cfg(), tmp_path, resume=True, progress=False)
     assert losses(tmp_path) == losses(ref_dir)
     ref, got = final_params(ref_dir), final_params(tmp_path)
@@ -265,19 +265,19 @@ def test_repeated_nonfinite_losses_abort_with_a_clear_message(tmp_path, monkeypa
 # -- several processes -----------------------------------------------------------------------
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    cfg = tiny_cfg(batch_size=4, max_iters=3, checkpoint_every=100)
+    cfg = tiny_cfg(batch_size=4, max_iters=2, checkpoint_every=100)
     train(cfg, single_dir, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "ssd_tutorial.train", "--config", "shapes_cpu", "--output-dir", str(ddp_dir), "--no-progress",
-        "--device", "cpu", *CLI_OVERRIDES, "--set", "batch_size=4", "--set", "max_iters=3", "--set", "checkpoint_every=100",
+        "--device", "cpu", *CLI_OVERRIDES, "--set", "batch_size=4", "--set", "max_iters=2", "--set", "checkpoint_every=100",
     ]
     result = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     single, ddp = losses(single_dir), losses(ddp_dir)
-    assert sorted(ddp) == [1, 2, 3]
+    assert sorted(ddp) == [1, 2]
     for it in single:
         assert ddp[it] == pytest.approx(single[it], rel=1e-4)
     ref, got = final_params(single_dir), final_params(ddp_dir)
