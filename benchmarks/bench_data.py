@@ -124,12 +124,18 @@ def device_info() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers for the N-worker run")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="DataLoader workers for the N-worker run"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default=None, help="results file name (default data_cpu.json / data_<gpu>.json)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="timed passes over the images")
-    parser.add_argument("--data", type=Path, default=None, help="a VOC-layout folder of JPEGs (default: mini100 or shapes)")
+    parser.add_argument(
+        "--source", choices=("auto", "mini100", "shapes"), default="auto",
+        help="JPEGs to use: ../shared/data/voc2012_mini100, shapes written to a temp dir, or auto (mini100 if present)",
+    )  # fmt: skip
+    parser.add_argument("--data", type=Path, default=None, help="any VOC-layout folder with VOC classes (trainval)")
     parser.add_argument("--shapes-images", type=int, default=200, help="images to write when falling back to shapes")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one core for the 0-worker run; workers use one thread each anyway
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is not None:
             root, class_names, source = args.data, VOC_CLASSES, str(args.data.name)
-        elif MINI100.is_dir():
+        elif args.source == "mini100" or (args.source == "auto" and MINI100.is_dir()):
             root, class_names, source = MINI100, VOC_CLASSES, "voc2012_mini100 (100 real VOC JPEGs, ~500x375)"
         else:
             from ssd_tutorial.data import write_voc_split

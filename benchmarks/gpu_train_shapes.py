@@ -109,7 +109,7 @@ def save_figure(path: Path, summary: dict[str, Any], dataset: Any, detections: d
     for k in range(3):
         image, target = dataset[k]
         det = detections[str(target["image_id"])]
-        keep = det["scores"] >= score_threshold
+        keep = (det["scores"] >= score_threshold).nonzero().flatten()[:12]  # the 12 best at most (sorted by score)
         a = fig.add_subplot(1, 5, 3 + k)
         show_image(image, ax=a)
         labels = det["labels"][keep].tolist()

@@ -48,6 +48,11 @@ class TrainConfig:
     # -- model -----------------------------------------------------------------------------
     width_mult: float = 1.0  # 1.0 = SSD300; 0.125 = the tiny CPU preset of the same architecture
     backbone_weights: str | None = None  # "imagenet" = torchvision VGG16 ImageNet weights
+    # Initialization of the layers not loaded from backbone_weights.  "xavier": Caffe SSD (every
+    # new conv Xavier-uniform).  "kaiming": He-normal for the convs followed by a ReLU (heads keep
+    # Xavier) -- a departure for training VGG from scratch, whose signal fades through 15 Xavier
+    # layers without batch normalization.
+    init: str = "xavier"
     # -- loss ------------------------------------------------------------------------------
     neg_pos_ratio: int = 3  # paper p.5: at most 3:1 negatives to positives
     alpha: float = 1.0  # paper eq. 1: weight of the localization loss
@@ -80,6 +85,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("shapes", "voc"):
             raise ValueError(f"dataset must be 'shapes' or 'voc', got {self.dataset!r}")
+        if self.init not in ("xavier", "kaiming"):
+            raise ValueError(f"init must be 'xavier' or 'kaiming', got {self.init!r}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
         for name in ("batch_size", "max_iters", "log_every", "image_size", "max_nonfinite"):
@@ -124,26 +131,27 @@ PRESETS: dict[str, TrainConfig] = {
         eval_every=10_000,
         eval_images=4952,
     ),
-    # Full SSD300 from scratch on synthetic shapes, ~4-5 minutes on one H100.
-    # Departures from the paper (marked because the paper never trains VGG from scratch):
-    # a larger lr with a longer warmup (from-scratch VGG without BatchNorm starts slowly at 1e-3)
-    # and gradient-norm clipping to survive the first iterations at that lr.
+    # Full SSD300 from scratch on synthetic shapes, ~4-5 minutes on one H100.  The paper's
+    # optimizer and lr (1e-3; 4e-3 stalled the tiny model); departures, because the paper never
+    # trains VGG from scratch: a linear warmup from lr/100 over 500 iterations, gradient-norm
+    # clipping at 10 against early spikes, and the augmentation batched on the GPU.
     "shapes_gpu": TrainConfig(
         name="shapes_gpu",
         dataset="shapes",
-        shapes_train_images=50_000,
+        shapes_train_images=100_000,
         shapes_val_images=500,
         backbone_weights=None,
         batch_size=32,
-        lr=4e-3,
-        warmup_iters=300,
+        lr=1e-3,
+        warmup_iters=500,
         warmup_factor=0.01,
-        max_iters=6000,
-        lr_steps=(4500, 5500),
+        max_iters=10_000,
+        lr_steps=(7000, 9000),
         grad_clip_norm=10.0,
-        num_workers=14,
+        augment_on_gpu=True,
+        num_workers=12,
         checkpoint_every=2000,
-        log_every=25,
+        log_every=50,
         eval_every=0,
         eval_images=500,
     ),
@@ -156,7 +164,7 @@ PRESETS: dict[str, TrainConfig] = {
         width_mult=0.125,
         backbone_weights=None,
         batch_size=8,
-        lr=4e-3,
+        lr=1e-3,
         warmup_iters=20,
         warmup_factor=0.01,
         max_iters=40,

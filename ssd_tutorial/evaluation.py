@@ -359,24 +359,31 @@ def per_class_table(result: Mapping[str, Any], digits: int = 4) -> str:
 def plot_pr_curves(result: Mapping[str, Any], ax: Any = None, classes: Sequence[str] | None = None) -> Any:
     """Draw the precision/recall curve of each class of an :func:`evaluate_voc` result.
 
-    Each curve is drawn as computed (one point per detection) with its AP in the legend.
-    Returns the matplotlib ``Axes``.
+    Dots: one (recall, precision) point per counted detection, in score order.  Line: the
+    interpolated precision (the best precision at any higher recall), whose area is the
+    all-point AP.  The legend gives each class's AP.  Returns the matplotlib ``Axes``.
     """
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
-    for name in classes if classes is not None else list(result["ap"]):
-        recall, precision = result["recall"][name], result["precision"][name]
-        if len(recall) == 0:
-            ax.plot([], [], label=f"{name} (AP {result['ap'][name]:.2f}, no detections)")
+    for i, name in enumerate(classes if classes is not None else list(result["ap"])):
+        color = plt.get_cmap("tab10")(i % 10)
+        recall = np.asarray(result["recall"][name], dtype=np.float64)
+        precision = np.asarray(result["precision"][name], dtype=np.float64)
+        label = f"{name} (AP {result['ap'][name]:.2f})"
+        if recall.size == 0:
+            ax.plot([], [], color=color, label=f"{label}, no detections")
             continue
-        ax.plot(np.concatenate(([0.0], recall)), np.concatenate(([precision[0]], precision)),
-                drawstyle="steps-post", label=f"{name} (AP {result['ap'][name]:.2f})")
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]  # [N] best precision at recall >= r
+        # steps-pre: between recall r_(i-1) and r_i the curve has the value at r_i
+        ax.plot(np.concatenate(([0.0], recall)), np.concatenate(([envelope[0]], envelope)),
+                drawstyle="steps-pre", color=color, label=label)
+        ax.plot(recall, precision, ".", color=color, markersize=4, alpha=0.6)
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
     return ax

@@ -99,7 +99,7 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     with R = f(5), G = f(3), B = f(1): no branch per sector.
     """
     hue, sat, val = hsv.unbind(1)  # each [B, H, W]
-    n = torch.tensor((5.0, 3.0, 1.0), device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+    n = torch.tensor((5.0, 3.0, 1.0), device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)  # [1, 3, 1, 1]
     k = torch.remainder(n + 6.0 * hue[:, None], 6.0)  # [B, 3, H, W]
     ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
     return val[:, None] - val[:, None] * sat[:, None] * ramp
@@ -117,28 +117,33 @@ def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap
     tensor operation for the whole batch.
     """
     B, device = images.shape[0], images.device
-    on = lambda: _coin((B,), generator, device).float().view(B, 1, 1, 1)  # noqa: E731
-    brightness = on() * _uniform((B,), -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, generator, device).view(B, 1, 1, 1)
-    contrast_on = on()
-    contrast = 1.0 + contrast_on * (_uniform((B,), *CONTRAST_RANGE, generator, device).view(B, 1, 1, 1) - 1.0)
-    contrast_first = _coin((B,), generator, device).view(B, 1, 1, 1)
-    saturation = 1.0 + on() * (_uniform((B,), *SATURATION_RANGE, generator, device).view(B, 1, 1, 1) - 1.0)
-    hue_shift = on() * _uniform((B,), -HUE_DELTA, HUE_DELTA, generator, device).view(B, 1, 1, 1) / 360.0
-    swap = _coin((B,), generator, device, p=channel_swap_prob)
-    perm_index = _randint((B,), len(_CHANNEL_PERMUTATIONS), generator, device)
+
+    def maybe(low: float, high: float, identity: float) -> Tensor:
+        """With p = 0.5 per image a draw from U(low, high), else ``identity`` -> [B, 1, 1, 1]."""
+        apply = _coin((B,), generator, device)
+        value = _uniform((B,), low, high, generator, device)
+        return torch.where(apply, value, torch.full_like(value, identity)).view(B, 1, 1, 1)  # [B, 1, 1, 1]
+
+    brightness = maybe(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, 0.0)  # [B, 1, 1, 1]
+    contrast = maybe(*CONTRAST_RANGE, 1.0)
+    contrast_first = _coin((B,), generator, device).view(B, 1, 1, 1)  # [B, 1, 1, 1]
+    saturation = maybe(*SATURATION_RANGE, 1.0)
+    hue_shift = maybe(-HUE_DELTA, HUE_DELTA, 0.0) / 360.0  # degrees -> fraction of a turn
+    swap = _coin((B,), generator, device, p=channel_swap_prob)  # [B]
+    perm_index = _randint((B,), len(_CHANNEL_PERMUTATIONS), generator, device)  # [B]
 
     one = torch.ones_like(contrast)
     x = (images + brightness).clamp(0.0, 255.0)
     x = (x * torch.where(contrast_first, contrast, one)).clamp(0.0, 255.0)
     hsv = rgb_to_hsv(x / 255.0)  # [B, 3, H, W]
-    hue, sat, val = hsv.unbind(1)
-    hue = torch.remainder(hue + hue_shift[:, 0], 1.0)
+    hue, sat, val = hsv.unbind(1)  # each [B, H, W]
+    hue = torch.remainder(hue + hue_shift[:, 0], 1.0)  # [B, 1, 1] broadcast over [B, H, W]
     sat = (sat * saturation[:, 0]).clamp(0.0, 1.0)
     x = hsv_to_rgb(torch.stack((hue, sat, val), dim=1)) * 255.0
     x = (x * torch.where(contrast_first, one, contrast)).clamp(0.0, 255.0)
     perms = torch.tensor(_CHANNEL_PERMUTATIONS, device=device)[perm_index]  # [B, 3]
     perms = torch.where(swap[:, None], perms, torch.arange(3, device=device).expand(B, 3))  # [B, 3]
-    return torch.gather(x, 1, perms.view(B, 3, 1, 1).expand_as(x))
+    return torch.gather(x, 1, perms.view(B, 3, 1, 1).expand_as(x))  # [B, 3, 1, 1] -> [B, 3, H, W]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,7 +208,7 @@ def sample_crops(
     left = _uniform((B, T), 0.0, 1.0, generator, device) * (1.0 - w)
     top = _uniform((B, T), 0.0, 1.0, generator, device) * (1.0 - h)
     crops = torch.stack((left, top, left + w, top + h), dim=-1)  # [B, T, 4]
-    pixel_aspect = h / w * aspect.view(B, 1)  # patch height / width in pixels
+    pixel_aspect = h / w * aspect.view(B, 1)  # [B, T]: patch height / width in pixels
     aspect_ok = (pixel_aspect >= CROP_ASPECT_RANGE[0]) & (pixel_aspect <= CROP_ASPECT_RANGE[1])  # [B, T]
 
     iou = _pairwise_iou(crops, boxes)  # [B, T, G]
@@ -288,7 +293,7 @@ def gpu_ssd_augment_padded(
         clipped = torch.minimum(torch.maximum(canvas_boxes, crop_lo), crop_hi)  # [B, G, 4]
         out_boxes = (clipped - crop_lo) / (crop_hi - crop_lo)  # [B, G, 4] normalized to the output
         mirrored = torch.stack((1 - out_boxes[..., 2], out_boxes[..., 1], 1 - out_boxes[..., 0], out_boxes[..., 3]), -1)
-        out_boxes = torch.where(flip.view(B, 1, 1), mirrored, out_boxes)
+        out_boxes = torch.where(flip.view(B, 1, 1), mirrored, out_boxes)  # [B, G, 4]
         keep = valid & _centres_inside(crop[:, None, :], canvas_boxes)[:, 0, :]  # [B, G]
     else:
         ratio = torch.ones(B, device=device)
@@ -318,8 +323,8 @@ def gpu_ssd_augment_padded(
     grid = torch.stack((gx, gy), dim=-1)  # [B, size, size, 2] (x, y) in [-1, 1]
     out = F.grid_sample(padded.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device, dtype=torch.float32).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1)  # [1, 3, 1, 1]
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=torch.float32).view(1, 3, 1, 1)  # [1, 3, 1, 1]
     if train:
         # Departure: SSDAugmentation distorts the colours before resizing; here they are distorted
         # after it, on size x size pixels instead of the full image.  The maps are per pixel, so

@@ -150,7 +150,11 @@ def encode(
         raise ValueError(
             f"matched_xyxy has {matched_xyxy.shape[-2]} boxes but there are {priors_cxcywh.shape[0]} priors"
         )
-    g = xyxy_to_cxcywh(matched_xyxy)  # [..., P, 4] cxcywh
+    return _encode_cxcywh(xyxy_to_cxcywh(matched_xyxy), priors_cxcywh, v_centre, v_size)
+
+
+def _encode_cxcywh(g: Tensor, priors_cxcywh: Tensor, v_centre: float, v_size: float) -> Tensor:
+    """:func:`encode` for matched boxes already in cxcywh: ``g [..., P, 4]`` -> ``[..., P, 4]``."""
     d = priors_cxcywh.to(g)  # [P, 4], broadcasts over the leading dims
     centre = (g[..., :2] - d[:, :2]) / (v_centre * d[:, 2:])  # [..., P, 2]
     size = torch.log(g[..., 2:] / d[:, 2:]) / v_size  # [..., P, 2]
@@ -180,42 +184,39 @@ def decode(
     return cxcywh_to_xyxy(torch.cat((centre, size), dim=-1))
 
 
-def _pad_objects(
+def _flatten_objects(
     gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], device: torch.device, dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Stack per-image objects, padded to the batch's largest count G_max.
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """All objects of the batch in one list, and where each goes in a ``[B, G_max]`` grid.
 
-    Returns boxes ``[B, G_max, 4]``, labels ``[B, G_max]`` long and ``valid [B, G_max]`` bool.
-    G_max is at least 1 so that every tensor below keeps a real object axis.
+    Returns boxes ``[N, 4]``, labels ``[N]`` long, ``image [N]`` and ``slot [N]`` (the object's
+    image and its index there), and G_max (at least 1, so the object axis is never empty).
+    The counts come from the tensors' shapes: nothing waits for the device.
     """
-    batch = len(gt_boxes)
-    g_max = max([1] + [int(b.shape[0]) for b in gt_boxes])
-    boxes = torch.zeros(batch, g_max, 4, device=device, dtype=dtype)
-    labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)
-    valid = torch.zeros(batch, g_max, dtype=torch.bool, device=device)
-    for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):  # one copy per image, no per-box work
-        n = b.shape[0]
-        boxes[i, :n] = b.to(device=device, dtype=dtype)
-        labels[i, :n] = lab.to(device=device, dtype=torch.long)
-        valid[i, :n] = True
-    return boxes, labels, valid
+    counts = [int(b.shape[0]) for b in gt_boxes]
+    boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(device=device, dtype=dtype)  # [N, 4]
+    labels = torch.cat([lab.reshape(-1) for lab in gt_labels]).to(device=device, dtype=torch.long)  # [N]
+    image = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # [N]
+    first = torch.tensor([0] + counts[:-1]).cumsum(0)  # [B] index of each image's first object
+    slot = torch.arange(len(image)) - first[image]  # [N]
+    return boxes, labels, image.to(device), slot.to(device), max([1] + counts)
 
 
 def _batched_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> Tensor:
-    """IoU of ``a [B, G, 4]`` with ``b [P, 4]`` (both xyxy) -> ``[B, G, P]``.
+    """IoU of ``a [..., G, 4]`` with ``b [P, 4]`` (both xyxy) -> ``[..., G, P]``.
 
-    Works coordinate by coordinate on ``[B, G, P]`` tensors, in place where it can (this is the
+    Works coordinate by coordinate on ``[..., G, P]`` tensors, in place where it can (this is the
     costliest step of ``build_targets``).  The union is at least the area of the ``b`` box, so
     ``b`` boxes of positive area (default boxes) never divide by 0.
     """
-    ax1, ay1, ax2, ay2 = (t[..., None] for t in a_xyxy.unbind(-1))  # [B, G, 1] each
+    ax1, ay1, ax2, ay2 = (t[..., None] for t in a_xyxy.unbind(-1))  # [..., G, 1] each
     bx1, by1, bx2, by2 = b_xyxy.unbind(-1)  # [P] each
-    width = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)  # [B, G, P]
-    height = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)  # [B, G, P]
-    inter = width.mul_(height)  # [B, G, P]
-    area_a = ((ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0))  # [B, G, 1]
+    width = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)  # [..., G, P]
+    height = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)  # [..., G, P]
+    inter = width.mul_(height)  # [..., G, P]
+    area_a = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)  # [..., G, 1]
     area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)  # [P]
-    union = (area_a + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)  # [B, G, P]
+    union = (area_a + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)  # [..., G, P]
     return inter.div_(union)
 
 
@@ -257,14 +258,21 @@ def build_targets(
                 f"{list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__}"
             )
     device, dtype = priors_cxcywh.device, priors_cxcywh.dtype
-    boxes, labels, valid = _pad_objects(gt_boxes, gt_labels, device, dtype)  # [B,G,4], [B,G], [B,G]
-    batch, g_max = labels.shape
-    num_priors = priors_cxcywh.shape[0]
+    flat_boxes, flat_labels, image, slot, g_max = _flatten_objects(gt_boxes, gt_labels, device, dtype)
+    batch, num_priors = len(gt_boxes), priors_cxcywh.shape[0]
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)  # [P, 4]
 
-    # Padding objects are zero boxes: IoU 0 with everything.  They sit after the real objects, so
-    # they lose every tie (first maximum wins), never reach the threshold (> 0) and claim nothing.
-    iou = _batched_iou(boxes, priors_xyxy)  # [B, G, P]
+    # Pad to [B, G_max]: padding objects are zero boxes with IoU 0 with everything.  They sit after
+    # the real objects, so they lose every tie (first maximum wins), never reach the threshold
+    # (> 0) and claim nothing.  The IoU is computed for the real objects only, then spread out.
+    boxes = torch.zeros(batch, g_max, 4, device=device, dtype=dtype)  # [B, G, 4]
+    boxes[image, slot] = flat_boxes
+    labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
+    labels[image, slot] = flat_labels
+    valid = torch.zeros(batch, g_max, dtype=torch.bool, device=device)  # [B, G]
+    valid[image, slot] = True
+    iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
+    iou[image, slot] = _batched_iou(flat_boxes, priors_xyxy)  # [N, P] into [B, G, P]
 
     # torch.max along a dim returns the first of equal maxima: lowest index wins, as in match.
     best_obj_iou, best_obj = iou.max(dim=1)  # [B, P]: each default box's best object
@@ -289,9 +297,10 @@ def build_targets(
     obj = torch.where(forced, winner, best_obj)  # [B, P]
     positive = forced | (best_obj_iou >= iou_threshold)  # [B, P]
     obj = obj.clamp(max=g_max - 1)  # images without objects: any index, masked below
-    matched_labels = labels.gather(1, obj)  # [B, P]
-    out_labels = torch.where(positive, matched_labels, torch.zeros_like(matched_labels))  # [B, P]
-    matched_boxes = boxes.gather(1, obj[..., None].expand(batch, num_priors, 4))  # [B, P, 4]
-    matched_boxes = torch.where(positive[..., None], matched_boxes, priors_xyxy[None])  # [B, P, 4]
-    loc_targets = encode(matched_boxes, priors_cxcywh, variances)  # [B, P, 4]
-    return loc_targets, out_labels
+    out_labels = labels.gather(1, obj).masked_fill_(~positive, 0)  # [B, P]
+    # encode from cxcywh gathered per default box; background rows (and the -inf of zero-size
+    # padding) become 0, the offsets of a default box onto itself, as match + encode give
+    boxes_cxcywh = xyxy_to_cxcywh(boxes)  # [B, G, 4]
+    matched = boxes_cxcywh.gather(1, obj[..., None].expand(batch, num_priors, 4))  # [B, P, 4] cxcywh
+    loc_targets = _encode_cxcywh(matched, priors_cxcywh, *_check_variances(variances))  # [B, P, 4]
+    return loc_targets.masked_fill_(~positive[..., None], 0.0), out_labels

@@ -277,9 +277,10 @@ class SSD300(nn.Module):
 
         Returns the mapped tensors and whether fc6/fc7 came with them.
         """
+        own_keys = set(self.state_dict())
         mapped: dict[str, Tensor] = {}
         for key, value in state.items():
-            if key.startswith(("backbone.", "fc.")) and key in self._own_keys():
+            if key.startswith(("backbone.", "fc.")) and key in own_keys:
                 mapped[key] = value
         for index, name in zip(_TORCHVISION_CONV_INDICES, _CONV_NAMES):
             module = "fc" if name.startswith("conv5") else "backbone"
@@ -300,9 +301,6 @@ class SSD300(nn.Module):
                 f"or 'backbone.conv1_1.weight' ...), got {some}"
             )
         return mapped, has_fc
-
-    def _own_keys(self) -> set[str]:
-        return set(self.state_dict())
 
     # ------------------------------------------------------------------ forward
     def source_maps(self, x: Tensor) -> list[Tensor]:
@@ -360,7 +358,12 @@ def tiny_ssd300(num_classes: int) -> SSD300:
 
 
 def subsample_fc(
-    fc6_weight: Tensor, fc6_bias: Tensor, fc7_weight: Tensor, fc7_bias: Tensor, keep_every: int = 4, tap_every: int = 3
+    fc6_weight: Tensor,
+    fc6_bias: Tensor,
+    fc7_weight: Tensor,
+    fc7_bias: Tensor,
+    keep_every: int = 4,
+    tap_every: int = 3,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """VGG16's fully connected fc6/fc7 as SSD's convolutions, by subsampling (paper p.7).
 
@@ -369,7 +372,8 @@ def subsample_fc(
     ``[1024, 512, 3, 3]``: a 3x3 kernel whose taps lie 3 cells apart on the stride-32 map, i.e.
     6 cells apart on SSD's stride-16 pool5 -- hence dilation 6.  ``fc7_weight [4096, 4096]``
     becomes ``[1024, 1024, 1, 1]``.  The paper does not say which units it kept; we keep every
-    4th, starting at 0 (DeepLab-LargeFOV's "decimation").
+    4th unit starting at 0, and taps 0, 3, 6 (DeepLab, which SSD follows here, calls this
+    subsampling "decimation").
     """
     out6, in6 = fc6_weight.shape
     grid = 7
@@ -382,7 +386,8 @@ def subsample_fc(
     w6 = fc6_weight.reshape(out6, channels, grid, grid)  # [4096, 512, 7, 7]
     w6 = w6[::keep_every, :, ::tap_every, ::tap_every].contiguous()  # [1024, 512, 3, 3]
     b6 = fc6_bias[::keep_every].contiguous()  # [1024]
-    w7 = fc7_weight[::keep_every, ::keep_every].reshape(-1, out6 // keep_every, 1, 1).contiguous()  # [1024, 1024, 1, 1]
+    w7 = fc7_weight[::keep_every, ::keep_every]  # [1024, 1024]
+    w7 = w7.reshape(w7.shape[0], w7.shape[1], 1, 1).contiguous()  # [1024, 1024, 1, 1]
     b7 = fc7_bias[::keep_every].contiguous()  # [1024]
     return w6, b6, w7, b7
 

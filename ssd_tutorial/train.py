@@ -222,10 +222,27 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) ->
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """SSD300 (or its tiny preset) with ``num_classes`` outputs including background."""
+    """SSD300 (or its tiny preset) with ``num_classes`` outputs including background.
+
+    ``cfg.init == "kaiming"`` re-initializes the convs that are followed by a ReLU and were not
+    loaded from ``backbone_weights`` (He-normal, fan-in, zero bias); the loc/conf heads keep the
+    model's Xavier init.
+    """
     from ssd_tutorial.model import SSD300
 
-    return SSD300(num_classes=num_classes, backbone_weights=cfg.backbone_weights, width_mult=cfg.width_mult)
+    model = SSD300(num_classes=num_classes, backbone_weights=cfg.backbone_weights, width_mult=cfg.width_mult)
+    if cfg.init == "kaiming":
+        # Departure from Caffe SSD (Xavier everywhere): He init keeps the activations' scale
+        # through the VGG stack when it is trained from scratch without batch normalization.
+        pretrained = ("backbone.", "fc.") if cfg.backbone_weights else ()
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Conv2d) or name.startswith(("loc_heads", "conf_heads")):
+                continue
+            if name.startswith(pretrained):
+                continue
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return model
 
 
 def class_names_for(cfg: TrainConfig) -> tuple[str, ...]:
@@ -630,6 +647,10 @@ class Trainer:
                     loss_sum, window_start, window_images, window_iters = {}, time.perf_counter(), 0, 0
                     if self._stop_agreed():
                         stopped_by_signal = True
+                if self._stop_requested and self.world_size == 1 and not stopped_by_signal:
+                    stopped_by_signal = True  # one process: stop now (several agree at log intervals)
+                    if not at_log:
+                        losses.append(self._log(loss_sum, window_iters, window_images, time.perf_counter() - window_start))
                 bar.update(1)
                 if cfg.eval_every and self.iteration % cfg.eval_every == 0 and self.iteration != end:
                     self._evaluate_and_log()

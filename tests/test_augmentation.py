@@ -114,8 +114,10 @@ def test_photometric_steps_by_hand() -> None:
     # Hue: a full turn changes nothing; 120 degrees sends red to green.
     assert torch.allclose(apply_photometric(pixel, PhotometricParams(hue=360.0)), pixel, atol=1e-3)
     red = torch.tensor([255.0, 0.0, 0.0]).reshape(3, 1, 1)
-    assert apply_photometric(red, PhotometricParams(hue=120.0)).flatten().tolist() == pytest.approx([0, 255, 0], abs=1e-3)
-    assert apply_photometric(pixel, PhotometricParams(channel_order=(2, 1, 0))).flatten().tolist() == [200.0, 50.0, 100.0]
+    green = apply_photometric(red, PhotometricParams(hue=120.0)).flatten().tolist()
+    assert green == pytest.approx([0, 255, 0], abs=1e-3)
+    swapped = apply_photometric(pixel, PhotometricParams(channel_order=(2, 1, 0))).flatten().tolist()
+    assert swapped == [200.0, 50.0, 100.0]
 
 
 def test_eval_mode_is_resize_and_normalize_only() -> None:

@@ -243,17 +243,6 @@ def test_shapes_bad_arguments() -> None:
         ShapesDataset(3)[3]
 
 
-def test_shapes_are_fast_enough_to_draw_on_the_fly() -> None:
-    # Not a timing test (those live in benchmarks/): a sanity bound 10x looser than the goal.
-    import time
-
-    dataset = ShapesDataset(20, seed=2)
-    start = time.perf_counter()
-    for i in range(20):
-        dataset[i]
-    assert (time.perf_counter() - start) / 20 < 0.05
-
-
 # --------------------------------------------------------------------------------------------
 # Collate
 # --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class _Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def __enter__(self) -> _Server:
         self.thread.start()
@@ -194,4 +194,5 @@ def test_constants_agree_with_torchvision() -> None:
     theirs = {DATASET_YEAR_DICT[k]["filename"]: DATASET_YEAR_DICT[k]["md5"] for k in ("2007", "2007-test", "2012")}
     ours = {a.filename: a.md5 for a in download_voc.ARCHIVES.values()}
     assert ours == theirs
-    assert all(url.startswith("https://") and url.endswith(a.filename) for a in download_voc.ARCHIVES.values() for url in a.urls)
+    for archive in download_voc.ARCHIVES.values():
+        assert all(url.startswith("https://") and url.endswith(archive.filename) for url in archive.urls)

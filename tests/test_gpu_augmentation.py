@@ -259,3 +259,16 @@ def test_bad_inputs_name_the_problem():
         gpu_ssd_augment(images, [boxes[0][:, :3], boxes[1]], labels, g)
     with pytest.raises(ValueError, match="empty"):
         gpu_ssd_augment([], [], [], g)
+
+
+def test_pairwise_iou_matches_torchvision():
+    from torchvision.ops import box_iou
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 7, 2, generator=g)
+    a = torch.cat((xy, xy + torch.rand(2, 7, 2, generator=g)), dim=-1)  # [2, 7, 4]
+    xy = torch.rand(2, 5, 2, generator=g)
+    b = torch.cat((xy, xy + torch.rand(2, 5, 2, generator=g)), dim=-1)  # [2, 5, 4]
+    got = _pairwise_iou(a, b)  # [2, 7, 5]
+    for i in range(2):
+        torch.testing.assert_close(got[i], box_iou(a[i], b[i]))

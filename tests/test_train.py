@@ -283,3 +283,18 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     ref, got = final_params(single_dir), final_params(ddp_dir)
     for k in ref:
         torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_kaiming_init_rescales_relu_convs_and_keeps_heads():
+    from ssd_tutorial.train import build_model
+
+    torch.manual_seed(0)
+    xavier = build_model(tiny_cfg(init="xavier"), 6)
+    torch.manual_seed(0)
+    kaiming = build_model(tiny_cfg(init="kaiming"), 6)
+    for name in ("loc_heads.0.weight", "conf_heads.5.weight"):
+        assert torch.equal(xavier.state_dict()[name], kaiming.state_dict()[name])
+    # He-normal, fan-in: std = sqrt(2 / fan_in); conv4_1 of the tiny model has fan_in = 32 * 3 * 3.
+    w = kaiming.backbone.conv4_1.weight
+    assert w.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
+    assert not torch.equal(w, xavier.backbone.conv4_1.weight)

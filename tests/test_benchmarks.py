@@ -1,0 +1,83 @@
+"""The benchmark scripts run in their tiny ``--smoke`` mode on the CPU, so they cannot rot.
+
+The numbers of a smoke run mean nothing (tiny models, one iteration); what is checked is that
+every code path runs, writes its files and produces positive rates and ratios.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_gpu():
+    return _load("bench_gpu")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_gpu_smoke_runs_every_stage(bench_gpu, tmp_path):
+    results = bench_gpu.main(["--out", str(tmp_path), "--smoke"])
+    written = json.loads((tmp_path / "gpu_cpu.json").read_text())
+    assert (tmp_path / "gpu_cpu.png").stat().st_size > 0
+    assert written["errors"] == {} and results["errors"] == {}
+    for key in ("device", "torch", "torchvision", "mfu", "ratios", "bf16_peak_tflops"):
+        assert key in written
+    for key in ("ssd_tutorial", "torchvision", "ssd_tutorial_real_data", "bare_network",
+                "ssd_tutorial_eager_b2", "torchvision_eager_b2", "ssd_tutorial_compiled_step_b2",
+                "real_data_gpu_nvjpeg_b2", "real_data_cpu_workers_b2", "bare_network_compiled_b2"):
+        assert _positive(written["train_img_s"][key]), key
+    for key in ("ssd_tutorial", "torchvision", "ssd_tutorial_b1", "torchvision_b1"):
+        assert _positive(written["inference_img_s"][key]), key
+    for key in ("train_vs_torchvision", "train_vs_bare_compiled", "inference_vs_torchvision_b2", "real_data_vs_synthetic"):
+        assert _positive(written["ratios"][key]), key
+    assert written["padding_is_exact"] is True
+    assert written["flops_per_image_fwd_bwd"] > 1e9  # tiny SSD300 at 300x300: a few GFLOPs per image
+
+
+def test_pad_objects_hand_case(bench_gpu):
+    boxes = [torch.tensor([[0.1, 0.1, 0.5, 0.5]]), torch.rand(3, 4)]
+    labels = [torch.tensor([4]), torch.tensor([1, 2, 3])]
+    padded_boxes, padded_labels, dropped = bench_gpu.pad_objects(boxes, labels, fixed=2)
+    assert dropped == 1  # the second image had 3 objects for 2 places
+    assert torch.equal(padded_boxes[0], torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]))
+    assert torch.equal(padded_boxes[1], boxes[1][:2])
+    assert padded_labels[0].tolist() == [4, 0]
+    assert padded_labels[1].tolist() == [1, 2]
+
+
+def test_bf16_peak_table(bench_gpu):
+    assert bench_gpu.bf16_peak("NVIDIA H100 80GB HBM3") == 989.0
+    assert bench_gpu.bf16_peak("NVIDIA H100 PCIe") == 756.0
+    assert bench_gpu.bf16_peak("NVIDIA H200") == 989.0
+    assert bench_gpu.bf16_peak("Some Future GPU") is None
+
+
+def test_bench_cpu_smoke(tmp_path):
+    bench_cpu = _load("bench_cpu")
+    results = bench_cpu.main(["--out", str(tmp_path), "--smoke"])
+    written = json.loads((tmp_path / "cpu.json").read_text())
+    assert written == json.loads(json.dumps(results))
+    for group in ("train_img_s", "inference_img_s"):
+        assert _positive(written[group]["ssd_tutorial"]) and _positive(written[group]["torchvision"])
+    assert _positive(written["ratios"]["train_vs_torchvision"])

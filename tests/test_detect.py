@@ -1,0 +1,108 @@
+"""Tests for ssd_tutorial.detect: checkpoints of both kinds, the CLI, bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from ssd_tutorial.checkpoint import save_atomic
+from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset
+from ssd_tutorial.detect import detect_image, main, model_from_checkpoint, read_image_file
+from ssd_tutorial.inference import Predictor
+from ssd_tutorial.model import tiny_ssd300
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    torch.manual_seed(0)
+    return tiny_ssd300(num_classes=len(SHAPES_CLASSES) + 1).state_dict()
+
+
+@pytest.fixture()
+def shapes_png(tmp_path):
+    image, _ = ShapesDataset(1, seed=3)[0]  # uint8 [3, 300, 300]
+    path = tmp_path / "shapes.png"
+    torchvision.io.write_png(image, str(path))
+    return path, image
+
+
+def test_plain_state_dict_gives_width_classes_and_names(tmp_path, tiny_state):
+    path = tmp_path / "plain.pt"
+    torch.save(tiny_state, path)
+    model, names = model_from_checkpoint(path)
+    assert model.num_classes == 6 and names == list(SHAPES_CLASSES)
+    assert model.backbone.conv1_1.weight.shape[0] == 8  # 64 * 0.125
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in tiny_state.items())
+    assert not model.training
+
+
+def test_training_checkpoint_uses_its_class_names(tmp_path, tiny_state):
+    path = tmp_path / "last.pt"
+    save_atomic({"model": tiny_state, "iteration": 5, "class_names": ["a", "b", "c", "d", "e"]}, path)
+    _, names = model_from_checkpoint(path)
+    assert names == ["a", "b", "c", "d", "e"]
+
+
+def test_detect_image_matches_predictor(tmp_path, tiny_state, shapes_png):
+    path = tmp_path / "plain.pt"
+    torch.save(tiny_state, path)
+    model, _ = model_from_checkpoint(path)
+    _, image = shapes_png
+    got = detect_image(model, image, score_threshold=0.3)
+    want = Predictor(model, score_threshold=0.3)([image])[0]
+    torch.testing.assert_close(got["boxes"], want["boxes"])
+    assert torch.equal(got["labels"], want["labels"])
+    assert bool((got["scores"] >= 0.3).all())
+
+
+def test_cli_writes_png_and_prints_json(tmp_path, tiny_state, shapes_png, capsys):
+    ckpt = tmp_path / "plain.pt"
+    torch.save(tiny_state, ckpt)
+    png, image = shapes_png
+    out = tmp_path / "out" / "det.png"
+    assert main([str(png), "--checkpoint", str(ckpt), "--output", str(out), "--device", "cpu"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for det in record["detections"]:
+        x1, y1, x2, y2 = det["box_xyxy_px"]
+        assert det["label"] in SHAPES_CLASSES and det["score"] >= 0.4
+        assert x1 <= x2 and y1 <= y2
+
+
+def test_cli_bad_inputs_name_the_file(tmp_path, tiny_state, shapes_png, capsys):
+    png, _ = shapes_png
+    ckpt = tmp_path / "plain.pt"
+    torch.save(tiny_state, ckpt)
+    assert main([str(tmp_path / "missing.jpg"), "--checkpoint", str(ckpt)]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("not a jpeg")
+    assert main([str(not_image), "--checkpoint", str(ckpt)]) == 2
+    assert "notes.jpg" in capsys.readouterr().err
+    assert main([str(png), "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
+
+
+class _Payload:
+    pass
+
+
+def test_pickled_checkpoint_and_foreign_state_dict_refused(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": _Payload()}, evil)
+    with pytest.raises(RuntimeError, match="weights_only"):
+        model_from_checkpoint(evil)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)
+    with pytest.raises(ValueError, match="not an SSD300 state dict"):
+        model_from_checkpoint(foreign)
+
+
+def test_read_image_file_gray_png_becomes_rgb(tmp_path):
+    gray = torch.arange(64, dtype=torch.uint8).reshape(1, 8, 8)
+    path = tmp_path / "gray.png"
+    torchvision.io.write_png(gray, str(path))
+    image = read_image_file(path)
+    assert image.shape == (3, 8, 8) and torch.equal(image[0], image[2]) and torch.equal(image[0], gray[0])
