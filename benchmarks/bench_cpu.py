@@ -8,7 +8,7 @@ weights, random 300x300 inputs with 1-4 random boxes each; ours is the package's
 ``Trainer.train_step`` (amp off on CPU), torchvision's is ``ssd300_vgg16`` returning its losses.
 Inference = batch 1 forward + decode + NMS (ours: ``model`` + ``inference.detect`` with
 torchvision's 400 candidates per class; torchvision: eval forward with its postprocess).
-Measurements alternate between the two models (ABAB...) so that a busy machine slows both
+Measurements alternate between the two models (AB BA AB ...) so that a busy machine slows both
 alike; the median time per step is reported.  Writes ``OUT_DIR/cpu.json``.
 """
 from __future__ import annotations
@@ -42,13 +42,15 @@ from ssd_tutorial.train import Trainer  # noqa: E402
 
 
 def alternate(fns: dict[str, Callable[[], Any]], warmup: int, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round by round."""
+    """Median seconds per call of each function, calls interleaved round by round (the order
+    reversed every other round: A B, B A, A B, ...)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    for k in range(rounds):
+        order = list(fns.items()) if k % 2 == 0 else list(fns.items())[::-1]
+        for name, fn in order:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", required=True, help="folder for cpu.json")
     parser.add_argument("--smoke", action="store_true", help="tiny models, one round")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

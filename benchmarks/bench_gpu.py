@@ -245,7 +245,7 @@ class Run:
         s = self.smoke
         self.batches = (2,) if s else (32, 64)
         self.big = self.batches[-1]
-        self.warmup, self.iters, self.max_seconds = (1, 1, 30.0) if s else (3, 12, 6.0)
+        self.warmup, self.iters, self.max_seconds = (1, 1, 30.0) if s else (3, 12, 4.0)
         self.width = TINY_WIDTH if s else 1.0
         self.amp = "none" if self.device.type != "cuda" else "bf16"
         self.name, self.card = card_name(self.device)
@@ -474,9 +474,16 @@ def inference_torchvision(run: Run, batch: int, num_classes: int) -> float:
 
 
 def real_data_cpu_workers(run: Run, trainer: Trainer, step: Callable[..., Any] | None) -> float:
-    """The Trainer's own loader (workers decode JPEG + SSDAugmentation) feeding ``step``."""
-    n = run.warmup + run.iters
-    loader = trainer.data_loader(0, n + 2)
+    """The Trainer's own loader (workers decode JPEG + SSDAugmentation) feeding ``step``.
+
+    Each worker builds whole batches, so the first wave of ``num_workers`` batches arrives at
+    once after start-up; the warmup consumes it and the timed part covers the next two waves,
+    so it measures the steady rate of the workers, not a buffer.
+    """
+    workers = trainer.cfg.num_workers
+    warmup = max(run.warmup, workers + 1)
+    iters = max(run.iters, 2 * workers)
+    loader = trainer.data_loader(0, warmup + iters + 2)
     it = iter(loader)
     do = step or (lambda im, b, lab: trainer.train_step(im, b, lab))
 
@@ -484,7 +491,7 @@ def real_data_cpu_workers(run: Run, trainer: Trainer, step: Callable[..., Any] |
         images, boxes, labels = trainer._to_device(next(it))
         do(images, boxes, labels)
 
-    timing = measure(one, run.device, run.warmup, run.iters, 3 * run.max_seconds)
+    timing = measure(one, run.device, warmup, iters, 20.0)
     del it, loader
     return trainer.cfg.batch_size / timing["seconds_per_iter"]
 
@@ -635,7 +642,7 @@ def run_all(run: Run) -> dict[str, Any]:
         loader_trainer = run.stage("loader trainer", 3, lambda: run.trainer(big, real_data=True))
         if loader_trainer is not None:
             train[f"real_data_cpu_workers_b{big}"] = run.stage(
-                f"real data CPU workers b{big}", 25, lambda: real_data_cpu_workers(run, loader_trainer, best_step)
+                f"real data CPU workers b{big}", 30, lambda: real_data_cpu_workers(run, loader_trainer, best_step)
             )
             del loader_trainer
 

@@ -69,7 +69,7 @@ def detect(
     score_threshold: float = 0.01,
     iou_threshold: float = 0.45,
     top_k: int = 200,
-    candidates_per_class: int | None = None,
+    candidates_per_class: int | None = 400,
     variances: Sequence[float] = VARIANCES,
     clip: bool = True,
 ) -> list[Detection]:
@@ -83,8 +83,9 @@ def detect(
     ``"labels" [N]`` long in ``1..C-1``, sorted by descending score, ``N <= top_k``.
 
     ``candidates_per_class``: keep only the best this many candidates of each class in each image
-    before NMS.  Caffe SSD: 400 (``nms_param.top_k``), as torchvision's SSD (``topk_candidates``).
-    Default ``None`` keeps all (a departure: slower when the threshold is low, never less exact).
+    before NMS (``None``: all).  The paper does not mention it; Caffe SSD: 400 (``nms_param.top_k``),
+    as torchvision's SSD (``topk_candidates``).  It bounds the cost of NMS when a weak model puts
+    thousands of boxes above the threshold, and it rarely matters: only 200 detections are kept.
     ``clip``: clip decoded boxes to the image.  Caffe SSD leaves them unclipped; torchvision clips.
     """
     if loc.ndim != 3 or loc.shape[-1] != 4:

@@ -18,8 +18,9 @@ Tie rules (shared by ``match`` and ``build_targets``, which agree exactly):
 * when several objects have the same best default box, the box goes to the object that overlaps
   it most (lowest index on an exact tie).  The other objects keep only their matches above the
   threshold -- they can end with none.  It needs two objects that nearly coincide, which is rare.
-  (Caffe SSD and torchvision let the object written last win; the result then depends on the
-  order of the annotations.)
+  (torchvision and ssd.pytorch let the object written last win, so their result depends on the
+  order of the annotations; Caffe SSD matches greedily, best pair first, and gives the loser its
+  next-best box.)
 * an object that overlaps no default box at all (IoU 0 everywhere, e.g. zero area) forces nothing.
 
 Boxes of objects are normalized ``xyxy``; default boxes (priors) are normalized ``cxcywh``.
@@ -150,11 +151,7 @@ def encode(
         raise ValueError(
             f"matched_xyxy has {matched_xyxy.shape[-2]} boxes but there are {priors_cxcywh.shape[0]} priors"
         )
-    return _encode_cxcywh(xyxy_to_cxcywh(matched_xyxy), priors_cxcywh, v_centre, v_size)
-
-
-def _encode_cxcywh(g: Tensor, priors_cxcywh: Tensor, v_centre: float, v_size: float) -> Tensor:
-    """:func:`encode` for matched boxes already in cxcywh: ``g [..., P, 4]`` -> ``[..., P, 4]``."""
+    g = xyxy_to_cxcywh(matched_xyxy)  # [..., P, 4] cxcywh
     d = priors_cxcywh.to(g)  # [P, 4], broadcasts over the leading dims
     centre = (g[..., :2] - d[:, :2]) / (v_centre * d[:, 2:])  # [..., P, 2]
     size = torch.log(g[..., 2:] / d[:, 2:]) / v_size  # [..., P, 2]
@@ -271,12 +268,17 @@ def build_targets(
     labels[image, slot] = flat_labels
     valid = torch.zeros(batch, g_max, dtype=torch.bool, device=device)  # [B, G]
     valid[image, slot] = True
+    flat_iou = _batched_iou(flat_boxes, priors_xyxy)  # [N, P]
     iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
-    iou[image, slot] = _batched_iou(flat_boxes, priors_xyxy)  # [N, P] into [B, G, P]
+    iou[image, slot] = flat_iou
 
     # torch.max along a dim returns the first of equal maxima: lowest index wins, as in match.
     best_obj_iou, best_obj = iou.max(dim=1)  # [B, P]: each default box's best object
-    best_prior_iou, best_prior = iou.max(dim=2)  # [B, G]: each object's best default box
+    flat_best_iou, flat_best_prior = flat_iou.max(dim=1)  # [N]: each object's best default box
+    best_prior_iou = torch.zeros(batch, g_max, device=device, dtype=dtype)  # [B, G]
+    best_prior_iou[image, slot] = flat_best_iou
+    best_prior = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
+    best_prior[image, slot] = flat_best_prior
 
     # Forced matches.  Objects that claim nothing (padding, or IoU 0 everywhere) send their claim
     # to a dummy column P that is dropped afterwards.
@@ -296,11 +298,10 @@ def build_targets(
     forced = winner < g_max  # [B, P]
     obj = torch.where(forced, winner, best_obj)  # [B, P]
     positive = forced | (best_obj_iou >= iou_threshold)  # [B, P]
-    obj = obj.clamp(max=g_max - 1)  # images without objects: any index, masked below
     out_labels = labels.gather(1, obj).masked_fill_(~positive, 0)  # [B, P]
-    # encode from cxcywh gathered per default box; background rows (and the -inf of zero-size
-    # padding) become 0, the offsets of a default box onto itself, as match + encode give
-    boxes_cxcywh = xyxy_to_cxcywh(boxes)  # [B, G, 4]
-    matched = boxes_cxcywh.gather(1, obj[..., None].expand(batch, num_priors, 4))  # [B, P, 4] cxcywh
-    loc_targets = _encode_cxcywh(matched, priors_cxcywh, *_check_variances(variances))  # [B, P, 4]
+    row = obj + g_max * torch.arange(batch, device=device)[:, None]  # [B, P]: row in [B * G]
+    matched = boxes.reshape(batch * g_max, 4)[row]  # [B, P, 4] xyxy
+    # background rows (and the -inf that a zero-size padding box gives) become 0: the offsets of
+    # a default box onto itself, which is what match + encode give them (up to float noise)
+    loc_targets = encode(matched, priors_cxcywh, variances)  # [B, P, 4]
     return loc_targets.masked_fill_(~positive[..., None], 0.0), out_labels

@@ -101,10 +101,12 @@ def test_matches_reference_batch_of_1_with_ssd300_priors(seed: int) -> None:
     priors = default_boxes()  # [8732, 4]
     loc = torch.randn(1, 8732, 4, generator=g)
     logits = 3 * torch.randn(1, 8732, 21, generator=g)
-    for thr in (0.01, 0.3):
-        got = detect(loc, logits, priors, score_threshold=thr, iou_threshold=0.45, top_k=200)
-        assert_same(got, reference_detect(loc, logits, priors, thr, 0.45, 200))
+    for thr, cap in ((0.01, 400), (0.3, None)):
+        got = detect(loc, logits, priors, score_threshold=thr, iou_threshold=0.45, top_k=200, candidates_per_class=cap)
+        assert_same(got, reference_detect(loc, logits, priors, thr, 0.45, 200, candidates_per_class=cap))
         assert len(got[0]["scores"]) == 200  # plenty of candidates: top_k binds
+    # the default is Caffe SSD's 400 candidates per class
+    assert_same(detect(loc, logits, priors), reference_detect(loc, logits, priors, 0.01, 0.45, 200, 400))
 
 
 def test_matches_reference_batch_of_64() -> None:
@@ -114,7 +116,7 @@ def test_matches_reference_batch_of_64() -> None:
     logits = 2 * torch.randn(64, 300, 11, generator=g)
     # a few images with nothing above the threshold at all
     logits[[3, 17, 40], :, 0] = 50.0
-    got = detect(loc, logits, priors, score_threshold=0.2, iou_threshold=0.5, top_k=50)
+    got = detect(loc, logits, priors, score_threshold=0.2, iou_threshold=0.5, top_k=50, candidates_per_class=None)
     assert_same(got, reference_detect(loc, logits, priors, 0.2, 0.5, 50))
     assert [len(got[i]["scores"]) for i in (3, 17, 40)] == [0, 0, 0]
     assert all(len(d["scores"]) == 50 for i, d in enumerate(got) if i not in (3, 17, 40))
