@@ -26,7 +26,7 @@ case "$part" in
     run timeout 260 python3 benchmarks/bench_gpu.py --out "$out" --jpeg-root "$data/voc2012_mini100"
     run timeout 60 python3 benchmarks/bench_inference.py --device cuda --out "$out"
     run timeout 40 python3 benchmarks/bench_targets.py --device cuda --out "$out"
-    run timeout 60 python3 benchmarks/bench_data.py --workers 16 --root "$data/voc2012_mini100" --out "$out"
+    run timeout 60 python3 benchmarks/bench_data.py --workers 16 --data "$data/voc2012_mini100" --out "$out"
     ;;
   train)
     run timeout 420 python3 benchmarks/gpu_train_shapes.py --out "$out" --minutes 4.5 \

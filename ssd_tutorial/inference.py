@@ -8,9 +8,10 @@ a short list of boxes per image in four steps, for the whole batch at once:
 2. **softmax** over the C classes, and drop the background column;
 3. **score threshold**: keep each (box, class) pair whose probability is above ``score_threshold``
    -- one box may stay as a candidate for several classes;
-4. **class-aware non-maximum suppression**: among candidates of one class in one image, a box
-   that overlaps a higher-scoring one by IoU > ``iou_threshold`` is dropped; then each image keeps
-   its ``top_k`` best detections over all classes.
+4. **class-aware non-maximum suppression**: among the (at most 400, as in Caffe SSD) best
+   candidates of one class in one image, a box that overlaps a higher-scoring one by
+   IoU > ``iou_threshold`` is dropped; then each image keeps its ``top_k`` best detections over
+   all classes.
 
 Paper p.6 (testing): "we use a confidence threshold of 0.01 ... then apply nms with jaccard
 overlap of 0.45 per class and keep the top 200 detections per image".

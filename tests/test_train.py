@@ -298,3 +298,14 @@ def test_kaiming_init_rescales_relu_convs_and_keeps_heads():
     w = kaiming.backbone.conv4_1.weight
     assert w.std().item() == pytest.approx((2 / (32 * 9)) ** 0.5, rel=0.1)
     assert not torch.equal(w, xavier.backbone.conv4_1.weight)
+
+
+def test_periodic_evaluation_and_tensorboard(tmp_path):
+    summary = train(tiny_cfg(max_iters=2, eval_every=1, shapes_val_images=4, eval_images=4, tensorboard=True),
+                    tmp_path, progress=False)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    maps = [r for r in records if "map" in r]
+    assert [r["iteration"] for r in maps] == [1, 2]
+    assert all(0.0 <= r["map"] <= 1.0 and set(r["ap"]) == {"ellipse", "rectangle", "triangle", "ring", "cross"} for r in maps)
+    assert summary["map50"] == maps[-1]["map"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
