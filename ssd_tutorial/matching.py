@@ -193,9 +193,10 @@ def _flatten_objects(
     counts = [int(b.shape[0]) for b in gt_boxes]
     boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(device=device, dtype=dtype)  # [N, 4]
     labels = torch.cat([lab.reshape(-1) for lab in gt_labels]).to(device=device, dtype=torch.long)  # [N]
-    image = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # [N]
-    first = torch.tensor([0] + counts[:-1]).cumsum(0)  # [B] index of each image's first object
-    slot = torch.arange(len(image)) - first[image]  # [N]
+    # Built from the Python counts (known on the host) rather than with repeat_interleave on
+    # tensors: that keeps the step free of data-dependent ops, so torch.compile sees one graph.
+    image = torch.tensor([i for i, c in enumerate(counts) for _ in range(c)], dtype=torch.long)  # [N]
+    slot = torch.tensor([j for c in counts for j in range(c)], dtype=torch.long)  # [N]
     return boxes, labels, image.to(device), slot.to(device), max([1] + counts)
 
 

@@ -348,3 +348,45 @@ def test_module_end_to_end_matches_torchvision_with_its_own_matcher(torchvision_
     assert sum(int((m >= 0).sum()) for m in matched_idxs) > 10
     torch.testing.assert_close(ours.loc, theirs["bbox_regression"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.conf, theirs["classification"], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- GPU: no host synchronisation
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in the GPU check)")
+
+
+@needs_cuda
+def test_cuda_forward_backward_never_waits_for_the_host() -> None:
+    # set_sync_debug_mode("error") raises on any synchronising call (.item(), boolean indexing,
+    # nonzero, ...), so this proves the training step can run ahead of the CPU.
+    loc, logits, loc_targets, labels = (t.cuda() for t in random_case(batch=8, priors=8732, classes=21, seed=12, empty_image=3))
+    loc.requires_grad_(True)
+    logits.requires_grad_(True)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = multibox_loss(loc, logits, loc_targets, labels)
+        out.total.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    expected = multibox_loss(loc.detach().cpu(), logits.detach().cpu(), loc_targets.cpu(), labels.cpu())
+    torch.testing.assert_close(torch.stack(out).detach().cpu(), torch.stack(expected), rtol=1e-5, atol=1e-5)
+
+
+@needs_cuda
+def test_cuda_graph_capture_and_replay() -> None:
+    static = [t.cuda() for t in random_case(batch=8, priors=8732, classes=21, seed=14, empty_image=2)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the graph, as CUDA graphs require
+            multibox_loss(*static)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = multibox_loss(*static)
+    fresh = [t.cuda() for t in random_case(batch=8, priors=8732, classes=21, seed=15, empty_image=5)]
+    for dst, src in zip(static, fresh):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(torch.stack(static_out), torch.stack(multibox_loss(*fresh)), rtol=1e-5, atol=1e-5)
