@@ -59,10 +59,18 @@ def main(argv: list[str] | None = None) -> int:
         keep_checkpoints=1,
     )
     work_dir = Path(args.work_dir)
-    resume = latest_checkpoint(work_dir) is not None
+    last = latest_checkpoint(work_dir)
+    first_iteration = int(load_checkpoint(last)["iteration"]) if last is not None else 0
     start = time.perf_counter()
+    history_file = work_dir / "history.jsonl"
     if not args.export_only:
-        train(cfg, work_dir, resume=resume, device="cpu", progress=sys.stderr.isatty())
+        summary = train(cfg, work_dir, resume=last is not None, device="cpu", progress=sys.stderr.isatty())
+        # Each call may run with another --iters (its schedule): keep a record of every segment.
+        segment = {"from_iteration": first_iteration, "to_iteration": summary["iterations"],
+                   "max_iters": cfg.max_iters, "lr_steps": list(cfg.lr_steps), "lr": cfg.lr,
+                   "threads": args.threads, "seconds": round(time.perf_counter() - start, 1)}
+        with open(history_file, "a") as f:
+            f.write(json.dumps(segment) + "\n")
     seconds = time.perf_counter() - start
 
     state = load_checkpoint(work_dir / "last.pt")
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "map50_voc07_11point": round(result["map"], 4),
         "ap": {k: round(v, 4) for k, v in result["ap"].items()},
         "eval": f"{args.eval_images} ShapesDataset images, seed {cfg.shapes_val_seed} (training used seed {cfg.shapes_train_seed})",
+        "segments": [json.loads(l) for l in history_file.read_text().splitlines()] if history_file.exists() else [],
         "loss_curve": [{"iteration": m["iteration"], "loss": round(m["loss"], 4)} for m in metrics if "loss" in m],
         "made_by": "python book/make_tiny_model.py",
     }
