@@ -328,6 +328,9 @@ class Run:
             eval_every=0,
             checkpoint_every=0,
             augment=True,
+            # the CPU-worker path: workers decode, augment and resize; the GPU path is measured
+            # separately (nvjpeg + gpu_ssd_augment)
+            augment_on_gpu=False,
             pin_memory=self.device.type == "cuda",
             num_workers=0 if self.smoke else min(16, os.cpu_count() or 1),
         )

@@ -385,5 +385,5 @@ def plot_pr_curves(result: Mapping[str, Any], ax: Any = None, classes: Sequence[
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.05)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
     return ax
