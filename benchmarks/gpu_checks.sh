@@ -23,14 +23,15 @@ run() { echo "== $*"; "$@" || { echo "!! failed ($?): $*"; status=1; }; }
 
 case "$part" in
   bench)
+    run timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_loss.py -k cuda
     run timeout 260 python3 benchmarks/bench_gpu.py --out "$out" --jpeg-root "$data/voc2012_mini100"
     run timeout 60 python3 benchmarks/bench_inference.py --device cuda --out "$out"
     run timeout 40 python3 benchmarks/bench_targets.py --device cuda --out "$out"
     run timeout 60 python3 benchmarks/bench_data.py --workers 16 --data "$data/voc2012_mini100" --out "$out"
     ;;
   train)
-    run timeout 420 python3 benchmarks/gpu_train_shapes.py --out "$out" --minutes 4.5 \
-        --raccoon "$data/raccoon" --raccoon-minutes 1
+    run timeout 380 python3 benchmarks/gpu_train_shapes.py --out "$out" --minutes 4 \
+        --raccoon "$data/raccoon" --raccoon-minutes 0.75
     ;;
   *) echo "unknown part: $part"; exit 2 ;;
 esac
