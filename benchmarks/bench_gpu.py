@@ -13,8 +13,10 @@ Measures, each against a baseline measured in the same run:
   the outputs as loss, same fused SGD), eager and compiled -- the ceiling;
 * MFU: FLOPs of one forward + backward counted by ``torch.utils.flop_counter.FlopCounterMode``,
   times images/s, over the card's dense bf16 peak;
-* inference images/s with decoding and NMS at batch 1 and 64 (``model`` + ``inference.detect``
-  against torchvision's eval forward with its postprocess), random weights for both;
+* inference images/s with decoding and NMS at batch 1 and 64 (``model`` + ``inference.detect``,
+  whose default NMS on CUDA is the padded all-groups-at-once one, against torchvision's eval
+  forward with its postprocess), random weights for both; ``detect(nms="batched")`` at batch 64
+  too, and the fraction of images on which the two NMS paths agree;
 * training images/s on real JPEGs (``--jpeg-root``, a VOC-layout folder, cycled): CPU DataLoader
   workers (``VOCDataset`` + ``SSDAugmentation``, the Trainer's own loader) and the GPU path
   (nvjpeg batched ``decode_jpeg`` + ``gpu_augmentation.gpu_ssd_augment``), against synthetic input.
@@ -442,49 +444,6 @@ def torchvision_train(run: Run, batch: int, num_classes: int) -> float:
     return batch / timing["seconds_per_iter"]
 
 
-def vectorized_detect_prototype(
-    loc: Tensor, conf_logits: Tensor, priors: Tensor, score_threshold: float = 0.01,
-    iou_threshold: float = 0.45, top_k: int = 200, candidates_per_class: int = 400,
-) -> list[dict[str, Tensor]]:
-    """PROTOTYPE (benchmark only, not package code): ``inference.detect`` with its NMS done for
-    every (image, class) at once, to show what a batched NMS would gain.
-
-    Same rules: decode, softmax, the best ``candidates_per_class`` of each class above
-    ``score_threshold``, greedy NMS (IoU > ``iou_threshold`` suppresses) within each (image,
-    class), then the ``top_k`` best per image.  The greedy pass walks the K candidates in score
-    order with one batched update per step over all B x (C-1) groups: K steps instead of one
-    NMS call per group, and a single host synchronisation at the end.
-    """
-    from ssd_tutorial.matching import decode
-
-    batch, num_priors, num_classes = conf_logits.shape
-    k = min(candidates_per_class, num_priors)
-    boxes = decode(loc, priors.to(loc)).clamp(0.0, 1.0)  # [B, P, 4] normalized xyxy
-    scores = conf_logits.softmax(dim=-1)[..., 1:].transpose(1, 2)  # [B, C-1, P]
-    top_scores, top_idx = scores.topk(k, dim=-1)  # [B, C-1, K], best first
-    cand = boxes.gather(1, top_idx.reshape(batch, -1, 1).expand(-1, -1, 4))  # [B, (C-1)*K, 4]
-    cand = cand.reshape(batch, num_classes - 1, k, 4)  # [B, C-1, K, 4]
-    x1, y1, x2, y2 = cand.unbind(-1)  # [B, C-1, K] each
-    area = (x2 - x1) * (y2 - y1)
-    iw = (torch.minimum(x2[..., :, None], x2[..., None, :]) - torch.maximum(x1[..., :, None], x1[..., None, :])).clamp(min=0)
-    ih = (torch.minimum(y2[..., :, None], y2[..., None, :]) - torch.maximum(y1[..., :, None], y1[..., None, :])).clamp(min=0)
-    inter = iw * ih  # [B, C-1, K, K]
-    overlap = inter > iou_threshold * (area[..., :, None] + area[..., None, :] - inter)  # IoU > t, no division
-    later = torch.ones(k, k, dtype=torch.bool, device=loc.device).triu(1)  # [K, K]: j after i
-    overlap &= later
-    keep = top_scores > score_threshold  # [B, C-1, K]
-    for i in range(k):  # greedy, in score order: a kept box removes the later boxes it overlaps
-        keep &= ~(overlap[..., i, :] & keep[..., i : i + 1])
-    flat_scores = torch.where(keep, top_scores, torch.full_like(top_scores, -1.0)).reshape(batch, -1)  # [B, (C-1)*K]
-    best, where = flat_scores.topk(min(top_k, flat_scores.shape[1]), dim=-1)  # [B, top_k]
-    labels = where // k + 1  # [B, top_k] 1-based
-    out_boxes = cand.reshape(batch, -1, 4).gather(1, where[..., None].expand(-1, -1, 4))  # [B, top_k, 4]
-    counts = (best > 0).sum(dim=1).tolist()  # the one host synchronisation
-    return [
-        {"boxes": out_boxes[b, :n], "scores": best[b, :n], "labels": labels[b, :n]} for b, n in enumerate(counts)
-    ]
-
-
 def _as_set(det: dict[str, Tensor]) -> list[tuple[float, ...]]:
     """Detections as sorted (score, label, box) tuples rounded to 1e-4: equal scores may come out
     in any order."""
@@ -492,10 +451,9 @@ def _as_set(det: dict[str, Tensor]) -> list[tuple[float, ...]]:
     return sorted(tuple(round(v, 4) for v in row) for row in rows.tolist())
 
 
-def inference_prototype(run: Run, trainer: Trainer, batch: int) -> tuple[float, float]:
-    """Images/s of model + :func:`vectorized_detect_prototype`, and the fraction of images whose
-    detections (scores, labels, boxes rounded to 1e-4) equal ``inference.detect``'s on the same
-    outputs."""
+def inference_nms_agreement(run: Run, trainer: Trainer, batch: int) -> float:
+    """Fraction of images whose detections (scores, labels, boxes rounded to 1e-4) from
+    ``detect(nms="padded")`` equal those from ``detect(nms="batched")`` on the same outputs."""
     model = trainer.model.eval()
     priors = default_boxes().to(run.device)
     images, _, _ = synthetic_batch(batch, trainer.num_classes, run.device, seed=batch + 1)
@@ -503,22 +461,14 @@ def inference_prototype(run: Run, trainer: Trainer, batch: int) -> tuple[float, 
         with run.autocast():
             loc, conf_logits = model(images)
         loc, conf_logits = loc.float(), conf_logits.float()
-        reference = detect(loc, conf_logits, priors, candidates_per_class=400)
-        mine = vectorized_detect_prototype(loc, conf_logits, priors)
-    same = sum(_as_set(r) == _as_set(m) for r, m in zip(reference, mine)) / batch
-
-    @torch.inference_mode()
-    def infer() -> list[dict[str, Tensor]]:
-        with run.autocast():
-            loc, conf_logits = model(images)
-        return vectorized_detect_prototype(loc.float(), conf_logits.float(), priors)
-
-    timing = measure(infer, run.device, run.warmup, run.iters if batch > 1 else 3 * run.iters, run.max_seconds)
+        batched = detect(loc, conf_logits, priors, candidates_per_class=400, nms="batched")
+        padded = detect(loc, conf_logits, priors, candidates_per_class=400, nms="padded")
     model.train()
-    return batch / timing["seconds_per_iter"], same
+    return sum(_as_set(a) == _as_set(b) for a, b in zip(batched, padded)) / batch
 
 
-def inference_ours(run: Run, trainer: Trainer, batch: int) -> float:
+def inference_ours(run: Run, trainer: Trainer, batch: int, nms: str) -> float:
+    """Images/s of model + ``inference.detect`` with its ``nms`` path ("auto" = "padded" on CUDA)."""
     model = trainer.model.eval()
     priors = default_boxes().to(run.device)
     images, _, _ = synthetic_batch(batch, trainer.num_classes, run.device, seed=batch + 1)
@@ -528,7 +478,7 @@ def inference_ours(run: Run, trainer: Trainer, batch: int) -> float:
         with run.autocast():
             loc, conf_logits = model(images)
         # Caffe SSD / torchvision: 400 candidates per class before NMS (torchvision's topk_candidates)
-        return detect(loc.float(), conf_logits.float(), priors, candidates_per_class=400)
+        return detect(loc.float(), conf_logits.float(), priors, candidates_per_class=400, nms=nms)
 
     timing = measure(infer, run.device, run.warmup, run.iters if batch > 1 else 3 * run.iters, run.max_seconds)
     model.train()
@@ -682,16 +632,23 @@ def run_all(run: Run) -> dict[str, Any]:
 
     train[f"bare_network_eager_b{big}"] = run.stage(f"bare network eager b{big}", 4, lambda: bare(False))
 
-    # 2. inference with decode + NMS
+    # 2. inference with decode + NMS: detect's default ("auto" = "padded" on CUDA); the smoke run
+    # (CPU, where "auto" would pick "batched") asks for "padded" so that its code path runs
+    nms = "padded" if run.smoke else "auto"
+    R["inference_nms"] = "padded" if run.smoke or run.device.type == "cuda" else "batched"
     for batch in (1, big):
-        inf[f"ssd_tutorial_b{batch}"] = run.stage(f"inference ours b{batch}", 5, lambda batch=batch: inference_ours(run, base, batch))
+        inf[f"ssd_tutorial_b{batch}"] = run.stage(
+            f"inference ours b{batch}", 5, lambda batch=batch: inference_ours(run, base, batch, nms)
+        )
         inf[f"torchvision_b{batch}"] = run.stage(
             f"inference torchvision b{batch}", 8, lambda batch=batch: inference_torchvision(run, batch, num_classes)
         )
-
-    proto = run.stage(f"inference vectorized-NMS prototype b{big}", 6, lambda: inference_prototype(run, base, big))
-    if proto is not None:
-        inf[f"prototype_vectorized_nms_b{big}"], R["prototype_agreement_with_detect"] = proto
+    inf[f"ssd_tutorial_batched_nms_b{big}"] = run.stage(
+        f"inference ours nms=batched b{big}", 5, lambda: inference_ours(run, base, big, "batched")
+    )
+    R["nms_padded_agreement_with_batched"] = run.stage(
+        f"inference nms padded vs batched b{big}", 3, lambda: inference_nms_agreement(run, base, big)
+    )
 
     # 3. compiled: the whole step (the fastest candidate), then the bare network, then cfg.compile
     best_step: Callable[..., Any] | None = None
@@ -785,6 +742,7 @@ def run_all(run: Run) -> dict[str, Any]:
     ratios["train_eager_vs_bare_eager"] = ratio(train.get(f"ssd_tutorial_eager_b{big}"), train.get(f"bare_network_eager_b{big}"))
     ratios["inference_vs_torchvision_b1"] = ratio(inf.get("ssd_tutorial_b1"), inf.get("torchvision_b1"))
     ratios[f"inference_vs_torchvision_b{big}"] = ratio(inf.get(f"ssd_tutorial_b{big}"), inf.get(f"torchvision_b{big}"))  # goal >= 10
+    ratios[f"inference_nms_default_vs_batched_b{big}"] = ratio(inf.get(f"ssd_tutorial_b{big}"), inf.get(f"ssd_tutorial_batched_nms_b{big}"))
     ratios["real_data_vs_synthetic"] = ratio(real_big, synthetic_rate)  # goal >= 0.9
     ratios["real_data_cpu_workers_vs_synthetic"] = ratio(train.get(f"real_data_cpu_workers_b{big}"), synthetic_rate)
     ratios["real_data_gpu_vs_synthetic"] = ratio(

@@ -8,7 +8,9 @@ trained model's (background dominant, a few confident objects per image, the res
 number of candidates above the 0.01 threshold is realistic rather than 8732 x 20.  torchvision's
 ``SSD.postprocess_detections`` (ssd300_vgg16, no weights) is set to the same thresholds: score
 0.01, NMS IoU 0.45, 200 detections per image, 400 candidates per class.  It loops over images and
-classes in Python; ``detect`` handles the batch with one ``batched_nms`` call.
+classes in Python; ``detect`` handles the batch at once, with its default NMS path (``"auto"``:
+``"batched"``, one ``batched_nms`` call, on a CPU; ``"padded"``, all (image, class) groups at once,
+on a GPU).  Both paths are timed too, and their detections compared with each other.
 
 Printed and written to ``OUT/inference_<device>.json``: median times, the speed-up ratio, and how
 many detections of the two agree (same label, score and box within 1e-4).  On a GPU, the CPU
@@ -109,7 +111,13 @@ def main() -> int:
         t_ours, ours = timed(lambda: detect(loc, logits, priors, 0.01, 0.45, 200), device, args.repeats)
         t_all, _ = timed(lambda: detect(loc, logits, priors, 0.01, 0.45, 200, candidates_per_class=None), device, args.repeats)
         t_tv, theirs = timed(lambda: tv.postprocess_detections(head, anchors, shapes), device, args.repeats)
+        paths = {
+            nms: timed(lambda nms=nms: detect(loc, logits, priors, 0.01, 0.45, 200, nms=nms), device, args.repeats)
+            for nms in ("batched", "padded")
+        }
     same, total = agreement(ours, theirs, size)
+    batched_dets, padded_dets = paths["batched"][1], paths["padded"][1]
+    same_nms, total_nms = agreement(padded_dets, [{**d, "boxes": d["boxes"] * size} for d in batched_dets], size)
     result = {
         "benchmark": "inference.detect vs torchvision SSD.postprocess_detections",
         "device": device_name(device),
@@ -119,6 +127,10 @@ def main() -> int:
         "classes": num_classes,
         "candidates_above_0.01": candidates,
         "detect_s": round(t_ours, 5),
+        "detect_nms_default": "padded" if device.type == "cuda" else "batched",
+        "detect_batched_nms_s": round(paths["batched"][0], 5),
+        "detect_padded_nms_s": round(paths["padded"][0], 5),
+        "padded_vs_batched_detections_agreeing": f"{same_nms}/{total_nms}",
         "detect_all_candidates_s": round(t_all, 5),
         "torchvision_postprocess_s": round(t_tv, 5),
         "speedup_vs_torchvision": round(t_tv / t_ours, 2),
@@ -133,6 +145,10 @@ def main() -> int:
     print(
         f"detect: {t_ours * 1e3:.1f} ms, torchvision postprocess: {t_tv * 1e3:.1f} ms per batch of {args.batch} "
         f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})"
+    )
+    print(
+        f"detect nms=batched: {paths['batched'][0] * 1e3:.1f} ms, nms=padded: {paths['padded'][0] * 1e3:.1f} ms "
+        f"(default here: {result['detect_nms_default']}; detections agreeing {same_nms}/{total_nms})"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

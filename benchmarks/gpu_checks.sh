@@ -23,7 +23,7 @@ run() { echo "== $*"; "$@" || { echo "!! failed ($?): $*"; status=1; }; }
 
 case "$part" in
   bench)
-    run timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_loss.py -k cuda
+    run timeout 60 python3 -m pytest -o addopts="" -q -p no:cacheprovider tests/test_loss.py -k cuda
     run timeout 260 python3 benchmarks/bench_gpu.py --out "$out" --jpeg-root "$data/voc2012_mini100"
     run timeout 60 python3 benchmarks/bench_inference.py --device cuda --out "$out"
     run timeout 40 python3 benchmarks/bench_targets.py --device cuda --out "$out"

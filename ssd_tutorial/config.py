@@ -110,7 +110,8 @@ PRESETS: dict[str, TrainConfig] = {
     # Paper p.6-7 / Table 1: SGD, lr 1e-3, momentum 0.9, weight decay 5e-4, batch 32,
     # 40k iterations at 1e-3 then 1e-4 and 1e-5 (the VOC07+12 model, 74.3 mAP, was trained
     # 120k iterations with drops at 80k and 100k in the released Caffe solver).
-    # Caffe SSD: the released solver also warms up (ours: linear over the first 500 iterations).
+    # Not in the paper: a linear warmup over the first 500 iterations (from lr / 3), a common
+    # safeguard for the first steps of a freshly initialized head.
     "ssd300_voc0712": TrainConfig(
         name="ssd300_voc0712",
         dataset="voc",

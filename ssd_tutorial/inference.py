@@ -11,7 +11,10 @@ a short list of boxes per image in four steps, for the whole batch at once:
 4. **class-aware non-maximum suppression**: among the (at most 400, as in Caffe SSD) best
    candidates of one class in one image, a box that overlaps a higher-scoring one by
    IoU > ``iou_threshold`` is dropped; then each image keeps its ``top_k`` best detections over
-   all classes.
+   all classes.  Two implementations give the same detections (``detect(..., nms=...)``): one
+   ``torchvision.ops.batched_nms`` call (``"batched"``, the CPU default), or an exact greedy NMS
+   run for all (image, class) groups at once on padded overlap matrices (``"padded"``, the GPU
+   default).
 
 Paper p.6 (testing): "we use a confidence threshold of 0.01 ... then apply nms with jaccard
 overlap of 0.45 per class and keep the top 200 detections per image".
@@ -63,6 +66,12 @@ def _empty_detections(batch: int, device: torch.device, dtype: torch.dtype) -> l
     ]
 
 
+NMS_CHOICES = ("auto", "batched", "padded")
+# float64 temporaries of the padded NMS (3 live [b, C-1, K, K] tensors) are built this many bytes
+# at a time at most: the batch is cut into chunks beyond it
+_PADDED_NMS_TEMP_BYTES = 2 * 1024**3
+
+
 def detect(
     loc: Tensor,
     conf_logits: Tensor,
@@ -73,6 +82,8 @@ def detect(
     candidates_per_class: int | None = 400,
     variances: Sequence[float] = VARIANCES,
     clip: bool = True,
+    *,
+    nms: str = "auto",
 ) -> list[Detection]:
     """Detections for a whole batch: decode, softmax, score threshold, class-aware NMS, top-k.
 
@@ -88,6 +99,31 @@ def detect(
     as torchvision's SSD (``topk_candidates``).  It bounds the cost of NMS when a weak model puts
     thousands of boxes above the threshold, and it rarely matters: only 200 detections are kept.
     ``clip``: clip decoded boxes to the image.  Caffe SSD leaves them unclipped; torchvision clips.
+
+    ``nms`` -- how the class-aware NMS is computed; both give the same detections:
+
+    * ``"batched"``: one ``torchvision.ops.batched_nms`` call over all candidates of the batch
+      (groups = (image, class)).  Past a few thousand candidates torchvision runs it as a Python
+      loop over the groups: B x (C-1) NMS calls, each a few kernel launches and a host sync.
+    * ``"padded"``: the best ``K`` candidates of every (image, class) group side by side in a
+      ``[B, C-1, K]`` block (``K = min(candidates_per_class, most candidates of any group)``); the
+      ``[B, C-1, K, K]`` overlap matrices of all groups at once; then the greedy pass walks the K
+      ranks with one batched update per rank for all groups: K small steps and two host syncs,
+      whatever B and C.  Memory: ``B*(C-1)*K*K`` bools (200 MB at B=64, C=21, K=400) plus float64
+      temporaries for the IoU, built in chunks of images so that they stay under ~2 GB.
+    * ``"auto"`` (default): ``"padded"`` when the tensors are on a CUDA device and
+      ``candidates_per_class`` is not ``None``, else ``"batched"``.  On a GPU, K batched steps
+      beat thousands of per-group launches and syncs; on a CPU there are no launches to save and
+      the K x K matrices (mostly pairs that the greedy loop never looks at) cost more than the
+      loop.  Without a cap, K could reach P = 8732 (a 76 M-entry matrix per group).
+
+    Ties (equal scores) are broken the same way by both: within a class, by default box index;
+    across classes and for ``top_k``, by (class, box index).  The one known difference:
+    ``batched_nms`` on few candidates (<= 1000 on CPU, <= 25 000 on CUDA, torchvision 0.29) shifts each group's boxes
+    by an offset before computing IoUs in float64, which can move an IoU by ~1e-13; an IoU that
+    close to ``iou_threshold`` may then be decided differently.  ``"padded"`` computes the IoU
+    exactly as ``torchvision.ops.nms`` does in float64 on unshifted boxes.  On CUDA,
+    ``torchvision.ops.nms`` may also visit equal-score boxes of one class in another order.
     """
     if loc.ndim != 3 or loc.shape[-1] != 4:
         raise ValueError(f"loc must have shape [B, P, 4], got {list(loc.shape)}")
@@ -107,23 +143,36 @@ def detect(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if candidates_per_class is not None and candidates_per_class < 1:
         raise ValueError(f"candidates_per_class must be >= 1 or None, got {candidates_per_class}")
+    if nms not in NMS_CHOICES:
+        raise ValueError(f"nms must be one of {NMS_CHOICES}, got {nms!r}")
+    if nms == "auto":
+        nms = "padded" if loc.device.type == "cuda" and candidates_per_class is not None else "batched"
 
-    batch, _, num_classes = conf_logits.shape
     boxes = decode(loc, priors.to(loc), variances)  # [B, P, 4] normalized xyxy
     if clip:
         boxes = boxes.clamp(0.0, 1.0)
     scores = conf_logits.softmax(dim=-1)[..., 1:]  # [B, P, C - 1]; background column dropped
+    if nms == "padded":
+        return _padded_greedy_nms(boxes, scores, score_threshold, iou_threshold, top_k, candidates_per_class)
+    return _batched_nms_detect(boxes, scores, score_threshold, iou_threshold, top_k, candidates_per_class)
 
+
+def _batched_nms_detect(
+    boxes: Tensor, scores: Tensor, score_threshold: float, iou_threshold: float, top_k: int,
+    candidates_per_class: int | None,
+) -> list[Detection]:
+    """``detect(nms="batched")``: ``boxes [B, P, 4]`` xyxy, ``scores [B, P, C-1]`` -> detections."""
+    batch, _, num_fg = scores.shape
     # every (image, class, box) above the threshold is a candidate, listed image by image, then
     # class by class, then box by box: this order breaks ties between equal scores everywhere
     above = (scores > score_threshold).transpose(1, 2)  # [B, C - 1, P]
     image_idx, class_idx, box_idx = above.nonzero(as_tuple=True)  # [K] each
     if image_idx.numel() == 0:
-        return _empty_detections(batch, loc.device, loc.dtype)
+        return _empty_detections(batch, boxes.device, boxes.dtype)
     cand_scores = scores[image_idx, box_idx, class_idx]  # [K]
     cand_boxes = boxes[image_idx, box_idx]  # [K, 4]
     # one group per (image, class): one batched_nms call serves the whole batch
-    group = image_idx * (num_classes - 1) + class_idx  # [K]
+    group = image_idx * num_fg + class_idx  # [K]
 
     if candidates_per_class is not None:
         order = torch.sort(cand_scores, descending=True, stable=True).indices  # [K]
@@ -147,6 +196,94 @@ def detect(
     out_labels = (class_idx[kept] + 1).split(counts)  # back to 1-based labels
     return [
         {"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(out_boxes, out_scores, out_labels)
+    ]
+
+
+def _padded_overlaps(cand: Tensor, iou_threshold: float) -> Tensor:
+    """``cand [B, G, K, 4]`` xyxy boxes, each group's in rank order -> ``[B, G, K, K]`` bool,
+    ``[..., i, j]`` True where box ``i`` may NOT suppress box ``j``: ``j`` is not after ``i``, or
+    their IoU is not above ``iou_threshold``.
+
+    The IoU is computed as ``torchvision.ops.nms`` does, in float64: ``w = max(0, min(x2) -
+    max(x1))``, same for ``h``, ``inter = w * h``, ``iou = inter / (area_i + area_j - inter)``,
+    suppress if ``iou > iou_threshold`` (a 0 / 0 NaN from empty boxes never suppresses).  The
+    float64 temporaries are built a chunk of images at a time, under ``_PADDED_NMS_TEMP_BYTES``.
+    """
+    batch, groups, k, _ = cand.shape
+    allowed = torch.empty(batch, groups, k, k, dtype=torch.bool, device=cand.device)  # [B, G, K, K]
+    not_later = torch.ones(k, k, dtype=torch.bool, device=cand.device).tril()  # [K, K]: j <= i
+    per_image = 3 * groups * k * k * 8  # bytes: three live float64 [G, K, K] tensors
+    step = max(1, _PADDED_NMS_TEMP_BYTES // per_image)
+    for start in range(0, batch, step):
+        x1, y1, x2, y2 = cand[start : start + step].double().unbind(-1)  # [b, G, K] each
+        area = (x2 - x1) * (y2 - y1)  # [b, G, K]
+        w = torch.minimum(x2[..., :, None], x2[..., None, :])  # [b, G, K, K]: row i, column j
+        w.sub_(torch.maximum(x1[..., :, None], x1[..., None, :])).clamp_(min=0)
+        h = torch.minimum(y2[..., :, None], y2[..., None, :])  # [b, G, K, K]
+        h.sub_(torch.maximum(y1[..., :, None], y1[..., None, :])).clamp_(min=0)
+        inter = w.mul_(h)  # [b, G, K, K]
+        del h
+        union = area[..., :, None] + area[..., None, :]  # [b, G, K, K]: area_i + area_j
+        iou = inter.div_(union.sub_(inter))  # [b, G, K, K]
+        del union
+        # NaN > t is False: computed as "not (iou > t)", never "iou <= t"
+        torch.logical_or(~(iou > iou_threshold), not_later, out=allowed[start : start + step])
+    return allowed
+
+
+def _padded_greedy_nms(
+    boxes: Tensor, scores: Tensor, score_threshold: float, iou_threshold: float, top_k: int,
+    candidates_per_class: int | None,
+) -> list[Detection]:
+    """``detect(nms="padded")``: ``boxes [B, P, 4]`` xyxy, ``scores [B, P, C-1]`` -> detections.
+
+    Exact greedy NMS for all B x (C-1) (image, class) groups at once:
+
+    1. each group's scores sorted (descending, stable: equal scores by box index); its best
+       ``K`` candidates (``K`` = the most candidates above ``score_threshold`` in any group,
+       capped at ``candidates_per_class``) padded side by side: ``[B, C-1, K]``;
+    2. the ``[B, C-1, K, K]`` overlap matrices (:func:`_padded_overlaps`);
+    3. the greedy pass: for rank ``i = 0 .. K-2``, if candidate ``i`` is still kept, it removes
+       the later candidates it overlaps -- one batched update over all groups per rank;
+    4. per image, the kept candidates of all classes sorted by score (stable: ties by class, then
+       box index, as ``"batched"``), the first ``top_k``.
+
+    Two host syncs: the value of ``K``, and the number of detections per image.
+    """
+    batch, _, num_fg = scores.shape
+    by_class = scores.transpose(1, 2)  # [B, C-1, P]
+    above = by_class > score_threshold  # [B, C-1, P]
+    k = int(above.sum(dim=-1).amax())  # host sync 1: the most candidates of any group
+    if candidates_per_class is not None:
+        k = min(k, candidates_per_class)
+    if k == 0:
+        return _empty_detections(batch, boxes.device, boxes.dtype)
+    # a full stable sort, not topk: equal scores must come in box order, as in "batched"
+    sorted_scores, sorted_idx = torch.sort(by_class, dim=-1, descending=True, stable=True)  # [B, C-1, P]
+    top_scores = sorted_scores[..., :k].contiguous()  # [B, C-1, K] best first
+    top_idx = sorted_idx[..., :k]  # [B, C-1, K] box index of each candidate
+    cand = boxes.gather(1, top_idx.reshape(batch, num_fg * k, 1).expand(-1, -1, 4))  # [B, (C-1)*K, 4]
+    cand = cand.reshape(batch, num_fg, k, 4)  # [B, C-1, K, 4]
+    allowed = _padded_overlaps(cand, iou_threshold)  # [B, C-1, K, K]
+
+    keep = top_scores > score_threshold  # [B, C-1, K]; padding (below the threshold) is never kept
+    # views made once (they see keep's in-place updates): two kernel launches per rank, no slicing
+    rows = allowed.unbind(-2)  # K x [B, C-1, K]: row i = whom candidate i may not suppress
+    kept_i = keep.unsqueeze(-1).unbind(-2)  # K x [B, C-1, 1]: is candidate i still kept
+    for i in range(k - 1):
+        # keep[j] &= (i may not suppress j) or (i was suppressed); on bools "a >= b" is "a or not b"
+        keep &= rows[i] >= kept_i[i]  # [B, C-1, K]
+
+    flat = torch.where(keep, top_scores, float("-inf")).reshape(batch, num_fg * k)  # [B, (C-1)*K]: class, rank
+    n = min(top_k, num_fg * k)
+    # stable: equal scores by class, then rank (= box index among equal scores), as in "batched"
+    best, where = torch.sort(flat, dim=1, descending=True, stable=True)  # [B, (C-1)*K]
+    best, where = best[:, :n], where[:, :n]  # [B, n]
+    labels = torch.div(where, k, rounding_mode="floor") + 1  # [B, n] 1-based
+    out_boxes = cand.reshape(batch, num_fg * k, 4).gather(1, where[..., None].expand(-1, -1, 4))  # [B, n, 4]
+    counts = keep.sum(dim=(1, 2)).clamp(max=n).tolist()  # [B]; host sync 2
+    return [
+        {"boxes": out_boxes[b, :c], "scores": best[b, :c], "labels": labels[b, :c]} for b, c in enumerate(counts)
     ]
 
 

@@ -378,6 +378,8 @@ class Trainer:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":
+            if self.device.index is None:  # "cuda" -> the current card, so set_device gets an index
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True
         self.is_main = self.rank == 0

@@ -210,3 +210,77 @@ def test_preprocess_matches_eval_augmentation() -> None:
               "difficult": torch.tensor([False]), "image_id": "x"}
     expected, _ = SSDAugmentation(size=300, train=False)(image, target)
     torch.testing.assert_close(preprocess(image, 300), expected, rtol=0, atol=1e-4)
+
+
+# ---------------------------------------------------------------- nms="padded" (all groups at once)
+@pytest.mark.parametrize("batch", [1, 8])
+def test_padded_matches_reference_with_ssd300_priors(batch: int) -> None:
+    g = torch.Generator().manual_seed(100 + batch)
+    priors = default_boxes()  # [8732, 4]
+    loc = torch.randn(batch, 8732, 4, generator=g)
+    logits = 3 * torch.randn(batch, 8732, 4, generator=g)  # 3 classes + background: fast
+    for thr, iou, top_k, cap in ((0.01, 0.45, 200, 400), (0.3, 0.5, 100, 50), (0.6, 0.3, 1000, 400)):
+        got = detect(loc, logits, priors, thr, iou, top_k, candidates_per_class=cap, nms="padded")
+        assert_same(got, reference_detect(loc, logits, priors, thr, iou, top_k, candidates_per_class=cap))
+        assert_same(got, detect(loc, logits, priors, thr, iou, top_k, candidates_per_class=cap, nms="batched"))
+
+
+def test_padded_equals_batched_with_ties_and_no_cap() -> None:
+    """Logits rounded to integers: many equal scores, inside a class and across classes; the
+    tie rules (box index, then class) must agree.  Also without a candidate cap."""
+    g = torch.Generator().manual_seed(5)
+    priors = random_priors(600, g)
+    loc = torch.randn(6, 600, 4, generator=g)
+    logits = torch.randint(-2, 3, (6, 600, 6), generator=g).float()
+    logits[2, :, 0] = 50.0  # one image with nothing above the threshold
+    for cap, top_k in ((None, 300), (25, 40), (1, 1000)):
+        padded = detect(loc, logits, priors, 0.05, 0.45, top_k, candidates_per_class=cap, nms="padded")
+        batched = detect(loc, logits, priors, 0.05, 0.45, top_k, candidates_per_class=cap, nms="batched")
+        assert_same(padded, batched)
+        assert len(padded[2]["scores"]) == 0
+    assert_same(padded, reference_detect(loc, logits, priors, 0.05, 0.45, 1000, candidates_per_class=1))
+
+
+def test_padded_empty_results_and_hand_case() -> None:
+    loc, logits, priors = hand_case()
+    for thr in (0.15, 0.99):
+        for kwargs in ({}, {"top_k": 2}, {"iou_threshold": 0.9}, {"candidates_per_class": None}):
+            padded = detect(loc.repeat(2, 1, 1), logits.repeat(2, 1, 1), priors, score_threshold=thr, nms="padded", **kwargs)
+            assert_same(padded, detect(loc.repeat(2, 1, 1), logits.repeat(2, 1, 1), priors, score_threshold=thr, nms="batched", **kwargs))
+    (result,) = detect(loc, logits, priors, score_threshold=0.15, nms="padded")
+    assert result["labels"].tolist() == [1, 2, 1, 2]
+    empty = detect(loc.repeat(3, 1, 1), logits.repeat(3, 1, 1), priors, score_threshold=0.99, nms="padded")
+    assert len(empty) == 3
+    for r in empty:
+        assert r["boxes"].shape == (0, 4) and r["scores"].shape == (0,) and r["labels"].shape == (0,)
+        assert r["labels"].dtype == torch.long
+
+
+def test_nms_choice(monkeypatch) -> None:
+    import ssd_tutorial.inference as inference
+
+    loc, logits, priors = hand_case()
+    with pytest.raises(ValueError, match="nms"):
+        detect(loc, logits, priors, nms="fast")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("padded NMS used on the CPU")
+
+    monkeypatch.setattr(inference, "_padded_greedy_nms", fail)
+    detect(loc, logits, priors)  # "auto" on the CPU: batched
+    with pytest.raises(AssertionError, match="padded"):
+        detect(loc, logits, priors, nms="padded")
+
+
+def test_padded_chunks_the_iou_temporaries(monkeypatch) -> None:
+    """A tiny temporary budget: one image per chunk, same detections."""
+    import ssd_tutorial.inference as inference
+
+    g = torch.Generator().manual_seed(9)
+    priors = random_priors(400, g)
+    loc = torch.randn(5, 400, 4, generator=g)
+    logits = torch.randn(5, 400, 4, generator=g)
+    whole = detect(loc, logits, priors, 0.05, 0.45, 100, nms="padded")
+    monkeypatch.setattr(inference, "_PADDED_NMS_TEMP_BYTES", 1)
+    assert_same(detect(loc, logits, priors, 0.05, 0.45, 100, nms="padded"), whole)
+    assert_same(whole, detect(loc, logits, priors, 0.05, 0.45, 100, nms="batched"))
