@@ -312,7 +312,8 @@ class Run:
 
     def save(self) -> Path:
         """Write the results so far (a run killed by an outer timeout keeps what it measured)."""
-        path = self.out / f"gpu_{self.card}.json"
+        suffix = "_real_data" if self.args.only_real_data else ""
+        path = self.out / f"gpu_{self.card}{suffix}.json"
         path.write_text(json.dumps(self.results, indent=1, default=str) + "\n")
         return path
 
@@ -510,8 +511,11 @@ def real_data_cpu_workers(run: Run, trainer: Trainer, step: Callable[..., Any] |
     so it measures the steady rate of the workers, not a buffer.
     """
     workers = trainer.cfg.num_workers
-    warmup = max(run.warmup, workers + 1)
-    iters = max(run.iters, 2 * workers)
+    # Each worker keeps ``prefetch_factor`` batches ready: the warmup must drain that whole
+    # buffer (and one more wave), or the timed part reads batches made before the clock started.
+    buffered = workers * (loader_prefetch_factor(trainer) or 0)
+    warmup = max(run.warmup, buffered + workers + 1)
+    iters = max(run.iters, 3 * workers)
     loader = trainer.data_loader(0, warmup + iters + 2)
     it = iter(loader)
     do = step or (lambda im, b, lab: trainer.train_step(im, b, lab))
@@ -520,9 +524,14 @@ def real_data_cpu_workers(run: Run, trainer: Trainer, step: Callable[..., Any] |
         images, boxes, labels = trainer._to_device(next(it))
         do(images, boxes, labels)
 
-    timing = measure(one, run.device, warmup, iters, 20.0)
+    timing = measure(one, run.device, warmup, iters, 60.0)
     del it, loader
     return trainer.cfg.batch_size / timing["seconds_per_iter"]
+
+
+def loader_prefetch_factor(trainer: Trainer) -> int | None:
+    """Batches each DataLoader worker of the Trainer keeps ready (None without workers)."""
+    return trainer.data_loader(0, 1).prefetch_factor
 
 
 def real_data_gpu(run: Run, source: GpuJpegSource, step: Callable[..., Any], prefetch: bool) -> float:
@@ -610,7 +619,7 @@ def run_all(run: Run) -> dict[str, Any]:
     R["flops_per_image_fwd_bwd"] = flops
 
     # 1. eager: the package's real step, torchvision, the bare network
-    for batch in run.batches:
+    for batch in () if run.args.only_real_data else run.batches:
         trainer = base if batch == big else run.trainer(batch)
         images, boxes, labels = synthetic_batch(batch, num_classes, run.device, seed=batch)
 
@@ -630,6 +639,8 @@ def run_all(run: Run) -> dict[str, Any]:
         step = bare_step(run, base, compile_it, smoke_backend)
         return big / measure(lambda: step(images), run.device, run.warmup, run.iters, run.max_seconds)["seconds_per_iter"]
 
+    if run.args.only_real_data:
+        return run_real_data_only(run, base, images, boxes, labels, smoke_backend)
     train[f"bare_network_eager_b{big}"] = run.stage(f"bare network eager b{big}", 4, lambda: bare(False))
 
     # 2. inference with decode + NMS: detect's default ("auto" = "padded" on CUDA); the smoke run
@@ -792,11 +803,34 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def run_real_data_only(run: Run, base: Trainer, images: Tensor, boxes: list, labels: list, backend: str | None) -> dict[str, Any]:
+    """``--only-real-data``: the compiled step on synthetic input, then fed by the Trainer's CPU
+    workers (decode + SSDAugmentation) -- the re-measurement of the data path alone."""
+    R, train, big = run.results, run.results["train_img_s"], run.big
+    step = compiled_step(run, base, backend)
+    synthetic = run.stage(
+        f"train ours whole step compiled b{big}", 75,
+        lambda: big / measure(lambda: step(images, boxes, labels), run.device, run.warmup, run.iters, run.max_seconds)["seconds_per_iter"],
+    )
+    train[f"ssd_tutorial_compiled_step_b{big}"] = synthetic
+    loader_trainer = run.trainer(big, real_data=True)
+    real = run.stage(f"real data CPU workers b{big}", 30, lambda: real_data_cpu_workers(run, loader_trainer, step))
+    train[f"real_data_cpu_workers_b{big}"] = real
+    R["real_data_step"] = "compiled whole step"
+    if synthetic and real:
+        R["ratios"]["real_data_cpu_workers_vs_synthetic"] = round(real / synthetic, 3)
+    R["total_seconds"] = round(run.elapsed(), 1)
+    R.setdefault("mfu", {})
+    return R
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for gpu_<card>.json and .png")
     parser.add_argument("--jpeg-root", default=None, help="VOC-layout folder of real JPEGs (cycled)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings (CPU dry run)")
+    parser.add_argument("--only-real-data", action="store_true",
+                        help="measure only the compiled step fed by the CPU workers (writes gpu_<card>_real_data.json)")
     parser.add_argument("--budget", type=float, default=190.0, help="seconds; later stages are skipped past it")
     return parser.parse_args(argv)
 
@@ -809,7 +843,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         run.tmp.cleanup()
     try:
-        plot(results, run.out / f"gpu_{run.card}.png")
+        if not args.only_real_data:
+            plot(results, run.out / f"gpu_{run.card}.png")
     except Exception as error:  # the numbers matter more than the chart
         results["errors"]["plot"] = repr(error)
     path = run.save()
