@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import device_name, timed
 
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.default_boxes import default_boxes
@@ -34,10 +32,6 @@ from ssd_tutorial.inference import detect
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def synthetic_outputs(batch: int, num_priors: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,18 +49,6 @@ def synthetic_outputs(batch: int, num_priors: int, num_classes: int, seed: int) 
     return loc, logits
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up (and the result to compare)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def agreement(ours: list[dict], theirs: list[dict], size: float) -> tuple[int, int]:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from timing import device_name, timed
 
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.default_boxes import default_boxes
@@ -31,10 +29,6 @@ from ssd_tutorial.matching import build_targets
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def random_batch(batch: int, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -66,18 +60,6 @@ def torchvision_targets(boxes, labels, anchors_xyxy, matcher, coder):
     return loc_targets, torch.stack(class_targets)  # list of [F_i, 4], [B, P]
 
 
-def timed(fn, device: torch.device, repeats: int) -> tuple[float, object]:
-    result = fn()  # warm-up (and the result to compare)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
 
 def main() -> int:
