@@ -51,17 +51,42 @@ def chapters_from_toc() -> list[Path]:
     return [ROOT / f"{name}.ipynb" for name in names]
 
 
-def execute(path: Path) -> float:
-    import nbformat
-    from nbclient import NotebookClient
+# A figure-only cell longer than this is folded in the rendered book ("Show code cell source").
+LONG_PLOT_CELL_LINES = 20
 
-    nb = nbformat.read(path, as_version=4)
+
+def _set_tag(cell, tag: str, on: bool) -> None:
+    tags = [t for t in cell.metadata.get("tags", []) if t != tag]
+    cell.metadata["tags"] = tags + [tag] if on else tags
+    if not cell.metadata["tags"]:
+        del cell.metadata["tags"]
+
+
+def prepare(nb) -> None:
+    """Colab cell first (hidden in the rendered book: it is for Colab only), long plotting cells
+    folded in the rendered book, and one kernel name for every chapter."""
+    import nbformat
+
     colab = nbformat.v4.new_code_cell(colab_cell_source())
     if nb.cells and nb.cells[0].cell_type == "code" and nb.cells[0].source.startswith(COLAB_MARKER):
         nb.cells[0].source = colab.source
     else:
         nb.cells.insert(0, colab)
+    _set_tag(nb.cells[0], "remove-cell", True)
+    for cell in nb.cells[1:]:
+        if cell.cell_type == "code":
+            source = cell.source.rstrip()
+            long_plot = source.endswith("plt.show()") and source.count("\n") + 1 > LONG_PLOT_CELL_LINES
+            _set_tag(cell, "hide-input", long_plot)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+def execute(path: Path) -> float:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    prepare(nb)
     start = time.perf_counter()
     client = NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
