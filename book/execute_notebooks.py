@@ -35,14 +35,20 @@ def repository_url() -> str:
 
 
 def colab_cell_source() -> str:
+    """The first cell of every chapter.  In Colab it clones the repository (the chapters read
+    results/ and figures beside them), installs the package and moves into book/; elsewhere it
+    does nothing."""
     return (
-        f"{COLAB_MARKER}: install ssd_tutorial from its repository. Does nothing elsewhere.\n"
-        "import subprocess, sys\n"
+        f"{COLAB_MARKER}: fetch ssd_tutorial (code and results) and install it. Does nothing elsewhere.\n"
+        "import importlib, os, subprocess, sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
-        "    subprocess.run(\n"
-        f'        [sys.executable, "-m", "pip", "install", "-q", "git+{repository_url()}"], check=True\n'
-        "    )"
+        '    checkout = "/content/ssd_tutorial"\n'
+        "    if not os.path.exists(checkout):\n"
+        f'        subprocess.run(["git", "clone", "-q", "--depth", "1", "{repository_url()}", checkout], check=True)\n'
+        '        subprocess.run([sys.executable, "-m", "pip", "install", "-q", checkout], check=True)\n'
+        "        importlib.invalidate_caches()\n"
+        '    os.chdir(os.path.join(checkout, "book"))'
     )
 
 

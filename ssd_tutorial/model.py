@@ -140,7 +140,7 @@ class SSD300(nn.Module):
         # conv1_1 .. conv4_3 (+ ReLU): the first source map.
         layers: list[tuple[str, nn.Module]] = []
         convs = iter(_CONV_NAMES)
-        c_in, block, pools = 3, 1, 0
+        c_in, pools = 3, 0
         for v in VGG16_LAYERS[:13]:  # up to conv4_3
             if v in ("M", "C"):
                 pools += 1
