@@ -114,6 +114,11 @@ def download(url: str, dest: Path, md5: str, progress: bool = True, timeout: flo
                 for chunk in iter(lambda: response.read(CHUNK), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
+        # http.client ends a body cut short by a dropped connection as if it were complete: compare
+        # with Content-Length, so that a partial file is kept for resuming, not failed on its MD5.
+        size = part.stat().st_size
+        if total is not None and size < total:
+            raise urllib.error.URLError(f"connection closed after {size} of {total} bytes of {url}; rerun to resume")
     got = md5sum(part)
     if got != md5:
         part.unlink()

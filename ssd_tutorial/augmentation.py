@@ -35,6 +35,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MIN_IOU_CHOICES",
+    "BRIGHTNESS_DELTA",
+    "CONTRAST_RANGE",
+    "SATURATION_RANGE",
+    "HUE_DELTA",
+    "CHANNEL_PERMUTATIONS",
     "PhotometricParams",
     "rgb_to_hsv",
     "hsv_to_rgb",
@@ -65,6 +70,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # paper p.6: min IoU in {0.1, 0.3, 0.5, 0.7, 0.9}.  (ssd.pytorch drops 0.5; we keep it.)
 MIN_IOU_CHOICES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
 
+# Caffe SSD's photometric distortion (distort_param of ssd_pascal.py); the batched GPU pipeline
+# (ssd_tutorial.gpu_augmentation) draws from these same numbers.
+BRIGHTNESS_DELTA = 32.0  # add U(-32, 32) to every channel, on the 0..255 scale
+CONTRAST_RANGE = (0.5, 1.5)  # multiply every channel by U(0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)  # multiply S (HSV) by U(0.5, 1.5)
+HUE_DELTA = 18.0  # add U(-18, 18) degrees to H
+# The orders of the RGB channels a channel swap picks from (all but the identity).
+CHANNEL_PERMUTATIONS: tuple[tuple[int, int, int], ...] = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
 
 def _rand(generator: torch.Generator | None) -> float:
     """One uniform draw in [0, 1)."""
@@ -91,12 +105,13 @@ def _mean_pixel(dtype: torch.dtype = torch.float32, device: torch.device | str =
 # Photometric distortion
 # --------------------------------------------------------------------------------------------
 def rgb_to_hsv(image: Tensor) -> Tensor:
-    """RGB float ``[3, H, W]`` in [0, 255] -> HSV ``[3, H, W]``: H in [0, 1), S in [0, 1], V in [0, 255].
+    """RGB float ``[..., 3, H, W]`` in [0, 255] -> HSV ``[..., 3, H, W]``: H in [0, 1), S in [0, 1], V in [0, 255].
 
-    Written with arithmetic on masks rather than ``torch.where``/``gather``: several times
-    faster on CPU.
+    H and S are ratios, so any RGB scale works: V comes out on the scale that went in (the
+    batched GPU pipeline passes ``[B, 3, H, W]``).  Written with arithmetic on masks rather than
+    ``torch.where``/``gather``: several times faster on CPU.
     """
-    r, g, b = image.unbind(0)  # each [H, W]
+    r, g, b = image.unbind(-3)  # each [..., H, W]
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     delta = maxc - minc
@@ -107,22 +122,22 @@ def rgb_to_hsv(image: Tensor) -> Tensor:
     hue = (is_r * (g - b) + is_g * (2 * delta + b - r) + is_b * (4 * delta + r - g)) / (6 * safe)
     hue = hue - torch.floor(hue)  # wrap to [0, 1)
     sat = delta / maxc.clamp_min(1e-12)
-    return torch.stack((hue, sat, maxc))  # [3, H, W]
+    return torch.stack((hue, sat, maxc), dim=-3)  # [..., 3, H, W]
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """Inverse of :func:`rgb_to_hsv`: HSV ``[3, H, W]`` -> RGB float ``[3, H, W]`` in [0, 255].
+    """Inverse of :func:`rgb_to_hsv`: HSV ``[..., 3, H, W]`` -> RGB float ``[..., 3, H, W]`` on V's scale.
 
     Channel n of (R, G, B) = V - V S clamp(min(k, 4 - k), 0, 1) with k = (n + 6 H) mod 6 and
     n = 5, 3, 1 (the closed form of the six-sector table).
     """
-    hue, sat, val = hsv.unbind(0)
+    hue, sat, val = hsv.unbind(-3)  # each [..., H, W]
     channels = []
     for n in (5.0, 3.0, 1.0):
         k = n + 6.0 * hue
         k = k - 6.0 * torch.floor(k / 6.0)  # mod 6
         channels.append(val - val * sat * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
-    return torch.stack(channels)  # [3, H, W]
+    return torch.stack(channels, dim=-3)  # [..., 3, H, W]
 
 
 @dataclass(frozen=True)
@@ -144,10 +159,10 @@ class PhotometricParams:
 
 def sample_photometric(
     generator: torch.Generator | None = None,
-    brightness_delta: float = 32.0,
-    contrast_range: tuple[float, float] = (0.5, 1.5),
-    saturation_range: tuple[float, float] = (0.5, 1.5),
-    hue_delta: float = 18.0,
+    brightness_delta: float = BRIGHTNESS_DELTA,
+    contrast_range: tuple[float, float] = CONTRAST_RANGE,
+    saturation_range: tuple[float, float] = SATURATION_RANGE,
+    hue_delta: float = HUE_DELTA,
     channel_swap_prob: float = 0.0,
 ) -> PhotometricParams:
     """Draw the distortion of the released Caffe SSD (``distort_param`` of ssd_pascal.py).
@@ -164,8 +179,7 @@ def sample_photometric(
     hue = _uniform(generator, -hue_delta, hue_delta) if _rand(generator) < 0.5 else None
     order = None
     if _rand(generator) < channel_swap_prob:
-        perms = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # all but the identity
-        order = perms[int(torch.randint(len(perms), (), generator=generator))]
+        order = CHANNEL_PERMUTATIONS[int(torch.randint(len(CHANNEL_PERMUTATIONS), (), generator=generator))]
     return PhotometricParams(brightness, contrast, contrast_first, saturation, hue, order)
 
 
@@ -255,7 +269,7 @@ def apply_zoom_out(image: Tensor, boxes: Tensor, params: ZoomOutParams | None) -
     h, w = image.shape[1:]
     canvas = _mean_pixel(image.dtype, image.device).expand(3, params.height, params.width).clone()  # [3, H', W']
     canvas[:, params.top : params.top + h, params.left : params.left + w] = image
-    shift = torch.tensor([params.left, params.top, params.left, params.top], dtype=boxes.dtype)
+    shift = torch.tensor([params.left, params.top, params.left, params.top], dtype=boxes.dtype, device=boxes.device)
     return canvas, boxes + shift
 
 
@@ -336,8 +350,8 @@ def apply_crop(
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [G, 2]
     keep = (centres[:, 0] > x1) & (centres[:, 0] < x2) & (centres[:, 1] > y1) & (centres[:, 1] < y2)
     kept = boxes[keep]
-    lo = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype)
-    hi = torch.tensor([x2, y2, x2, y2], dtype=boxes.dtype)
+    lo = torch.tensor([x1, y1, x1, y1], dtype=boxes.dtype, device=boxes.device)
+    hi = torch.tensor([x2, y2, x2, y2], dtype=boxes.dtype, device=boxes.device)
     kept = torch.minimum(torch.maximum(kept, lo), hi) - lo
     return image[:, y1:y2, x1:x2], kept, labels[keep], difficult[keep]
 
@@ -398,7 +412,7 @@ def denormalize(image: Tensor) -> Tensor:
 
 def to_normalized_boxes(boxes: Tensor, width: int, height: int) -> Tensor:
     """Pixel xyxy ``[G, 4]`` -> normalized xyxy ``[G, 4]``, clamped to [0, 1]."""
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
     return (boxes.float() / scale).clamp_(0.0, 1.0)
 
 
@@ -431,7 +445,7 @@ class SSDAugmentation:
         self.channel_swap_prob = channel_swap_prob
 
     def __repr__(self) -> str:
-        return f"SSDAugmentation(size={self.size}, train={self.train})"
+        return f"SSDAugmentation(size={self.size}, train={self.train}, channel_swap_prob={self.channel_swap_prob})"
 
     def __call__(
         self, image: Tensor, target: dict[str, Any], generator: torch.Generator | None = None

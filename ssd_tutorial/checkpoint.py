@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -65,11 +66,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError (or RuntimeError) for unsafe content
+    except pickle.UnpicklingError as error:  # what weights_only=True raises for a pickled object
         raise RuntimeError(
             f"refusing to load {path}: it is not a plain-data checkpoint readable with "
-            f"weights_only=True ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            f"weights_only=True ({_first_line(error)})"
         ) from error
+    except Exception as error:  # a truncated copy, or a file that is no torch.save output at all
+        raise RuntimeError(
+            f"cannot read {path} as a checkpoint: truncated or not written by torch.save ({_first_line(error)})"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def rng_state() -> dict[str, Any]:

@@ -227,14 +227,21 @@ def parse_value(field_name: str, text: str) -> Any:
                 return False
             raise ValueError("expected true/false")
         if origin is tuple:
-            element = args[0]
             parts = [p for p in text.split(",") if p.strip()]
-            return tuple(element(p.strip()) for p in parts)
-        if hint is int:
-            return int(float(text)) if "e" in text.lower() else int(text)
-        return hint(text)
+            return tuple(_scalar(args[0], p.strip()) for p in parts)
+        return _scalar(hint, text)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot read {text!r} as a value of {field_name} ({hint}): {error}") from None
+
+
+def _scalar(kind: type, text: str) -> Any:
+    """``kind(text)``; an int may be written ``1e3`` (but not ``1.5``, nor ``1e-3``)."""
+    if kind is int and "e" in text.lower():
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(f"{text} is not a whole number")
+        return int(number)
+    return kind(text)
 
 
 def apply_overrides(cfg: TrainConfig, args: list[str]) -> TrainConfig:

@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,15 @@ Transform = Callable[[Tensor, Target], tuple[Tensor, Target]]
 # --------------------------------------------------------------------------------------------
 # Reading images and annotations
 # --------------------------------------------------------------------------------------------
+@contextmanager
+def _quiet_torchvision_io() -> Iterator[None]:
+    """Silence the DeprecationWarning that torchvision >= 0.29 gives on every image decode/encode
+    (torchcodec will take over); the functions still work, and the warning would flood a chapter."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        yield
+
+
 def read_image(path: str | Path) -> Tensor:
     """Decode an image file to RGB uint8 ``[3, H, W]``.
 
@@ -83,8 +93,7 @@ def read_image(path: str | Path) -> Tensor:
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with warnings.catch_warnings():  # torchvision >= 0.29 warns that torchcodec will take over
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        with _quiet_torchvision_io():
             data = read_file(str(path))  # uint8 [num_bytes]
             image = decode_image(data, mode=ImageReadMode.RGB)  # [3, H, W] uint8
         if image.ndim == 3 and image.shape[0] == 3:
@@ -317,6 +326,9 @@ class ShapesDataset(Dataset):
             raise ValueError(f"num_images must be >= 0, got {num_images}")
         if image_size < 32:
             raise ValueError(f"image_size must be >= 32 px, got {image_size}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            # numpy's generator takes only non-negative integers; say so now, not at the first item
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.num_images = num_images
         self.image_size = image_size
         self.seed = seed
@@ -444,8 +456,7 @@ def write_voc_split(
     for index in range(len(dataset)):
         image, target = dataset[index]
         image_id = str(target["image_id"])
-        with warnings.catch_warnings():  # torchvision >= 0.29 warns that torchcodec will take over
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        with _quiet_torchvision_io():
             write_file(str(root / "JPEGImages" / f"{image_id}.jpg"), encode_jpeg(image, quality=quality))
         ann = ET.Element("annotation")
         ET.SubElement(ann, "folder").text = root.name

@@ -54,6 +54,8 @@ class DefaultBoxConfig:
     clip: bool = False
 
     def __post_init__(self) -> None:
+        if not self.image_size > 0:
+            raise ValueError(f"DefaultBoxConfig.image_size must be positive, got {self.image_size}")
         n = len(self.feature_maps)
         for name in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
             if len(getattr(self, name)) != n:
@@ -61,6 +63,11 @@ class DefaultBoxConfig:
                     f"DefaultBoxConfig.{name} has {len(getattr(self, name))} entries, "
                     f"but there are {n} feature maps"
                 )
+        for k, (f, step) in enumerate(zip(self.feature_maps, self.steps)):
+            if int(f) != f or f < 1:
+                raise ValueError(f"map {k}: feature map size must be a positive integer, got {f}")
+            if not step > 0:
+                raise ValueError(f"map {k}: step must be positive, got {step}")
         for k, (lo, hi) in enumerate(zip(self.min_sizes, self.max_sizes)):
             if not 0 < lo <= hi:
                 raise ValueError(f"map {k}: need 0 < min_size <= max_size, got {lo}, {hi}")

@@ -25,16 +25,16 @@ from torch import Tensor, nn
 __all__ = ["model_from_checkpoint", "read_image_file", "detect_image", "save_detections_figure", "main"]
 
 
-def _width_and_classes(state_dict: dict[str, Tensor]) -> tuple[float, int]:
-    """(width_mult, num_classes) of an SSD300 state dict, from its first conv and first conf head."""
+def _width_and_classes(state_dict: dict[str, Tensor], path: str | Path) -> tuple[float, int]:
+    """(width_mult, num_classes) of an SSD300 state dict, from its L2Norm and first conf head."""
     from ssd_tutorial.default_boxes import SSD300_VOC, boxes_per_cell
 
     try:
-        first_conv = state_dict["backbone.conv1_1.weight"]  # [64 * width, 3, 3, 3]
+        l2norm = state_dict["l2norm.weight"]  # [512 * width]: conv4_3's channels, the finest count to divide
         conf_head = state_dict["conf_heads.0.weight"]  # [boxes_per_cell * C, in, 3, 3]
     except KeyError as missing:
-        raise ValueError(f"not an SSD300 state dict: no {missing} key") from None
-    return first_conv.shape[0] / 64, conf_head.shape[0] // boxes_per_cell(SSD300_VOC)[0]
+        raise ValueError(f"{path}: not an SSD300 state dict: no {missing} key") from None
+    return l2norm.shape[0] / 512, conf_head.shape[0] // boxes_per_cell(SSD300_VOC)[0]
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
@@ -53,7 +53,7 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     if "model" in state and isinstance(state["model"], dict):
         names = list(state.get("class_names", [])) or None
         state = state["model"]
-    width, num_classes = _width_and_classes(state)
+    width, num_classes = _width_and_classes(state, path)
     if names is None:
         if num_classes == len(SHAPES_CLASSES) + 1:
             names = list(SHAPES_CLASSES)
@@ -61,6 +61,8 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
             names = list(VOC_CLASSES)
         else:
             names = [str(k) for k in range(1, num_classes)]
+    elif len(names) != num_classes - 1:
+        raise ValueError(f"{path}: {len(names)} class names for a model of {num_classes - 1} classes (+ background)")
     model = SSD300(num_classes=num_classes, backbone_weights=None, width_mult=width)
     model.load_state_dict(state)
     return model.to(device).eval(), names
@@ -94,15 +96,14 @@ def detect_image(
 
 def save_detections_figure(image: Tensor, detections: dict[str, Tensor], names: Sequence[str], output: str | Path) -> Path:
     """Draw ``detections`` (pixel xyxy) on ``image`` and save the figure to ``output`` (PNG, JPG, PDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from ssd_tutorial.viz import COLORS, draw_boxes, show_image
 
     h, w = image.shape[1:]
-    fig, ax = plt.subplots(figsize=(6, 6 * h / w))
+    # A bare Figure, not pyplot: no backend switch, so a notebook calling this keeps its plots.
+    fig = Figure(figsize=(6, 6 * h / w))
+    ax = fig.subplots()
     show_image(image, ax=ax)
     labels = detections["labels"].tolist()
     captions = [f"{names[l - 1]} {s:.2f}" for l, s in zip(labels, detections["scores"].tolist())]
@@ -111,7 +112,6 @@ def save_detections_figure(image: Tensor, detections: dict[str, Tensor], names: 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=100)
-    plt.close(fig)
     return output
 
 

@@ -31,30 +31,14 @@ from ssd_tutorial.inference import Predictor
 __all__ = ["load_model", "collect_detections", "evaluate_checkpoint", "main"]
 
 
-def _state_dict_from(obj: Any, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]  # a training checkpoint
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict or a training checkpoint with a 'model' key")
-    if "l2norm.weight" not in obj or "conf_heads.0.weight" not in obj:
-        raise ValueError(f"{path}: not an ssd_tutorial SSD300 state dict (no l2norm.weight / conf_heads.0.weight)")
-    return obj
-
-
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """An ``SSD300`` in eval mode with the weights of ``checkpoint`` (width and classes read from it)."""
-    from ssd_tutorial.model import SSD300
+    """An ``SSD300`` in eval mode with the weights of ``checkpoint`` (width and classes read from it).
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    state = _state_dict_from(torch.load(path, map_location="cpu", weights_only=True), path)
-    width_mult = state["l2norm.weight"].shape[0] / 512  # conv4_3 has 512 x width_mult channels
-    probe = SSD300(num_classes=2, width_mult=width_mult)
-    num_classes = state["conf_heads.0.weight"].shape[0] // probe.boxes_per_cell[0]  # [A * C, ...]
-    model = SSD300(num_classes=num_classes, width_mult=width_mult)
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    :func:`ssd_tutorial.detect.model_from_checkpoint` without the class names.
+    """
+    from ssd_tutorial.detect import model_from_checkpoint
+
+    return model_from_checkpoint(checkpoint, device)[0]
 
 
 def collect_detections(
@@ -69,7 +53,10 @@ def collect_detections(
 
     Returns ``(detections, ground_truths)`` keyed by ``image_id``, in the format of
     :func:`ssd_tutorial.evaluation.evaluate_voc` (xyxy pixels, 1-based labels).
+    ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``, thresholds).
+    The model is left in the train/eval mode it came in.
     """
+    was_training = model.training
     predictor = Predictor(model, device=device, batch_size=batch_size, **detect_kwargs)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     detections: dict[str, dict[str, Tensor]] = {}
@@ -84,6 +71,7 @@ def collect_detections(
                 "labels": target["labels"],
                 "difficult": target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool)),
             }
+    model.train(was_training)
     return detections, ground_truths
 
 
@@ -106,10 +94,7 @@ def evaluate_checkpoint(
     coco: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on ``dataset``; write JSON, PR plot and table to ``output_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     model = load_model(checkpoint, device)
     if model.num_classes != len(class_names) + 1:
@@ -143,12 +128,11 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "per_class.txt").write_text(per_class_table(voc07) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 5))
-    plot_pr_curves(voc12, ax=ax)
+    fig = Figure(figsize=(6, 5))  # not pyplot: no backend switch for a notebook that calls this
+    ax = plot_pr_curves(voc12, ax=fig.subplots())
     ax.set_title(f"PR curves, VOC AP50 (all-point mAP {voc12['map']:.3f})")
     fig.tight_layout()
     fig.savefig(out / "pr_curves.png", dpi=100)
-    plt.close(fig)
     return summary
 
 
@@ -159,7 +143,7 @@ def _build_dataset(args: argparse.Namespace) -> tuple[Any, Sequence[str]]:
         return ShapesDataset(args.num_images, image_size=300, seed=args.seed), SHAPES_CLASSES
     if args.root is None:
         raise SystemExit("--dataset voc needs --root (a folder with JPEGImages/, Annotations/, ImageSets/Main/)")
-    names = tuple(args.classes.split(",")) if args.classes else VOC_CLASSES
+    names = tuple(c.strip() for c in args.classes.split(",")) if args.classes else VOC_CLASSES
     return VOCDataset(args.root, split=args.split, class_names=names), names
 
 

@@ -190,6 +190,8 @@ def _match_detections(
     within = np.arange(pair_det.size) - first_pair[pair_det]  # [M] 0..per_det-1
     pair_gt = gt_order[gt_start[det_group][pair_det] + within]  # [M] index into gt arrays
     iou = voc_iou(det["boxes"][pair_det], gt["boxes"][pair_gt])  # [M]
+    # a NaN overlap (NaN box) is never above the threshold in the devkit: make it lose every max
+    iou[np.isnan(iou)] = -np.inf
 
     # best box per detection (the first one on ties, like np.argmax in the devkit); each
     # detection's pairs are contiguous, so a segmented max / min does it

@@ -21,8 +21,8 @@ Box format: inputs are absolute-pixel ``xyxy`` boxes of each image; outputs are 
 normalized to ``[0, 1]`` of the ``size x size`` output, as the CPU pipeline returns them.
 
 The random choices follow the same distributions as ``SSDAugmentation`` (the released Caffe
-SSD's); the few departures are marked where they happen.  Every random number comes from the ``torch.Generator`` passed in, so a seeded generator gives
-the same batch twice (on one device; CPU and CUDA generators draw different streams).
+SSD's); the few departures are marked where they happen.  Every random number comes from the
+``torch.Generator`` passed in, so a seeded generator gives the same batch twice (on one device; CPU and CUDA generators draw different streams).
 """
 from __future__ import annotations
 
@@ -32,7 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD, MIN_IOU_CHOICES
+from ssd_tutorial.augmentation import (
+    BRIGHTNESS_DELTA,
+    CHANNEL_PERMUTATIONS,
+    CONTRAST_RANGE,
+    HUE_DELTA,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MIN_IOU_CHOICES,
+    SATURATION_RANGE,
+    hsv_to_rgb,
+    rgb_to_hsv,
+)
 
 __all__ = [
     "gpu_ssd_augment",
@@ -43,15 +54,9 @@ __all__ = [
     "sample_crops",
 ]
 
-CROP_MIN_SCALE = 0.3  # Caffe SSD: patch sides in [0.3, 1] of the image (paper p.6 says [0.1, 1] of the area)
+CROP_MIN_SCALE = 0.3  # Caffe SSD: patch sides in [0.3, 1] of the image's (paper p.6: size [0.1, 1] of the image)
 CROP_ASPECT_RANGE = (0.5, 2.0)  # paper p.6: patch aspect ratio between 1/2 and 2
-EXPAND_MAX_RATIO = 4.0  # paper p.7 "zoom out": canvas up to 4x the image side (16x the area)
-BRIGHTNESS_DELTA = 32.0  # Caffe SSD: add U(-32, 32) to every channel (on the 0..255 scale)
-CONTRAST_RANGE = (0.5, 1.5)  # Caffe SSD: multiply by U(0.5, 1.5)
-SATURATION_RANGE = (0.5, 1.5)  # Caffe SSD: multiply S (HSV) by U(0.5, 1.5)
-HUE_DELTA = 18.0  # Caffe SSD: shift H by U(-18, 18) degrees
-# The orders of the RGB channels a channel swap picks from (all but the identity).
-_CHANNEL_PERMUTATIONS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+EXPAND_MAX_RATIO = 4.0  # paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
 
 
 def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
@@ -73,38 +78,6 @@ def _randint(shape: Sequence[int], high: int, generator: torch.Generator, device
 # ----------------------------------------------------------------------------------------------
 # colour
 # ----------------------------------------------------------------------------------------------
-def rgb_to_hsv(rgb: Tensor) -> Tensor:
-    """``[B, 3, H, W]`` RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
-    r, g, b = rgb.unbind(1)  # each [B, H, W]
-    maxc, argmax = rgb.max(dim=1)  # [B, H, W]
-    minc = rgb.min(dim=1).values  # [B, H, W]
-    delta = maxc - minc
-    safe_delta = torch.where(delta > 0, delta, torch.ones_like(delta))
-    safe_max = torch.where(maxc > 0, maxc, torch.ones_like(maxc))
-    sat = torch.where(maxc > 0, delta / safe_max, torch.zeros_like(maxc))
-    # hue sector by which channel is largest (ties: red before green before blue)
-    hue_r = (g - b) / safe_delta
-    hue_g = 2.0 + (b - r) / safe_delta
-    hue_b = 4.0 + (r - g) / safe_delta
-    hue = torch.where(argmax == 0, hue_r, torch.where(argmax == 1, hue_g, hue_b))
-    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
-    hue = torch.remainder(hue / 6.0, 1.0)
-    return torch.stack((hue, sat, maxc), dim=1)  # [B, 3, H, W]
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """``[B, 3, H, W]`` HSV in [0, 1] -> RGB in [0, 1].
-
-    Uses the closed form f(n) = V - V S max(0, min(k, 4 - k, 1)), k = (n + 6 H) mod 6,
-    with R = f(5), G = f(3), B = f(1): no branch per sector.
-    """
-    hue, sat, val = hsv.unbind(1)  # each [B, H, W]
-    n = torch.tensor((5.0, 3.0, 1.0), device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-    k = torch.remainder(n + 6.0 * hue[:, None], 6.0)  # [B, 3, H, W]
-    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    return val[:, None] - val[:, None] * sat[:, None] * ramp
-
-
 def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap_prob: float = 0.0) -> Tensor:
     """Random colour distortion of ``[B, 3, H, W]`` float RGB on the 0..255 scale -> same shape.
 
@@ -130,18 +103,18 @@ def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap
     saturation = maybe(*SATURATION_RANGE, 1.0)
     hue_shift = maybe(-HUE_DELTA, HUE_DELTA, 0.0) / 360.0  # degrees -> fraction of a turn
     swap = _coin((B,), generator, device, p=channel_swap_prob)  # [B]
-    perm_index = _randint((B,), len(_CHANNEL_PERMUTATIONS), generator, device)  # [B]
+    perm_index = _randint((B,), len(CHANNEL_PERMUTATIONS), generator, device)  # [B]
 
     one = torch.ones_like(contrast)
     x = (images + brightness).clamp(0.0, 255.0)
     x = (x * torch.where(contrast_first, contrast, one)).clamp(0.0, 255.0)
-    hsv = rgb_to_hsv(x / 255.0)  # [B, 3, H, W]
+    hsv = rgb_to_hsv(x)  # [B, 3, H, W]; V stays on the 0..255 scale
     hue, sat, val = hsv.unbind(1)  # each [B, H, W]
     hue = torch.remainder(hue + hue_shift[:, 0], 1.0)  # [B, 1, 1] broadcast over [B, H, W]
     sat = (sat * saturation[:, 0]).clamp(0.0, 1.0)
-    x = hsv_to_rgb(torch.stack((hue, sat, val), dim=1)) * 255.0
+    x = hsv_to_rgb(torch.stack((hue, sat, val), dim=1))  # [B, 3, H, W]
     x = (x * torch.where(contrast_first, one, contrast)).clamp(0.0, 255.0)
-    perms = torch.tensor(_CHANNEL_PERMUTATIONS, device=device)[perm_index]  # [B, 3]
+    perms = torch.tensor(CHANNEL_PERMUTATIONS, device=device)[perm_index]  # [B, 3]
     perms = torch.where(swap[:, None], perms, torch.arange(3, device=device).expand(B, 3))  # [B, 3]
     return torch.gather(x, 1, perms.view(B, 3, 1, 1).expand_as(x))  # [B, 3, 1, 1] -> [B, 3, H, W]
 

@@ -19,6 +19,8 @@ synchronisation, so the functions can be captured by ``torch.compile`` / CUDA gr
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,8 +35,9 @@ def _check_inputs(positive: Tensor, neg_pos_ratio: float, scores: Tensor | None 
         raise ValueError(
             f"conf_loss {list(scores.shape)} and positive {list(positive.shape)} must have the same shape [B, P]"
         )
-    if not neg_pos_ratio >= 0:
-        raise ValueError(f"neg_pos_ratio must be >= 0, got {neg_pos_ratio}")
+    # math.isfinite also refuses inf, whose product with the count would not fit a long
+    if not (math.isfinite(neg_pos_ratio) and neg_pos_ratio >= 0):
+        raise ValueError(f"neg_pos_ratio must be a finite number >= 0, got {neg_pos_ratio}")
 
 
 def negatives_per_image(positive: Tensor, neg_pos_ratio: float = 3) -> Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssd_tutorial.hard_negative_mining import hard_negative_mask, random_negative_mask
-from ssd_tutorial.matching import build_targets
+from ssd_tutorial.matching import VARIANCES, build_targets
 
 __all__ = ["LossOutput", "NEGATIVE_MODES", "multibox_loss", "MultiboxLoss"]
 
@@ -141,7 +141,7 @@ class MultiboxLoss(nn.Module):
         neg_pos_ratio: float = 3,
         alpha: float = 1.0,
         iou_threshold: float = 0.5,
-        variances: tuple[float, float] = (0.1, 0.2),
+        variances: tuple[float, float] = VARIANCES,
     ) -> None:
         super().__init__()
         if priors_cxcywh.ndim != 2 or priors_cxcywh.shape[-1] != 4:

@@ -255,6 +255,8 @@ def build_targets(
                 f"image {i}: gt_boxes must be [G, 4] and gt_labels [G], got {list(b.shape)} and "
                 f"{list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__}"
             )
+        if lab.is_floating_point() or lab.dtype == torch.bool:  # a dtype check: no device sync
+            raise TypeError(f"image {i}: gt_labels must be an integer tensor, got {lab.dtype}")
     device, dtype = priors_cxcywh.device, priors_cxcywh.dtype
     flat_boxes, flat_labels, image, slot, g_max = _flatten_objects(gt_boxes, gt_labels, device, dtype)
     batch, num_priors = len(gt_boxes), priors_cxcywh.shape[0]

@@ -106,6 +106,7 @@ class ResumableBatchSampler:
         self.end_iteration = end_iteration
         self.rank = rank
         self.batches_per_epoch = num_items // global_batch
+        self._cached_order: tuple[int, list[int]] = (-1, [])  # (epoch, its order): one randperm per epoch
 
     def epoch_order(self, epoch: int) -> Tensor:
         """``[num_items]`` permutation used in ``epoch``."""
@@ -115,22 +116,17 @@ class ResumableBatchSampler:
     def batch(self, iteration: int) -> list[tuple[int, int]]:
         """This process's ``(index, position)`` pairs of global batch ``iteration``."""
         epoch, k = divmod(iteration, self.batches_per_epoch)
-        order = self.epoch_order(epoch)
+        if self._cached_order[0] != epoch:
+            self._cached_order = (epoch, self.epoch_order(epoch).tolist())
+        order = self._cached_order[1]
         first = k * self.global_batch + self.rank * self.local_batch
-        indices = order[first : first + self.local_batch].tolist()
         position = iteration * self.global_batch + self.rank * self.local_batch
-        return [(index, position + j) for j, index in enumerate(indices)]
+        return [(order[first + j], position + j) for j in range(self.local_batch)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         iteration = self.start_iteration
-        epoch, order = -1, None
         while self.end_iteration is None or iteration < self.end_iteration:
-            e, k = divmod(iteration, self.batches_per_epoch)
-            if e != epoch:
-                epoch, order = e, self.epoch_order(e).tolist()
-            first = k * self.global_batch + self.rank * self.local_batch
-            position = iteration * self.global_batch + self.rank * self.local_batch
-            yield [(order[first + j], position + j) for j in range(self.local_batch)]
+            yield self.batch(iteration)
             iteration += 1
 
     def __len__(self) -> int:
@@ -332,17 +328,24 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class _JsonlWriter:
-    """Append-only metrics file (one JSON object per line); on resume, later lines are dropped."""
+    """Append-only metrics file (one JSON object per line); on resume, later lines are dropped.
+
+    So is a line cut short by a kill mid-write (it no longer parses).
+    """
 
     def __init__(self, path: Path, resume_iteration: int | None) -> None:
         self.path = path
         if resume_iteration is None:
             path.write_text("")
         elif path.exists():
-            kept = [
-                line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("iteration", 0) <= resume_iteration
-            ]
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("iteration", 0) <= resume_iteration:
+                    kept.append(line)
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -599,11 +602,10 @@ class Trainer:
         """VOC mAP@0.5 (11-point) of the current model on up to ``eval_images`` val images."""
         if self.val_set is None:
             return None
-        result = evaluate_model(
+        return evaluate_model(
             _unwrap(self.model), self.val_set, self.class_names, self.device,
             max_images=self.cfg.eval_images, size=self.cfg.image_size,
         )
-        return result
 
     # -- the loop --------------------------------------------------------------------------
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -622,7 +624,7 @@ class Trainer:
         start_iteration = self.iteration
         losses: list[dict[str, Any]] = []
         previous_handler = None
-        if threading_is_main():
+        if _in_main_thread():  # signal.signal works only there
             previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         bar = _progress(total=end, initial=start_iteration, enabled=self.progress)
         self.model.train()
@@ -749,7 +751,7 @@ class Trainer:
             self.tb.close()
 
 
-def threading_is_main() -> bool:
+def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
@@ -771,7 +773,6 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True)
 
 
-@torch.no_grad()
 def collect_detections(
     model: nn.Module,
     dataset: Dataset,
@@ -783,26 +784,11 @@ def collect_detections(
     """Run ``model`` on ``dataset`` (items ``(uint8 [3, H, W], target)``) -> (detections, ground truths).
 
     Both are ``{image_id: {...}}`` in the format of :func:`ssd_tutorial.evaluation.evaluate_voc`
-    (pixel xyxy boxes); detections come from :class:`ssd_tutorial.inference.Predictor`.
+    (pixel xyxy boxes); :func:`ssd_tutorial.evaluate.collect_detections` with this argument order.
     """
-    from ssd_tutorial.inference import Predictor
+    from ssd_tutorial.evaluate import collect_detections as collect
 
-    was_training = model.training
-    predictor = Predictor(model, size=size, device=device, batch_size=batch_size)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)  # type: ignore[arg-type]
-    detections: dict[str, Any] = {}
-    ground_truths: dict[str, Any] = {}
-    for first in range(0, n, batch_size):
-        items = [dataset[i] for i in range(first, min(n, first + batch_size))]
-        outputs = predictor([image for image, _ in items])
-        for (_, target), out in zip(items, outputs):
-            image_id = str(target["image_id"])
-            detections[image_id] = {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
-            ground_truths[image_id] = {
-                "boxes": target["boxes"], "labels": target["labels"], "difficult": target["difficult"]
-            }
-    model.train(was_training)
-    return detections, ground_truths
+    return collect(model, dataset, batch_size, max_images, device, size=size)
 
 
 def evaluate_model(
@@ -864,11 +850,10 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = _parse_args(argv)
     cfg = apply_overrides(get_config(args.config), overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.name}")
-    if args.resume:
-        path = latest_checkpoint(output_dir)
-        saved = output_dir / "config.json"
-        if path is not None and saved.is_file() and not overrides:
-            cfg = config_from_dict(json.loads(saved.read_text()))  # the config the run started with
+    saved = output_dir / "config.json"
+    if args.resume and latest_checkpoint(output_dir) is not None and saved.is_file():
+        # The config the run started with, plus this command's overrides (not the preset's defaults).
+        cfg = apply_overrides(config_from_dict(json.loads(saved.read_text())), overrides)
     summary = train(cfg, output_dir, max_iters=args.max_iters, resume=args.resume, device=args.device,
                     progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -327,3 +327,26 @@ def test_photometric_stays_in_range_and_is_deterministic(seed) -> None:
     assert params == sample_photometric(torch.Generator().manual_seed(seed), channel_swap_prob=0.5)
     out = apply_photometric(image, params)
     assert out.shape == image.shape and out.min() >= 0 and out.max() <= 255
+
+
+def test_hsv_works_on_a_batch_and_on_any_scale() -> None:
+    # [B, 3, H, W] gives image by image what [3, H, W] gives; H and S do not depend on the scale
+    x = torch.rand(2, 3, 4, 5, generator=torch.Generator().manual_seed(0)) * 255
+    hsv = rgb_to_hsv(x)  # [2, 3, 4, 5]
+    for k in range(2):
+        torch.testing.assert_close(hsv[k], rgb_to_hsv(x[k]))
+    torch.testing.assert_close(hsv_to_rgb(hsv), x, atol=1e-3, rtol=0)  # float32 on the 0..255 scale
+    unit = rgb_to_hsv(x / 255)
+    torch.testing.assert_close(unit[:, :2], hsv[:, :2])
+    torch.testing.assert_close(unit[:, 2] * 255, hsv[:, 2], atol=1e-3, rtol=0)
+
+
+def test_box_functions_keep_the_boxes_device() -> None:
+    # "meta" tensors stand in for a GPU: a helper tensor made on the CPU would not mix with them
+    from ssd_tutorial.augmentation import ZoomOutParams
+
+    boxes = torch.tensor([[1.0, 2.0, 3.0, 4.0]], device="meta")  # [1, 4] xyxy px
+    image = torch.zeros(3, 5, 5, device="meta")
+    _, moved = apply_zoom_out(image, boxes, ZoomOutParams(10, 10, 2, 3))
+    assert moved.device.type == "meta" and moved.shape == (1, 4)
+    assert to_normalized_boxes(boxes, 5, 5).device.type == "meta"

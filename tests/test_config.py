@@ -117,3 +117,10 @@ def test_paper_schedule_values():
     assert [cfg.lr * lr_factor(cfg, it) for it in (500, 79_999, 80_000, 99_999, 100_000, 119_999)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
     )
+
+
+def test_parse_value_ints_in_exponent_form():
+    assert parse_value("lr_steps", "80e3,1e5") == (80_000, 100_000)
+    assert parse_value("max_iters", "1.2e5") == 120_000
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        parse_value("checkpoint_every", "1.5e0")  # would silently become 1

@@ -241,6 +241,11 @@ def test_shapes_bad_arguments() -> None:
         ShapesDataset(3, image_size=8)
     with pytest.raises(IndexError):
         ShapesDataset(3)[3]
+    # a bad seed is refused when the dataset is made, naming the argument, not at the first item
+    with pytest.raises(ValueError, match="seed"):
+        ShapesDataset(3, seed=-1)
+    with pytest.raises(ValueError, match="seed"):
+        ShapesDataset(3, seed=1.5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -193,6 +193,20 @@ def test_non_positive_ratio_is_refused():
         _cfg(aspect_ratios=((0,), (2, 3), (2, 3), (2, 3), (2,), (2,)))
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # a step of 0 used to put every centre of the map at (0, 0), silently
+        ({"steps": (8, 16, 0, 64, 100, 300)}, "map 2: step must be positive"),
+        ({"feature_maps": (38, 19, 10, 5, 3, 0)}, "map 5: feature map size must be a positive"),
+        ({"image_size": 0}, "image_size must be positive"),
+    ],
+)
+def test_non_positive_geometry_is_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**changes)
+
+
 def test_paper_scales_needs_two_maps():
     with pytest.raises(ValueError, match="m=1"):
         paper_scales(1)

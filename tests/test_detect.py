@@ -106,3 +106,29 @@ def test_read_image_file_gray_png_becomes_rgb(tmp_path):
     torchvision.io.write_png(gray, str(path))
     image = read_image_file(path)
     assert image.shape == (3, 8, 8) and torch.equal(image[0], image[2]) and torch.equal(image[0], gray[0])
+
+
+def test_training_checkpoint_with_wrong_number_of_names_refused(tmp_path, tiny_state):
+    path = tmp_path / "last.pt"
+    save_atomic({"model": tiny_state, "iteration": 5, "class_names": ["a", "b"]}, path)
+    with pytest.raises(ValueError, match="2 class names for a model of 5 classes"):
+        model_from_checkpoint(path)
+
+
+def test_saving_a_figure_leaves_the_matplotlib_backend_alone(tmp_path, shapes_png):
+    """A notebook's backend must survive a call (switching to Agg would hide its later plots)."""
+    import matplotlib
+
+    from ssd_tutorial.detect import save_detections_figure
+
+    _, image = shapes_png
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        detections = {"boxes": torch.tensor([[10.0, 20.0, 100.0, 150.0]]), "scores": torch.tensor([0.9]),
+                      "labels": torch.tensor([2])}
+        out = save_detections_figure(image, detections, SHAPES_CLASSES, tmp_path / "d.png")
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

@@ -7,6 +7,7 @@ import sys
 import io
 import tarfile
 import threading
+import urllib.error
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,10 +30,15 @@ download_voc = _load_script()
 
 
 class _Server:
-    """Serves ``files`` (name -> bytes) on 127.0.0.1 with HTTP Range support; logs the requests."""
+    """Serves ``files`` (name -> bytes) on 127.0.0.1 with HTTP Range support; logs the requests.
 
-    def __init__(self, files: dict[str, bytes]) -> None:
+    ``cut_after``: the first response sends only that many bytes of the body, then closes the
+    connection (a dropped download: the full Content-Length was promised).
+    """
+
+    def __init__(self, files: dict[str, bytes], cut_after: int | None = None) -> None:
         self.files = files
+        self.cut_after = cut_after
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -60,7 +66,11 @@ class _Server:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
-                self.wfile.write(data[start:])
+                body = data[start:]
+                if server.cut_after is not None:
+                    body, server.cut_after = body[: server.cut_after], None
+                    self.close_connection = True
+                self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
@@ -123,6 +133,23 @@ def test_resume_after_partial_file(tmp_path: Path) -> None:
     assert server.requests == [(FILENAME, f"bytes={half}-")]  # only the missing half was asked for
     assert (out / "downloads" / FILENAME).read_bytes() == data
     assert not part.exists()
+
+
+def test_dropped_connection_keeps_the_part_file_for_resume(tmp_path: Path) -> None:
+    # The server promises the whole file and closes after half of it: that is a network failure,
+    # not a bad checksum, so the half already on disk must stay and the next try resume from it.
+    data = _voc_tar(tmp_path)
+    half = len(data) // 2
+    md5 = hashlib.md5(data).hexdigest()
+    dest = tmp_path / "t.tar"
+    part = tmp_path / "t.tar.part"
+    with _Server({"t.tar": data}, cut_after=half) as server:
+        with pytest.raises(urllib.error.URLError, match="rerun to resume"):
+            download_voc.download(f"{server.url}/t.tar", dest, md5, progress=False)
+        assert part.read_bytes() == data[:half]
+        download_voc.download(f"{server.url}/t.tar", dest, md5, progress=False)
+    assert server.requests[-1] == ("t.tar", f"bytes={half}-")
+    assert dest.read_bytes() == data and not part.exists()
 
 
 def test_checksum_mismatch_fails_and_deletes(tmp_path: Path) -> None:

@@ -95,6 +95,17 @@ def test_tensors_accepted_and_missing_detections_entry() -> None:
     assert evaluate_voc(dets, gts, ["x"], use_07_metric=False)["map"] == pytest.approx(0.5)
 
 
+def test_nan_box_is_a_false_positive_as_in_the_devkit() -> None:
+    # a diverged model can decode NaN boxes; this used to raise an IndexError.  The devkit's
+    # "ovmax > ovthresh" is False for a NaN overlap: a false positive.
+    gts = {"a": {"boxes": [[0, 0, 10, 10]], "labels": [1]}}
+    dets = {"a": {"boxes": [[float("nan")] * 4, [0, 0, 10, 10]], "scores": [0.9, 0.8], "labels": [1, 1]}}
+    result = evaluate_voc(dets, gts, ["x"], use_07_metric=False)
+    assert result["precision"]["x"].tolist() == [0.0, 0.5]
+    assert result["recall"]["x"].tolist() == [0.0, 1.0]
+    assert result["ap"]["x"] == pytest.approx(0.5)
+
+
 # ---------------------------------------------------------------- bad input
 def test_unknown_image_id_is_a_clear_error() -> None:
     dets, gts = hand_case()

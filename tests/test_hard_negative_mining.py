@@ -126,6 +126,9 @@ def test_compiles_without_graph_breaks() -> None:
         (torch.rand(2, 5), torch.zeros(5, dtype=torch.bool), 3, r"\[B, P\]"),
         (torch.rand(2, 4), torch.zeros(2, 5, dtype=torch.bool), 3, "same shape"),
         (torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), -1, "neg_pos_ratio"),
+        # inf * positives cast to long used to wrap to -2**63: silently no negative at all
+        (torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), float("inf"), "finite"),
+        (torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), float("nan"), "neg_pos_ratio"),
     ],
 )
 def test_bad_input(conf_loss, positive, ratio, message) -> None:

@@ -260,3 +260,11 @@ def test_bad_inputs_give_clear_errors():
         build_targets([HAND_GT, HAND_GT], [HAND_LABELS], HAND_PRIORS)
     with pytest.raises(ValueError, match="image 1"):
         build_targets([HAND_GT, HAND_GT], [HAND_LABELS, HAND_LABELS[:1]], HAND_PRIORS)
+
+
+def test_build_targets_refuses_float_labels_as_match_does():
+    # they used to be cast to long silently: label 1.7 became class 1
+    with pytest.raises(TypeError, match="image 0: gt_labels must be an integer"):
+        build_targets([HAND_GT], [torch.tensor([1.7, 2.0])], HAND_PRIORS)
+    with pytest.raises(TypeError, match="integer"):
+        build_targets([HAND_GT], [torch.tensor([True, True])], HAND_PRIORS)

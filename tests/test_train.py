@@ -309,3 +309,36 @@ def test_periodic_evaluation_and_tensorboard(tmp_path):
     assert all(0.0 <= r["map"] <= 1.0 and set(r["ap"]) == {"ellipse", "rectangle", "triangle", "ring", "cross"} for r in maps)
     assert summary["map50"] == maps[-1]["map"]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_after_a_kill_mid_metrics_line(reference_run, tmp_path):
+    """A SIGKILL can cut metrics.jsonl mid-line; resuming must drop that line, not crash on it."""
+    ref_dir, _ = reference_run
+    train(tiny_cfg(), tmp_path, max_iters=2, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "loss": 1.2')  # the half-written record of iteration 3
+    train(tiny_cfg(), tmp_path, resume=True, progress=False)
+    assert losses(tmp_path) == losses(ref_dir)
+
+
+def test_cli_resume_with_an_override_keeps_the_run_config(reference_run, tmp_path, capsys):
+    """``--resume --set field=value`` changes that field of the run's saved config, not of the preset."""
+    from ssd_tutorial.train import main
+
+    ref_dir, _ = reference_run
+    common = ["--config", "shapes_cpu", "--output-dir", str(tmp_path), "--no-progress"]
+    assert main([*common, *CLI_OVERRIDES, "--set", "batch_size=2", "--set", "max_iters=4", "--max-iters", "2"]) == 0
+    assert main([*common, "--resume", "--set", "log_every=2"]) == 0
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["shapes_train_images"] == 16 and saved["batch_size"] == 2 and saved["log_every"] == 2
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["iterations"] == 4
+    ref, got = final_params(ref_dir), final_params(tmp_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_truncated_checkpoint_is_called_truncated(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((ref_dir / "last.pt").read_bytes()[:4096])
+    with pytest.raises(RuntimeError, match="cut.pt.*truncated"):
+        load_checkpoint(cut)
