@@ -22,7 +22,8 @@ normalized to ``[0, 1]`` of the ``size x size`` output, as the CPU pipeline retu
 
 The random choices follow the same distributions as ``SSDAugmentation`` (the released Caffe
 SSD's); the few departures are marked where they happen.  Every random number comes from the
-``torch.Generator`` passed in, so a seeded generator gives the same batch twice (on one device; CPU and CUDA generators draw different streams).
+``torch.Generator`` passed in, so a seeded generator gives the same batch twice (on one device;
+CPU and CUDA generators draw different streams).
 """
 from __future__ import annotations
 

@@ -281,6 +281,8 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None) -> tuple[Datas
     val_set = None
     if cfg.val_root and _resolve(cfg.val_root).is_dir():
         val_set = VOCDataset(_resolve(cfg.val_root), split=cfg.val_split, class_names=names)
+    elif cfg.val_root:  # training goes on, but a mistyped folder must not cost the run its mAP silently
+        warnings.warn(f"val_root {cfg.val_root} not found: no periodic or final evaluation", stacklevel=2)
     return train_set, val_set
 
 

@@ -342,3 +342,15 @@ def test_truncated_checkpoint_is_called_truncated(reference_run, tmp_path):
     cut.write_bytes((ref_dir / "last.pt").read_bytes()[:4096])
     with pytest.raises(RuntimeError, match="cut.pt.*truncated"):
         load_checkpoint(cut)
+
+
+def test_missing_val_root_warns_and_trains_without_evaluation(tmp_path):
+    from ssd_tutorial.train import build_datasets
+
+    root = tmp_path / "VOC"
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n")
+    cfg = tiny_cfg(dataset="voc", voc_roots=(str(root),), val_root=str(tmp_path / "VOC2007_typo"))
+    with pytest.warns(UserWarning, match="VOC2007_typo"):
+        train_set, val_set = build_datasets(cfg)
+    assert len(train_set) == 1 and val_set is None
