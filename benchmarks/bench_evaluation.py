@@ -11,7 +11,6 @@ the first 500 images; both give the same APs there, and the ratio compares time 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ssd_tutorial.evaluation import evaluate_voc
+from timing import report
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = [f"class{k}" for k in range(20)]
@@ -138,14 +138,13 @@ def main() -> int:
         "speedup_per_detection_vs_devkit_style": round(ratio, 1),
         "max_ap_difference_vs_devkit_style": max_diff,
     }
-    print(json.dumps(out, indent=2))
-    print(
+    report(
+        out,
         f"evaluate_voc: {t_full:.3f} s for {args.images} images x {args.dets} detections (goal < 2 s); "
-        f"devkit-style loop: {t_ref_sub:.2f} s for {len(ids)} images -> {ratio:.0f}x faster per detection"
+        f"devkit-style loop: {t_ref_sub:.2f} s for {len(ids)} images -> {ratio:.0f}x faster per detection",
+        args.out,
+        "evaluation_cpu.json",
     )
-    path = Path(args.out)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "evaluation_cpu.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

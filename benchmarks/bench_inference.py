@@ -19,11 +19,10 @@ result of ``detect`` is compared with the GPU one too.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from timing import device_name, timed
+from timing import device_name, report, timed
 
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.default_boxes import default_boxes
@@ -123,18 +122,15 @@ def main() -> int:
             cpu = detect(loc.cpu(), logits.cpu(), priors.cpu(), 0.01, 0.45, 200)
         same_cpu, total_cpu = agreement(ours, [{**d, "boxes": d["boxes"] * size} for d in cpu], size)
         result["cpu_gpu_detections_agreeing"] = f"{same_cpu}/{total_cpu}"
-    print(json.dumps(result, indent=2))
-    print(
+    report(
+        result,
         f"detect: {t_ours * 1e3:.1f} ms, torchvision postprocess: {t_tv * 1e3:.1f} ms per batch of {args.batch} "
-        f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})"
-    )
-    print(
+        f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})\n"
         f"detect nms=batched: {paths['batched'][0] * 1e3:.1f} ms, nms=padded: {paths['padded'][0] * 1e3:.1f} ms "
-        f"(default here: {result['detect_nms_default']}; detections agreeing {same_nms}/{total_nms})"
+        f"(default here: {result['detect_nms_default']}; detections agreeing {same_nms}/{total_nms})",
+        args.out,
+        f"inference_{device.type}.json",
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"inference_{device.type}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -16,11 +16,10 @@ share a best default box: the tie rules differ, see ``ssd_tutorial.matching``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from timing import device_name, timed
+from timing import device_name, report, timed
 
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.default_boxes import default_boxes
@@ -99,14 +98,13 @@ def main() -> int:
         "labels_agreeing_with_torchvision": f"{same_labels}/{ours.numel()}",
         "max_offset_difference": round(loc_err, 7),
     }
-    print(json.dumps(result, indent=2))
-    print(
+    report(
+        result,
         f"build_targets: {t_ours * 1e3:.2f} ms, torchvision loop: {t_tv * 1e3:.2f} ms per batch of {args.batch} "
-        f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})"
+        f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})",
+        args.out,
+        f"targets_{device.type}.json",
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"targets_{device.type}.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

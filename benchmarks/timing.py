@@ -5,10 +5,12 @@ on ``sys.path``).
 """
 from __future__ import annotations
 
+import json
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,3 +39,14 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[fl
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def report(result: dict[str, Any], summary: str, out_dir: str | Path, file_name: str) -> Path:
+    """Print ``result`` (as JSON) and a one-line ``summary``, and write the JSON to ``out_dir/file_name``."""
+    print(json.dumps(result, indent=2))
+    print(summary)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / file_name
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
