@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_train_shapes.py --out DIR [--minutes 4.5]
         [--raccoon ../shared/data/raccoon --raccoon-minutes 1]
-    python benchmarks/gpu_train_shapes.py --out /tmp/dry --dry-run      # CPU, tiny model, seconds
+    python benchmarks/gpu_train_shapes.py --out dry_run --dry-run      # CPU, tiny model, seconds
 
 Writes ``DIR/train_shapes_gpu.json`` (device, torch, model, dataset, map50, train_minutes,
 iterations, img_per_s, loss curve, ...) and ``DIR/train_shapes_gpu.png`` (loss curve + detections

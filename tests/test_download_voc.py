@@ -193,7 +193,7 @@ def _device(name: str) -> tarfile.TarInfo:
     ("member", "message"),
     [
         (tarfile.TarInfo("../evil.txt"), "escapes the target folder"),
-        (tarfile.TarInfo("/tmp/evil_absolute.txt"), "escapes the target folder"),
+        (tarfile.TarInfo("/etc/evil_absolute.txt"), "escapes the target folder"),
         (tarfile.TarInfo("VOCdevkit/../../evil.txt"), "escapes the target folder"),
         (_symlink("VOCdevkit/link", "/etc/passwd"), "refusing link member"),
         (_device("VOCdevkit/dev"), "refusing special member"),
