@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,13 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 from ssd_tutorial.config import TrainConfig, get_config  # noqa: E402
 from ssd_tutorial.evaluation import evaluate_voc  # noqa: E402
-from ssd_tutorial.train import Trainer, collect_detections  # noqa: E402
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+from ssd_tutorial.evaluate import collect_detections  # noqa: E402
+from ssd_tutorial.train import Trainer  # noqa: E402
+from timing import device_name  # noqa: E402
 
 
 def budgeted_run(
@@ -80,7 +75,7 @@ def budgeted_run(
 def measure(trainer: Trainer, dataset: Any, class_names: tuple[str, ...], max_images: int) -> tuple[dict, dict, dict, dict]:
     """(11-point result, all-point result, detections, ground truths) on ``dataset``."""
     model = trainer.model
-    detections, truths = collect_detections(model, dataset, trainer.device, max_images, trainer.cfg.image_size, 64)
+    detections, truths = collect_detections(model, dataset, 64, max_images, trainer.device, size=trainer.cfg.image_size)
     voc07 = evaluate_voc(detections, truths, list(class_names), iou_threshold=0.5, use_07_metric=True)
     allpt = evaluate_voc(detections, truths, list(class_names), iou_threshold=0.5, use_07_metric=False)
     return voc07, allpt, detections, truths

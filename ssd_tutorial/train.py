@@ -52,7 +52,6 @@ __all__ = [
     "build_datasets",
     "class_names_for",
     "compute_loss",
-    "collect_detections",
     "evaluate_model",
     "Trainer",
     "train",
@@ -775,24 +774,6 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, unit="it", dynamic_ncols=True)
 
 
-def collect_detections(
-    model: nn.Module,
-    dataset: Dataset,
-    device: torch.device | str,
-    max_images: int | None = None,
-    size: int = 300,
-    batch_size: int = 32,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Run ``model`` on ``dataset`` (items ``(uint8 [3, H, W], target)``) -> (detections, ground truths).
-
-    Both are ``{image_id: {...}}`` in the format of :func:`ssd_tutorial.evaluation.evaluate_voc`
-    (pixel xyxy boxes); :func:`ssd_tutorial.evaluate.collect_detections` with this argument order.
-    """
-    from ssd_tutorial.evaluate import collect_detections as collect
-
-    return collect(model, dataset, batch_size, max_images, device, size=size)
-
-
 def evaluate_model(
     model: nn.Module,
     dataset: Dataset,
@@ -807,9 +788,10 @@ def evaluate_model(
 
     11-point interpolated AP (VOC2007 devkit) when ``use_07_metric``, else all-point (VOC2010+).
     """
+    from ssd_tutorial.evaluate import collect_detections  # only needed when a run evaluates
     from ssd_tutorial.evaluation import evaluate_voc
 
-    detections, ground_truths = collect_detections(model, dataset, device, max_images, size, batch_size)
+    detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, size=size)
     return evaluate_voc(detections, ground_truths, list(class_names), iou_threshold=0.5, use_07_metric=use_07_metric)
 
 
