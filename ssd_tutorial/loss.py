@@ -152,6 +152,14 @@ class MultiboxLoss(nn.Module):
         self.iou_threshold = iou_threshold
         self.variances = tuple(variances)
 
+    def targets(self, gt_boxes: list[Tensor], gt_labels: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Training targets for a batch with this loss's priors, threshold and variances:
+        ``(loc_targets [B, P, 4] encoded, labels [B, P] long)``; no gradient flows through them."""
+        with torch.no_grad():
+            return build_targets(
+                gt_boxes, gt_labels, self.priors, iou_threshold=self.iou_threshold, variances=self.variances
+            )
+
     def forward(
         self, loc: Tensor, conf_logits: Tensor, gt_boxes: list[Tensor], gt_labels: list[Tensor]
     ) -> LossOutput:
@@ -161,10 +169,7 @@ class MultiboxLoss(nn.Module):
             raise ValueError(
                 f"batch of {loc.shape[0]} predictions but {len(gt_boxes)} gt_boxes / {len(gt_labels)} gt_labels"
             )
-        with torch.no_grad():
-            loc_targets, labels = build_targets(
-                gt_boxes, gt_labels, self.priors, iou_threshold=self.iou_threshold, variances=self.variances
-            )  # [B, P, 4] encoded, [B, P] long
+        loc_targets, labels = self.targets(gt_boxes, gt_labels)  # [B, P, 4], [B, P]
         return multibox_loss(loc, conf_logits, loc_targets, labels, self.neg_pos_ratio, self.alpha)
 
     def extra_repr(self) -> str:

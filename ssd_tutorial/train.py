@@ -301,12 +301,8 @@ def compute_loss(
     gradient is that of one process holding the whole batch.  No host synchronisation.
     """
     from ssd_tutorial.loss import multibox_loss
-    from ssd_tutorial.matching import build_targets
 
-    with torch.no_grad():
-        loc_targets, labels = build_targets(
-            gt_boxes, gt_labels, loss_fn.priors, iou_threshold=loss_fn.iou_threshold, variances=loss_fn.variances
-        )  # [B, P, 4] encoded, [B, P] long
+    loc_targets, labels = loss_fn.targets(gt_boxes, gt_labels)  # [B, P, 4] encoded, [B, P] long
     out = multibox_loss(loc, conf_logits, loc_targets, labels, loss_fn.neg_pos_ratio, loss_fn.alpha)
     if world_size == 1:
         return out.total, out.loc, out.conf
