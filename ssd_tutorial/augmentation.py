@@ -21,6 +21,7 @@ normalized out.  Boxes are xyxy in pixels until the end, where they become norma
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -183,20 +184,45 @@ def sample_photometric(
     return PhotometricParams(brightness, contrast, contrast_first, saturation, hue, order)
 
 
-def _scale_saturation(image: Tensor, factor: float) -> Tensor:
-    """Multiply HSV saturation by ``factor`` (capped at S = 1) without converting to HSV.
+def _adjust_saturation_hue(image: Tensor, saturation: float | None, hue: float | None) -> Tensor:
+    """Scale HSV saturation by ``saturation`` (capped at S = 1) and add ``hue`` degrees to H, in RGB.
 
-    With V = max and S = (max - min) / max, a channel is c = V (1 - S g(H)); scaling S by k
-    keeps V and H, so c' = V - (V - c) k', where k' = min(k, 1 / S) = min(k, V / (max - min)).
-    Same numbers as the HSV round trip (a test checks it), at a fraction of the cost.
+    ``image`` float ``[3, H, W]`` in [0, 255] -> a new float ``[3, H, W]`` in [0, 255]; the same
+    numbers as the round trip ``rgb_to_hsv`` -> change S and H -> ``hsv_to_rgb`` (tests check it,
+    and against colorsys/torchvision), several times faster, because it never builds the HSV
+    image.  V = max and the spread max - min (= V S) are all that H and S leave:
+
+    * saturation x k keeps V and H, so the spread becomes min(k spread, max);
+    * the hue of a pixel is a position 6H in [0, 6) on the colour wheel, and its channel c is
+      max - spread' (1 - p_c(6H)), where p_c is the fully saturated colour's channel, a
+      triangle wave: p_R = clamp(|6H - 3| - 1, 0, 1), p_G = clamp(2 - |6H - 2|, 0, 1),
+      p_B = clamp(2 - |6H - 4|, 0, 1).
+
+    Why this shape: every step is one pass over one plane with no boolean temporaries (on a CPU a
+    comparison that makes a mask costs several times an add); this is most of a DataLoader
+    worker's time.
     """
-    r, g, b = image.unbind(0)
-    maxc = torch.maximum(torch.maximum(r, g), b)  # [H, W]
-    minc = torch.minimum(torch.minimum(r, g), b)  # [H, W]
-    spread = maxc - minc
-    cap = torch.where(spread > 0, maxc / spread.clamp_min(1e-12), torch.full_like(maxc, factor))
-    k = cap.clamp(max=factor)  # [H, W]
-    return (maxc - (maxc - image) * k).clamp_(0.0, 255.0)
+    maxc = image.amax(0)  # [H, W]
+    spread = maxc - image.amin(0)  # [H, W]
+    new_spread = spread if saturation is None else torch.minimum(spread * saturation, maxc)
+    if hue is None:  # c' = max - (max - c) spread' / spread; a grey pixel (spread 0) stays grey
+        return image.sub(maxc).mul_(new_spread / spread.clamp_min(1e-12)).add_(maxc).clamp_(0.0, 255.0)
+    r, g, b = image.unbind(0)  # each [H, W]
+    # Which channel is the max (ties: R before G before B), as 0/1 floats: 1 - sign(max - c).
+    is_r = 1.0 - torch.sign(maxc - r)
+    is_g = torch.sign(maxc - g).sub_(1.0).mul_(is_r - 1.0)
+    is_b = 1.0 - is_r - is_g
+    # 6H times the spread, sector by sector: (g - b), 2 spread + (b - r), 4 spread + (r - g).
+    wheel = (g - b).mul_(is_r)
+    wheel.addcmul_(is_g, (b - r).add_(spread, alpha=2.0))
+    wheel.addcmul_(is_b, (r - g).add_(spread, alpha=4.0))
+    wheel.div_(spread + 1.0 - torch.sign(spread)).add_(hue / 60.0)  # 6H + shift (grey: H = 0)
+    wheel.sub_(torch.floor(wheel / 6.0).mul_(6.0))  # wrap into [0, 6)
+    out = torch.empty_like(image)  # [3, H, W]: first 1 - p_c, then the channels
+    torch.sub(wheel, 3.0, out=out[0]).abs_().neg_().add_(2.0)
+    torch.sub(wheel, 2.0, out=out[1]).abs_().sub_(1.0)
+    torch.sub(wheel, 4.0, out=out[2]).abs_().sub_(1.0)
+    return out.clamp_(0.0, 1.0).mul_(new_spread).neg_().add_(maxc).clamp_(0.0, 255.0)
 
 
 def apply_photometric(image: Tensor, params: PhotometricParams) -> Tensor:
@@ -214,12 +240,11 @@ def apply_photometric(image: Tensor, params: PhotometricParams) -> Tensor:
 
     if params.contrast_first:
         out = contrast(out)
-    if params.saturation is not None:
-        out = _scale_saturation(out, params.saturation)
-    if params.hue is not None:
-        hsv = rgb_to_hsv(out)  # [3, H, W]
-        hsv[0] = (hsv[0] + params.hue / 360.0) % 1.0
-        out = hsv_to_rgb(hsv).clamp_(0.0, 255.0)
+    if params.saturation is not None or params.hue is not None:
+        # Saturation then hue, in one pass (as rgb_to_hsv -> scale S, shift H -> hsv_to_rgb), on
+        # planes: decoders hand out [3, H, W] views of H x W x 3 memory, and arithmetic across the
+        # channels runs several times slower on that interleaved layout than the copy costs.
+        out = _adjust_saturation_hue(out.contiguous(), params.saturation, params.hue)
     if not params.contrast_first:
         out = contrast(out)
     if params.channel_order is not None:
@@ -396,10 +421,60 @@ def resize_image(image: Tensor, size: int) -> Tensor:
         return out.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else out
 
 
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The two source indices ``[out]`` and the weight of the second ``[out]`` that
+    ``F.interpolate(mode="bilinear", align_corners=False)`` uses along one axis of length ``in_size``.
+
+    Output pixel j samples x = (j + 0.5) in/out - 0.5, clamped to >= 0; it mixes pixels floor(x)
+    and floor(x) + 1 (both clamped to the last pixel) with weights 1 - t and t, t = x - floor(x).
+    """
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size  # in float32, as torch does
+    x = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
+    first = x.floor().clamp(max=in_size - 1)
+    weight = (x - first).clamp(0.0, 1.0)  # [out]
+    first = first.long()
+    return first, (first + 1).clamp(max=in_size - 1), weight
+
+
+def _resize_pasted(part: Tensor, offset: tuple[int, int], canvas: tuple[int, int], size: int) -> Tensor:
+    """Bilinear resize to ``[3, size, size]`` of a mean-filled canvas ``(width, height)`` with ``part``
+    (uint8 ``[3, h, w]``) pasted at ``offset = (x, y)``, without building the canvas; uint8 out.
+
+    Why: with zoom-out, the crop of the canvas can be 16x the image's area, almost all of it fill,
+    and building it and resizing it was the largest cost of a DataLoader worker.  Bilinear
+    resizing is separable and reads only two source rows per output row and two source columns
+    per output column, so it is gathered straight from ``part`` framed by one pixel of fill:
+    every canvas index outside the part reads that frame.  The same arithmetic as
+    ``F.interpolate`` on the built canvas (a test checks it, up to 1 of 255 from rounding).
+    """
+    (x, y), (width, height) = offset, canvas
+    h, w = part.shape[1:]
+    framed = _mean_pixel(torch.uint8).float().expand(3, h + 2, w + 2).clone()  # [3, h + 2, w + 2]
+    framed[:, 1:-1, 1:-1] = part
+    top, bottom, row_weight = _bilinear_taps(height, size)  # canvas rows, [S] each
+    left, right, col_weight = _bilinear_taps(width, size)  # canvas columns, [S] each
+    # Canvas index -> framed index: inside the part shift by the offset, outside read the frame.
+    top, bottom = (top - y + 1).clamp_(0, h + 1), (bottom - y + 1).clamp_(0, h + 1)
+    left, right = (left - x + 1).clamp_(0, w + 1), (right - x + 1).clamp_(0, w + 1)
+    mixed = framed.index_select(1, top).lerp_(framed.index_select(1, bottom), row_weight[:, None])  # [3, S, w + 2]
+    # torch.gather: several times faster than index_select along the last dimension on a CPU.
+    left, right = left.expand(3, size, size), right.expand(3, size, size)
+    out = mixed.gather(2, left).lerp_(mixed.gather(2, right), col_weight)  # [3, S, S]
+    return out.round_().to(torch.uint8)
+
+
+@functools.lru_cache(maxsize=8)
+def _normalization_constants(device: torch.device) -> tuple[Tensor, Tensor]:
+    """ImageNet mean and std ``[3, 1, 1]`` on ``device``, made once: building them from Python
+    lists every batch would be a host->device copy that waits for the host."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).reshape(3, 1, 1)  # [3, 1, 1]
+    std = torch.tensor(IMAGENET_STD, device=device).reshape(3, 1, 1)  # [3, 1, 1]
+    return mean, std
+
+
 def normalize(image: Tensor) -> Tensor:
     """``[..., 3, H, W]`` in [0, 255] (uint8 or float) -> float ``(x / 255 - mean) / std`` (ImageNet)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
-    std = torch.tensor(IMAGENET_STD, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
+    mean, std = _normalization_constants(image.device)
     return (image.float() / 255.0 - mean) / std
 
 
@@ -437,15 +512,25 @@ class SSDAugmentation:
     crop -> flip -> resize (a test checks it, up to 1/255 from rounding).  The distortion is
     not moved after the resize: bilinear interpolation does not commute with clamping and the
     HSV round trip.  Images stay 8-bit until the final normalization, as in Caffe SSD.
+
+    ``normalize=False`` returns the uint8 ``[3, size, size]`` image instead, for the caller to
+    normalize (:func:`normalize`): the Trainer's DataLoader workers do this, so a batch crosses
+    from the workers and to the GPU in a quarter of the bytes, and the GPU normalizes it.
     """
 
-    def __init__(self, size: int = 300, train: bool = True, channel_swap_prob: float = 0.0) -> None:
+    def __init__(
+        self, size: int = 300, train: bool = True, channel_swap_prob: float = 0.0, *, normalize: bool = True
+    ) -> None:
         self.size = size
         self.train = train
         self.channel_swap_prob = channel_swap_prob
+        self.normalize = normalize
 
     def __repr__(self) -> str:
-        return f"SSDAugmentation(size={self.size}, train={self.train}, channel_swap_prob={self.channel_swap_prob})"
+        return (
+            f"SSDAugmentation(size={self.size}, train={self.train}, channel_swap_prob={self.channel_swap_prob}, "
+            f"normalize={self.normalize})"
+        )
 
     def __call__(
         self, image: Tensor, target: dict[str, Any], generator: torch.Generator | None = None
@@ -470,7 +555,7 @@ class SSDAugmentation:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # positive area only
         new_target = dict(target)
         new_target.update(boxes=boxes[keep], labels=labels[keep], difficult=difficult[keep])
-        return normalize(out), new_target
+        return (normalize(out) if self.normalize else out), new_target
 
     def _train(
         self, image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor, generator: torch.Generator | None
@@ -490,18 +575,22 @@ class SSDAugmentation:
         cx1, cy1, cx2, cy2 = window if window is not None else (0, 0, canvas_w, canvas_h)
         _, boxes, labels, difficult = apply_crop(image[:, :0, :0], boxes, labels, difficult, window)
         # 3. Pixels: only the part of the original image inside the window gets distorted; it is
-        #    rounded back to 8 bits (Caffe SSD works on 8-bit images throughout) and pasted on the fill.
+        #    rounded back to 8 bits (Caffe SSD works on 8-bit images throughout), pasted on the
+        #    fill and resized.
         ox1, oy1 = max(cx1, left), max(cy1, top)  # overlap of window and image, canvas coords
         ox2, oy2 = min(cx2, left + width), min(cy2, top + height)
-        part = image[:, oy1 - top : oy2 - top, ox1 - left : ox2 - left].float()  # [3, h, w]
-        part = apply_photometric(part, photo).round_().to(torch.uint8)
-        if (ox1, oy1, ox2, oy2) == (cx1, cy1, cx2, cy2):
-            crop = part
-        else:
+        part = image[:, oy1 - top : oy2 - top, ox1 - left : ox2 - left]  # [3, h, w] uint8
+        if photo != PhotometricParams():  # (all steps skipped: 1 draw in 16)
+            part = apply_photometric(part.float(), photo).round_().to(torch.uint8)
+        if (ox1, oy1, ox2, oy2) == (cx1, cy1, cx2, cy2):  # the window lies inside the image
+            out = resize_image(part, self.size)  # [3, S, S] uint8
+        elif (cx2 - cx1) * (cy2 - cy1) > 2 * part.shape[1] * part.shape[2]:  # mostly fill: never built
+            out = _resize_pasted(part, (ox1 - cx1, oy1 - cy1), (cx2 - cx1, cy2 - cy1), self.size)
+        else:  # a thin margin of fill: building it is cheaper
             crop = _mean_pixel(torch.uint8).expand(3, cy2 - cy1, cx2 - cx1).clone()  # [3, h', w']
             crop[:, oy1 - cy1 : oy2 - cy1, ox1 - cx1 : ox2 - cx1] = part
+            out = resize_image(crop, self.size)  # [3, S, S] uint8
         boxes = to_normalized_boxes(boxes, cx2 - cx1, cy2 - cy1)
-        out = resize_image(crop, self.size)  # [3, S, S] uint8
         if flip:  # flipping commutes with the resize, and is cheaper on the small image
             out, boxes = hflip(out, boxes * self.size)
             boxes = boxes / self.size

@@ -458,7 +458,9 @@ class Trainer:
     def _cpu_transform(self) -> Any:
         from ssd_tutorial.augmentation import SSDAugmentation
 
-        return SSDAugmentation(size=self.cfg.image_size, train=self.cfg.augment)
+        # uint8 out of the workers, normalized on the device in _to_device: a quarter of the bytes
+        # through the workers' shared memory, the pinned-memory copy and the host->device copy.
+        return SSDAugmentation(size=self.cfg.image_size, train=self.cfg.augment, normalize=False)
 
     def _tensorboard(self) -> Any:
         if not self.cfg.tensorboard:
@@ -588,6 +590,9 @@ class Trainer:
                 images, list(boxes.split(counts)), list(labels.split(counts)), generator, size=self.cfg.image_size
             )
         else:
+            from ssd_tutorial.augmentation import normalize
+
+            images = normalize(images)  # uint8 from the workers (see _cpu_transform) -> float
             box_list, label_list = list(boxes.split(counts)), list(labels.split(counts))  # [G_i, 4], [G_i]
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

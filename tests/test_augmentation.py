@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,9 @@ from ssd_tutorial.augmentation import (
     PhotometricParams,
     SSDAugmentation,
     _rand,
-    _scale_saturation,
+    _adjust_saturation_hue,
+    _mean_pixel,
+    _resize_pasted,
     apply_crop,
     apply_photometric,
     apply_zoom_out,
@@ -181,12 +184,45 @@ def test_hsv_matches_colorsys() -> None:
     assert torch.allclose(hsv_to_rgb(hsv), rgb, atol=1e-3)
 
 
-@pytest.mark.parametrize("factor", [0.0, 0.5, 1.3, 3.0])
-def test_closed_form_saturation_matches_hsv_round_trip(factor: float) -> None:
-    rgb = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(2)) * 255
+def _hsv_round_trip(rgb: torch.Tensor, factor: float | None, degrees: float | None) -> torch.Tensor:
     hsv = rgb_to_hsv(rgb)
-    hsv[1] = (hsv[1] * factor).clamp(0, 1)
-    assert torch.allclose(_scale_saturation(rgb, factor), hsv_to_rgb(hsv), atol=1e-3)
+    if factor is not None:
+        hsv[1] = (hsv[1] * factor).clamp(0, 1)
+    if degrees is not None:
+        hsv[0] = (hsv[0] + degrees / 360.0) % 1.0
+    return hsv_to_rgb(hsv)
+
+
+def _awkward_pixels(seed: int) -> torch.Tensor:
+    """Random RGB in [0, 255] ``[3, 16, 16]`` plus the corner cases of the hue formula."""
+    rgb = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 255
+    rgb[:, 0, 0] = 77.0  # grey
+    rgb[:, 0, 1] = 0.0  # black
+    rgb[:, 0, 2] = torch.tensor([200.0, 200.0, 10.0])  # max shared by R and G
+    rgb[:, 0, 3] = torch.tensor([30.0, 220.0, 220.0])  # max shared by G and B
+    rgb[:, 0, 4] = torch.tensor([250.0, 5.0, 250.0])  # max shared by R and B
+    rgb[:, 0, 5] = torch.tensor([255.0, 0.0, 0.0])  # pure red: H = 0
+    return rgb.round()
+
+
+@pytest.mark.parametrize(
+    ("factor", "degrees"),
+    [(f, None) for f in (0.0, 0.5, 1.3, 3.0)] + [(f, d) for f in (None, 0.5, 1.3) for d in (-18.0, 7.0, 18.0, 180.0)],
+)
+def test_fused_saturation_hue_matches_hsv_round_trip(factor: float | None, degrees: float | None) -> None:
+    rgb = _awkward_pixels(2)
+    expected = _hsv_round_trip(rgb, factor, degrees)
+    assert torch.allclose(_adjust_saturation_hue(rgb, factor, degrees), expected, atol=1e-3)
+
+
+def test_fused_saturation_hue_matches_colorsys() -> None:
+    rgb = _awkward_pixels(5)
+    got = _adjust_saturation_hue(rgb, 0.7, 12.0)
+    for i in range(16):
+        for j in range(16):
+            h, s, v = colorsys.rgb_to_hsv(*(rgb[:, i, j] / 255).tolist())
+            expected = colorsys.hsv_to_rgb((h + 12.0 / 360.0) % 1.0, min(s * 0.7, 1.0), v)
+            assert np.allclose(got[:, i, j].numpy() / 255, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("degrees", [-18.0, 7.0, 18.0])
@@ -240,6 +276,27 @@ def _straightforward(image, target, generator, size=300):
         out, boxes = hflip(out, boxes)
     boxes = to_normalized_boxes(boxes, out.shape[2], out.shape[1])
     return normalize(resize_image(out, size)), boxes, labels
+
+
+@pytest.mark.parametrize(
+    ("part_hw", "offset", "canvas", "size"),
+    [
+        ((375, 500), (700, 90), (1800, 1400), 300),  # zoom-out: a small image on a large canvas
+        ((375, 500), (0, 0), (520, 400), 300),  # the part in a corner
+        ((40, 30), (5, 7), (45, 60), 300),  # upsampling
+        ((200, 120), (0, 13), (120, 260), 64),  # fill above and below only
+        ((1, 1), (3, 2), (9, 4), 5),  # a one-pixel part
+    ],
+)
+def test_resize_pasted_equals_resizing_the_built_canvas(part_hw, offset, canvas, size) -> None:
+    part = torch.randint(0, 256, (3, *part_hw), dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    (x, y), (width, height) = offset, canvas
+    built = _mean_pixel(torch.uint8).expand(3, height, width).clone()
+    built[:, y : y + part_hw[0], x : x + part_hw[1]] = part
+    expected = F.interpolate(built[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
+    got = _resize_pasted(part, offset, canvas, size)
+    assert got.shape == (3, size, size) and got.dtype == torch.uint8
+    assert (got.float() - expected).abs().max() <= 0.5 + 1e-3  # the same value, rounded
 
 
 def test_fused_pipeline_equals_straightforward_order() -> None:
@@ -350,3 +407,15 @@ def test_box_functions_keep_the_boxes_device() -> None:
     _, moved = apply_zoom_out(image, boxes, ZoomOutParams(10, 10, 2, 3))
     assert moved.device.type == "meta" and moved.shape == (1, 4)
     assert to_normalized_boxes(boxes, 5, 5).device.type == "meta"
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_uint8_output_normalizes_to_the_default_output(train: bool) -> None:
+    dataset = ShapesDataset(6, image_size=90, seed=3)
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        default, default_target = SSDAugmentation(48, train=train)(image, target, torch.Generator().manual_seed(i))
+        raw, raw_target = SSDAugmentation(48, train=train, normalize=False)(image, target, torch.Generator().manual_seed(i))
+        assert raw.dtype == torch.uint8 and raw.shape == (3, 48, 48)
+        assert torch.equal(normalize(raw), default)
+        assert torch.equal(raw_target["boxes"], default_target["boxes"])
