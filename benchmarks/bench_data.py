@@ -6,6 +6,8 @@
 Compares, in the same run and on the same JPEGs:
 
 * ours: ``VOCDataset(..., transform=SSDAugmentation(300))`` + ``detection_collate``;
+* ours, uint8 out: ``SSDAugmentation(300, normalize=False)``, what the Trainer's DataLoader
+  workers run (the GPU normalizes the batch);
 * torchvision.transforms.v2: RandomPhotometricDistort, RandomZoomOut (mean fill, up to 4x),
   RandomIoUCrop, RandomHorizontalFlip, Resize(300, 300), SanitizeBoundingBoxes, ToDtype +
   Normalize -- the same steps, decoded with the same torchvision.io call;
@@ -152,16 +154,19 @@ def main(argv: list[str] | None = None) -> int:
             write_voc_split(ShapesDataset(args.shapes_images, seed=7), root, "trainval", SHAPES_CLASSES)
             class_names, source = SHAPES_CLASSES, f"{args.shapes_images} shapes JPEGs, 300x300 (make_shapes)"
         ours = VOCDataset(root, "trainval", transform=SSDAugmentation(300), class_names=class_names)
+        ours_uint8 = VOCDataset(root, "trainval", transform=SSDAugmentation(300, normalize=False), class_names=class_names)
         theirs = TorchvisionV2Dataset(VOCDataset(root, "trainval", class_names=class_names))
         results: dict = {"images": len(ours), "data": source, "batch_size": args.batch_size}
         for workers in sorted({0, args.workers}):
             row = {}
-            for name, dataset in (("ours", ours), ("torchvision_v2", theirs)):
+            for name, dataset in (("ours", ours), ("ours_uint8_out", ours_uint8), ("torchvision_v2", theirs)):
                 row[name] = round(images_per_second(dataset, workers, args.batch_size, args.repeats), 1)
             row["ratio_ours_over_torchvision"] = round(row["ours"] / row["torchvision_v2"], 3)
+            row["ratio_ours_uint8_out_over_torchvision"] = round(row["ours_uint8_out"] / row["torchvision_v2"], 3)
             results[f"workers_{workers}"] = row
-            print(f"workers={workers}: ours {row['ours']} img/s, torchvision v2 {row['torchvision_v2']} img/s, "
-                  f"ratio {row['ratio_ours_over_torchvision']}", flush=True)  # fmt: skip
+            print(f"workers={workers}: ours {row['ours']} img/s, ours uint8 out {row['ours_uint8_out']} img/s, "
+                  f"torchvision v2 {row['torchvision_v2']} img/s, ratios {row['ratio_ours_over_torchvision']} / "
+                  f"{row['ratio_ours_uint8_out_over_torchvision']}", flush=True)  # fmt: skip
     results["shapes_generation_img_per_s_1proc"] = round(shapes_rate(), 1)
     print(f"ShapesDataset generation: {results['shapes_generation_img_per_s_1proc']} img/s (1 process)")
     info = device_info()
