@@ -26,11 +26,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssd_tutorial.boxes import box_iou
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -337,25 +337,30 @@ def sample_iou_crop(
         min_iou = MIN_IOU_CHOICES[int(torch.randint(len(MIN_IOU_CHOICES), (), generator=generator))]
     if min_iou is None or boxes.numel() == 0:
         return None, min_iou
-    # All trials are drawn at once and checked together; the first that passes wins.
-    draws = torch.rand(max_trials, 4, generator=generator, dtype=torch.float64)  # [T, 4]
+    # All trials are drawn at once and checked together; the first that passes wins.  The checks
+    # run in numpy: on 50 x G numbers, torch's per-call overhead cost more than the arithmetic.
+    draws = torch.rand(max_trials, 4, generator=generator, dtype=torch.float64).numpy()  # [T, 4]
     w = (min_scale + (1 - min_scale) * draws[:, 0]) * width  # [T]
     h = (min_scale + (1 - min_scale) * draws[:, 1]) * height  # [T]
-    left = (draws[:, 2] * (width - w)).floor()
-    top = (draws[:, 3] * (height - h)).floor()
-    windows = torch.stack((left, top, (left + w).floor(), (top + h).floor()), dim=1)  # [T, 4] xyxy px
+    left = np.floor(draws[:, 2] * (width - w))
+    top = np.floor(draws[:, 3] * (height - h))
+    windows = np.stack((left, top, np.floor(left + w), np.floor(top + h)), axis=1)  # [T, 4] xyxy px
     aspect = h / w
     ok = (aspect >= aspect_range[0]) & (aspect <= aspect_range[1])
     ok &= (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1])
-    iou = box_iou(windows.to(boxes.dtype), boxes)  # [T, G]
-    ok &= iou.max(dim=1).values >= min_iou
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [G, 2]
-    cx, cy = centres[None, :, 0], centres[None, :, 1]  # [1, G]
+    gt = boxes.double().numpy()  # [G, 4]
+    wh = np.minimum(windows[:, None, 2:], gt[None, :, 2:]) - np.maximum(windows[:, None, :2], gt[None, :, :2])
+    inter = wh.clip(min=0).prod(axis=2)  # [T, G]
+    area_w = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])  # [T]
+    area_g = (gt[:, 2] - gt[:, 0]).clip(min=0) * (gt[:, 3] - gt[:, 1]).clip(min=0)  # [G]
+    union = area_w[:, None] + area_g[None, :] - inter  # [T, G]; 0 only for two empty boxes
+    iou = inter / np.where(union > 0, union, 1.0)  # IoU as boxes.box_iou (chapter 1), in float64
+    ok &= iou.max(axis=1) >= min_iou
+    cx, cy = (gt[None, :, 0] + gt[None, :, 2]) / 2, (gt[None, :, 1] + gt[None, :, 3]) / 2  # [1, G]
     inside = (cx > windows[:, 0:1]) & (cx < windows[:, 2:3]) & (cy > windows[:, 1:2]) & (cy < windows[:, 3:4])  # [T, G]
-    ok &= inside.any(dim=1)
-    if bool(ok.any()):
-        first = int(ok.nonzero()[0])
-        x1, y1, x2, y2 = (int(v) for v in windows[first].tolist())
+    ok &= inside.any(axis=1)
+    if ok.any():
+        x1, y1, x2, y2 = (int(v) for v in windows[int(ok.argmax())])
         return (x1, y1, x2, y2), min_iou
     return None, min_iou
 

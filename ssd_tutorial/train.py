@@ -155,7 +155,9 @@ class SeededItems(Dataset):
         item_seed = _mix(self.seed, 7919, position)
         saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
         try:
-            torch.manual_seed(item_seed)
+            # The CPU generator only: torch.manual_seed also queues a lazy seeding of every
+            # accelerator generator, which records a Python stack trace each call (about 1 ms).
+            torch.default_generator.manual_seed(item_seed)
             np.random.seed(item_seed % 2**32)
             random.seed(item_seed)
             return self.dataset[index]

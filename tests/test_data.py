@@ -96,6 +96,21 @@ def test_voc_reader_hand_written_annotation(tmp_path: Path) -> None:
     assert target["difficult"].tolist() == [True]
 
 
+def test_annotation_is_parsed_once_and_handed_out_as_new_tensors(tmp_path: Path) -> None:
+    root = _voc_folder(tmp_path, ["a"])
+    _write_jpeg(root / "JPEGImages/a.jpg", torch.full((3, 40, 50), 128, dtype=torch.uint8))
+    xml = root / "Annotations/a.xml"
+    xml.write_text(XML_ONE_OBJECT.format(id="a", w=50, h=40, name="dog", difficult=0, x1=1, y1=2, x2=30, y2=40))
+    dataset = VOCDataset(root)
+    _, first = dataset[0]
+    first["boxes"].mul_(0)  # a transform that works in place must not change the next read
+    xml.unlink()  # kept in memory: the file is not read again
+    _, second = dataset[0]
+    assert second["boxes"].tolist() == [[1.0, 2.0, 30.0, 40.0]]
+    with pytest.raises(FileNotFoundError):
+        VOCDataset(root).annotation(0)  # a new dataset reads the file
+
+
 def test_image_without_objects_is_allowed(tmp_path: Path) -> None:
     root = _voc_folder(tmp_path, ["empty"])
     _write_jpeg(root / "JPEGImages/empty.jpg", torch.zeros((3, 20, 30), dtype=torch.uint8))
