@@ -3,13 +3,14 @@
 #
 #   bash benchmarks/gpu_checks.sh OUT_DIR bench   # speed: training/inference/data vs torchvision (~5 min)
 #   bash benchmarks/gpu_checks.sh OUT_DIR train   # full SSD300 on shapes (+ a short raccoon run) (~6 min)
+#   bash benchmarks/gpu_checks.sh OUT_DIR real    # the data path alone: CPU workers feeding the compiled step (~3 min)
 #
 # Inputs: real JPEGs in a VOC-layout folder (GPU_DATA/voc2012_mini100, GPU_DATA/raccoon), and
 # wheels of packages the GPU image lacks in .whl/ (defusedxml, pycocotools), both optional.
 # Results (JSON + PNG) go to OUT_DIR; copy them into benchmarks/results/ and book/results/.
 set -uo pipefail
-out=${1:?usage: gpu_checks.sh OUT_DIR bench|train}
-part=${2:?usage: gpu_checks.sh OUT_DIR bench|train}
+out=${1:?usage: gpu_checks.sh OUT_DIR bench|train|real}
+part=${2:?usage: gpu_checks.sh OUT_DIR bench|train|real}
 data=${GPU_DATA:-gpu_data}
 mkdir -p "$out"
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -33,6 +34,10 @@ case "$part" in
   train)
     run timeout 380 python3 benchmarks/gpu_train_shapes.py --out "$out" --minutes 4 \
         --raccoon "$data/raccoon" --raccoon-minutes 0.75
+    ;;
+  real)
+    run timeout 200 python3 benchmarks/bench_gpu.py --out "$out" --jpeg-root "$data/voc2012_mini100" --only-real-data
+    run timeout 90 python3 benchmarks/bench_data.py --workers 16 --data "$data/voc2012_mini100" --out "$out"
     ;;
   *) echo "unknown part: $part"; exit 2 ;;
 esac

@@ -81,3 +81,27 @@ def test_bench_cpu_smoke(tmp_path):
     for group in ("train_img_s", "inference_img_s"):
         assert _positive(written[group]["ssd_tutorial"]) and _positive(written[group]["torchvision"])
     assert _positive(written["ratios"]["train_vs_torchvision"])
+
+
+def test_bench_loader_compares_with_a_baseline_revision(tmp_path):
+    """The loader benchmark on a small shapes folder, against HEAD as the baseline revision
+    (a git worktree): both runs produce rates, and the report holds their ratio."""
+    import subprocess
+
+    from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset, write_voc_split
+
+    repo = BENCHMARKS.parent
+    if subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    data = tmp_path / "shapes"
+    write_voc_split(ShapesDataset(8, image_size=120, seed=5), data, "trainval", SHAPES_CLASSES)
+    bench_loader = _load("bench_loader")
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--classes", "shapes", "--workers", "0", "--batch-size", "2",
+            "--batches", "2", "--rounds", "1", "--baseline", "HEAD", "--out", str(out)]
+    assert bench_loader.main(args) == 0
+    report = json.loads((out / "loader_cpu_0workers.json").read_text())
+    assert _positive(report["median_img_s"]["this checkout"])
+    assert _positive(report["median_img_s"]["baseline HEAD"])
+    assert _positive(report["ratio_this_over_baseline"])
+    assert report["uint8_out"]["this checkout"] is True
