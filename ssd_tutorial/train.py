@@ -594,7 +594,8 @@ class Trainer:
         else:
             from ssd_tutorial.augmentation import normalize
 
-            images = normalize(images)  # uint8 from the workers (see _cpu_transform) -> float
+            if images.dtype == torch.uint8:  # from the workers (see _cpu_transform): normalize here
+                images = normalize(images)
             box_list, label_list = list(boxes.split(counts)), list(labels.split(counts))  # [G_i, 4], [G_i]
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

@@ -354,3 +354,26 @@ def test_missing_val_root_warns_and_trains_without_evaluation(tmp_path):
     with pytest.warns(UserWarning, match="VOC2007_typo"):
         train_set, val_set = build_datasets(cfg)
     assert len(train_set) == 1 and val_set is None
+
+
+def test_workers_hand_out_uint8_and_the_device_normalizes(tmp_path):
+    """The Trainer's loader carries uint8 images; after _to_device they equal what
+    SSDAugmentation's default normalized output gives for the same seeded items."""
+    from ssd_tutorial.augmentation import SSDAugmentation
+    from ssd_tutorial.data import ShapesDataset
+
+    cfg = tiny_cfg()
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    batch = next(iter(trainer.data_loader(0, 1)))
+    assert batch[0].dtype == torch.uint8
+    images, boxes, _ = trainer._to_device(batch)
+    assert images.dtype == torch.float32
+    reference = SeededItems(
+        ShapesDataset(cfg.shapes_train_images, cfg.image_size, cfg.shapes_train_seed, SSDAugmentation(cfg.image_size)),
+        cfg.seed,
+    )
+    keys = list(ResumableBatchSampler(cfg.shapes_train_images, cfg.batch_size, cfg.seed, 0, 1))[0]
+    for k, key in enumerate(keys):
+        image, target = reference[key]
+        assert torch.equal(images[k], image)
+        assert torch.equal(boxes[k], target["boxes"])
