@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -441,27 +442,54 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor]
     return first, (first + 1).clamp(max=in_size - 1), weight
 
 
-def _resize_pasted(part: Tensor, offset: tuple[int, int], canvas: tuple[int, int], size: int) -> Tensor:
+def _read_positions(taps: tuple[Tensor, Tensor], offset: int, length: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Which of a part's ``length`` rows (or columns) the bilinear taps read, and where each tap reads.
+
+    ``taps``: canvas indices ``[S]`` twice; the part starts at canvas index ``offset``.  Returns
+    ``(kept, first, second)``: the part indices read, sorted ``[K]``, and for each tap its index
+    into those K framed by one pixel of fill: 0 before the part, K + 1 after it.
+    """
+    inside = [tap - offset for tap in taps]  # part indices, outside [0, length) for the fill
+    kept = torch.cat(inside).clamp(-1, length).unique()
+    kept = kept[(kept >= 0) & (kept < length)]  # [K]
+    frame_index = [
+        torch.where(t < 0, 0, torch.where(t >= length, len(kept) + 1, torch.searchsorted(kept, t) + 1)) for t in inside
+    ]
+    return kept, frame_index[0], frame_index[1]
+
+
+def _resize_pasted(
+    part: Tensor,
+    offset: tuple[int, int],
+    canvas: tuple[int, int],
+    size: int,
+    distort: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Bilinear resize to ``[3, size, size]`` of a mean-filled canvas ``(width, height)`` with ``part``
-    (uint8 ``[3, h, w]``) pasted at ``offset = (x, y)``, without building the canvas; uint8 out.
+    (uint8 ``[3, h, w]``, after ``distort``) pasted at ``offset = (x, y)``, without building the
+    canvas; uint8 out.
 
     Why: with zoom-out, the crop of the canvas can be 16x the image's area, almost all of it fill,
     and building it and resizing it was the largest cost of a DataLoader worker.  Bilinear
     resizing is separable and reads only two source rows per output row and two source columns
-    per output column, so it is gathered straight from ``part`` framed by one pixel of fill:
-    every canvas index outside the part reads that frame.  The same arithmetic as
-    ``F.interpolate`` on the built canvas (a test checks it, up to 1 of 255 from rounding).
+    per output column, so those rows and columns of ``part`` are gathered, framed by one pixel of
+    fill that every canvas index outside the part reads.  ``distort`` (a per-pixel map, uint8 to
+    uint8: the photometric distortion) is applied to the gathered pixels only -- the same result
+    as distorting the whole part first, on a fraction of the pixels when the part shrinks.  The
+    same arithmetic as ``F.interpolate`` on the built canvas (a test checks it, up to 1 of 255
+    from rounding).
     """
     (x, y), (width, height) = offset, canvas
-    h, w = part.shape[1:]
-    framed = _mean_pixel(torch.uint8).float().expand(3, h + 2, w + 2).clone()  # [3, h + 2, w + 2]
-    framed[:, 1:-1, 1:-1] = part
     top, bottom, row_weight = _bilinear_taps(height, size)  # canvas rows, [S] each
     left, right, col_weight = _bilinear_taps(width, size)  # canvas columns, [S] each
-    # Canvas index -> framed index: inside the part shift by the offset, outside read the frame.
-    top, bottom = (top - y + 1).clamp_(0, h + 1), (bottom - y + 1).clamp_(0, h + 1)
-    left, right = (left - x + 1).clamp_(0, w + 1), (right - x + 1).clamp_(0, w + 1)
-    mixed = framed.index_select(1, top).lerp_(framed.index_select(1, bottom), row_weight[:, None])  # [3, S, w + 2]
+    rows, top, bottom = _read_positions((top, bottom), y, part.shape[1])
+    cols, left, right = _read_positions((left, right), x, part.shape[2])
+    read = part.index_select(1, rows).index_select(2, cols)  # [3, R, C] uint8
+    if distort is not None:
+        read = distort(read)
+    framed = _mean_pixel(torch.uint8).float().expand(3, len(rows) + 2, len(cols) + 2).clone()  # [3, R + 2, C + 2]
+    framed[:, 1:-1, 1:-1] = read
+    mixed = framed.index_select(1, top).lerp_(framed.index_select(1, bottom), row_weight[:, None])  # [3, S, C + 2]
     # torch.gather: several times faster than index_select along the last dimension on a CPU.
     left, right = left.expand(3, size, size), right.expand(3, size, size)
     out = mixed.gather(2, left).lerp_(mixed.gather(2, right), col_weight)  # [3, S, S]
@@ -585,15 +613,19 @@ class SSDAugmentation:
         ox1, oy1 = max(cx1, left), max(cy1, top)  # overlap of window and image, canvas coords
         ox2, oy2 = min(cx2, left + width), min(cy2, top + height)
         part = image[:, oy1 - top : oy2 - top, ox1 - left : ox2 - left]  # [3, h, w] uint8
-        if photo != PhotometricParams():  # (all steps skipped: 1 draw in 16)
-            part = apply_photometric(part.float(), photo).round_().to(torch.uint8)
+
+        def distort(pixels: Tensor) -> Tensor:  # uint8 -> uint8; all steps skipped: 1 draw in 16
+            if photo == PhotometricParams():
+                return pixels
+            return apply_photometric(pixels.float(), photo).round_().to(torch.uint8)
+
         if (ox1, oy1, ox2, oy2) == (cx1, cy1, cx2, cy2):  # the window lies inside the image
-            out = resize_image(part, self.size)  # [3, S, S] uint8
+            out = resize_image(distort(part), self.size)  # [3, S, S] uint8
         elif (cx2 - cx1) * (cy2 - cy1) > 2 * part.shape[1] * part.shape[2]:  # mostly fill: never built
-            out = _resize_pasted(part, (ox1 - cx1, oy1 - cy1), (cx2 - cx1, cy2 - cy1), self.size)
+            out = _resize_pasted(part, (ox1 - cx1, oy1 - cy1), (cx2 - cx1, cy2 - cy1), self.size, distort)
         else:  # a thin margin of fill: building it is cheaper
             crop = _mean_pixel(torch.uint8).expand(3, cy2 - cy1, cx2 - cx1).clone()  # [3, h', w']
-            crop[:, oy1 - cy1 : oy2 - cy1, ox1 - cx1 : ox2 - cx1] = part
+            crop[:, oy1 - cy1 : oy2 - cy1, ox1 - cx1 : ox2 - cx1] = distort(part)
             out = resize_image(crop, self.size)  # [3, S, S] uint8
         boxes = to_normalized_boxes(boxes, cx2 - cx1, cy2 - cy1)
         if flip:  # flipping commutes with the resize, and is cheaper on the small image

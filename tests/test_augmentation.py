@@ -299,6 +299,22 @@ def test_resize_pasted_equals_resizing_the_built_canvas(part_hw, offset, canvas,
     assert (got.float() - expected).abs().max() <= 0.5 + 1e-3  # the same value, rounded
 
 
+def test_resize_pasted_distorts_only_what_it_reads_with_the_same_result() -> None:
+    part = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8, generator=torch.Generator().manual_seed(8))
+    photo = PhotometricParams(brightness=12.0, contrast=1.3, saturation=0.7, hue=-9.0)
+    seen = []
+
+    def distort(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append(pixels.shape)
+        return apply_photometric(pixels.float(), photo).round_().to(torch.uint8)
+
+    for offset, canvas in (((700, 90), (1800, 1400)), ((3, 0), (503, 380))):
+        expected = _resize_pasted(distort(part), offset, canvas, 300)  # distort everything, then resize
+        got = _resize_pasted(part, offset, canvas, 300, distort)
+        assert torch.equal(got, expected)
+    assert seen[1][1] * seen[1][2] < part.shape[1] * part.shape[2] / 4  # 1800 x 1400 canvas: few pixels read
+
+
 def test_fused_pipeline_equals_straightforward_order() -> None:
     dataset = ShapesDataset(25, image_size=120, seed=9)
     augment = SSDAugmentation(size=64)
