@@ -539,11 +539,12 @@ class SSDAugmentation:
 
     Cheaper order, same result: all random parameters are drawn first (in the released order),
     then the photometric distortion is applied only to the part of the original image that
-    survives the crop, before it is pasted on the zoom-out canvas, and the flip is done after
-    the resize, on the small image.  Per-pixel operations commute with cropping, the canvas fill
-    is never distorted (nor is it in the released order), and a left-right flip commutes with a
-    bilinear resize, so the output equals the straightforward order photometric -> zoom out ->
-    crop -> flip -> resize (a test checks it, up to 1/255 from rounding).  The distortion is
+    survives the crop (when the crop is mostly fill, only to the pixels the resize reads, and the
+    canvas is never built: see ``_resize_pasted``), and the flip is done after the resize, on the
+    small image.  Per-pixel operations commute with cropping, the canvas fill is never distorted
+    (nor is it in the released order), and a left-right flip commutes with a bilinear resize, so
+    the output equals the straightforward order photometric -> zoom out -> crop -> flip -> resize
+    (a test checks it, up to 1/255 from rounding).  The distortion is
     not moved after the resize: bilinear interpolation does not commute with clamping and the
     HSV round trip.  Images stay 8-bit until the final normalization, as in Caffe SSD.
 
