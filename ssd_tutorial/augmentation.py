@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssd_tutorial.boxes import box_iou
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -338,8 +339,9 @@ def sample_iou_crop(
         min_iou = MIN_IOU_CHOICES[int(torch.randint(len(MIN_IOU_CHOICES), (), generator=generator))]
     if min_iou is None or boxes.numel() == 0:
         return None, min_iou
-    # All trials are drawn at once and checked together; the first that passes wins.  The checks
-    # run in numpy: on 50 x G numbers, torch's per-call overhead cost more than the arithmetic.
+    # All trials are drawn at once and checked together; the first that passes wins.  The window
+    # arithmetic runs in numpy: on 50 x G numbers, torch's per-call overhead cost more than the
+    # arithmetic.  The IoU is chapter 1's box_iou, in float64.
     draws = torch.rand(max_trials, 4, generator=generator, dtype=torch.float64).numpy()  # [T, 4]
     w = (min_scale + (1 - min_scale) * draws[:, 0]) * width  # [T]
     h = (min_scale + (1 - min_scale) * draws[:, 1]) * height  # [T]
@@ -349,15 +351,11 @@ def sample_iou_crop(
     aspect = h / w
     ok = (aspect >= aspect_range[0]) & (aspect <= aspect_range[1])
     ok &= (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1])
-    gt = boxes.double().numpy()  # [G, 4]
-    wh = np.minimum(windows[:, None, 2:], gt[None, :, 2:]) - np.maximum(windows[:, None, :2], gt[None, :, :2])
-    inter = wh.clip(min=0).prod(axis=2)  # [T, G]
-    area_w = (windows[:, 2] - windows[:, 0]) * (windows[:, 3] - windows[:, 1])  # [T]
-    area_g = (gt[:, 2] - gt[:, 0]).clip(min=0) * (gt[:, 3] - gt[:, 1]).clip(min=0)  # [G]
-    union = area_w[:, None] + area_g[None, :] - inter  # [T, G]; 0 only for two empty boxes
-    iou = inter / np.where(union > 0, union, 1.0)  # IoU as boxes.box_iou (chapter 1), in float64
+    gt = boxes.double()  # [G, 4]
+    iou = box_iou(torch.from_numpy(windows), gt).numpy()  # [T, G], float64
     ok &= iou.max(axis=1) >= min_iou
-    cx, cy = (gt[None, :, 0] + gt[None, :, 2]) / 2, (gt[None, :, 1] + gt[None, :, 3]) / 2  # [1, G]
+    centres = ((gt[:, :2] + gt[:, 2:]) / 2).numpy()  # [G, 2]
+    cx, cy = centres[None, :, 0], centres[None, :, 1]  # [1, G]
     inside = (cx > windows[:, 0:1]) & (cx < windows[:, 2:3]) & (cy > windows[:, 1:2]) & (cy < windows[:, 3:4])  # [T, G]
     ok &= inside.any(axis=1)
     if ok.any():
@@ -450,7 +448,7 @@ def _read_positions(taps: tuple[Tensor, Tensor], offset: int, length: int) -> tu
     into those K framed by one pixel of fill: 0 before the part, K + 1 after it.
     """
     inside = [tap - offset for tap in taps]  # part indices, outside [0, length) for the fill
-    kept = torch.cat(inside).clamp(-1, length).unique()
+    kept = torch.cat(inside).unique()
     kept = kept[(kept >= 0) & (kept < length)]  # [K]
     frame_index = [
         torch.where(t < 0, 0, torch.where(t >= length, len(kept) + 1, torch.searchsorted(kept, t) + 1)) for t in inside
