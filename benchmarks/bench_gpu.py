@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from ssd_tutorial.config import get_config  # noqa: E402
+from ssd_tutorial.data import decode_jpegs  # noqa: E402
 from ssd_tutorial.default_boxes import default_boxes  # noqa: E402
 from ssd_tutorial.gpu_augmentation import gpu_ssd_augment  # noqa: E402
 from ssd_tutorial.inference import detect  # noqa: E402
@@ -184,7 +185,7 @@ class GpuJpegSource:
 
     ``batch(i)`` -> (list of uint8 ``[3, H, W]`` on ``device``, boxes list ``[G, 4]`` xyxy px,
     labels list ``[G]``), cycling through the images.  Decoding is nvjpeg's batched
-    ``decode_jpeg(list, device="cuda")`` (the CPU decoder in smoke runs).
+    ``data.decode_jpegs(list, device="cuda")`` (the CPU decoder in smoke runs).
     """
 
     def __init__(self, items: list[tuple[Tensor, Tensor, Tensor]], batch_size: int, device: torch.device) -> None:
@@ -195,31 +196,24 @@ class GpuJpegSource:
         self.device = device
 
     def batch(self, i: int) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         n = len(self.data)
         idx = [(i * self.batch_size + j) % n for j in range(self.batch_size)]
         data = [self.data[k] for k in idx]
-        try:
-            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
-        except (RuntimeError, ValueError):  # a decoder without RGB conversion: grey images get 3 channels here
-            images = [im.expand(3, -1, -1) for im in decode_jpeg(data, device=self.device)]
+        images = decode_jpegs(data, device=self.device)
         return images, [self.boxes[k] for k in idx], [self.labels[k] for k in idx]
 
 
 def load_jpegs(root: Path | None, limit: int, smoke: bool) -> tuple[list[tuple[Tensor, Tensor, Tensor]], str]:
     """(JPEG bytes, boxes px, labels) of a VOC-layout folder; without one, ShapesDataset images
     encoded to JPEG in memory.  Returns the items and a description of the source."""
-    from torchvision.io import encode_jpeg, read_file
-
-    from ssd_tutorial.data import ShapesDataset, VOCDataset
+    from ssd_tutorial.data import ShapesDataset, VOCDataset, encode_jpeg
 
     if root is not None:
         ds = VOCDataset(root, split="trainval")
         items = []
         for k in range(min(len(ds), limit)):
             ann = ds.annotation(k)
-            data = read_file(str(ds.root / "JPEGImages" / f"{ds.ids[k]}.jpg"))
+            data = torch.frombuffer(bytearray((ds.root / "JPEGImages" / f"{ds.ids[k]}.jpg").read_bytes()), dtype=torch.uint8)
             items.append((data, ann["boxes"].float(), ann["labels"].long()))
         return items, f"VOC folder {root.name} ({len(items)} images)"
     shapes = ShapesDataset(min(limit, 8 if smoke else 256), seed=1)

@@ -87,6 +87,25 @@ def prepare(nb) -> None:
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
+# Recorded in each notebook's metadata (``ssd_tutorial.executed_with``): the versions that made
+# its stored outputs.  requirements.lock pins the whole environment.
+RECORDED_PACKAGES = ("torch", "torchvision", "torchcodec", "numpy", "pillow", "matplotlib", "pycocotools")
+
+
+def executed_with() -> dict[str, str]:
+    """Python and the versions of the packages whose results a chapter's outputs show."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version(), "machine": platform.machine()}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
 def execute(path: Path) -> float:
     import nbformat
     from nbclient import NotebookClient
@@ -99,6 +118,7 @@ def execute(path: Path) -> float:
     )
     client.execute()
     elapsed = time.perf_counter() - start
+    nb.metadata["ssd_tutorial"] = {"executed_with": executed_with()}
     nbformat.write(nb, path)
     return elapsed
 

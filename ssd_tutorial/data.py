@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import defusedxml.ElementTree as SafeET
 import numpy as np
@@ -43,7 +43,11 @@ __all__ = [
     "SHAPES_CLASSES",
     "Target",
     "Transform",
+    "image_backend",
     "read_image",
+    "encode_jpeg",
+    "write_jpeg",
+    "decode_jpegs",
     "parse_voc_xml",
     "VOCDataset",
     "voc0712_trainval",
@@ -70,37 +74,109 @@ Transform = Callable[[Tensor, Target], tuple[Tensor, Target]]
 # --------------------------------------------------------------------------------------------
 # Reading images and annotations
 # --------------------------------------------------------------------------------------------
+# Three decoders, one result.  torchvision >= 0.29 deprecates its image codecs in favour of
+# TorchCodec (>= 0.16); TorchCodec needs a recent torch (0.16: torch >= 2.11), and a machine may
+# lack it (the GPU machine of this project has torch 2.11 and no TorchCodec).  So: TorchCodec
+# where it imports, else torchvision.io (its deprecation silenced: it is the fallback, chosen on
+# purpose), else PIL for the files both refuse (some CMYK JPEGs).  All give the same pixels
+# (tests/test_data.py checks it file by file).
+class _Codecs(NamedTuple):
+    decode_image: Callable[..., Tensor]
+    decode_jpeg: Callable[..., Any]
+    JpegEncoder: Callable[..., Any]
+
+
+def _torchcodec_image_codecs() -> _Codecs | None:
+    """TorchCodec's image codecs, or None where it is absent or unusable."""
+    try:
+        from torchcodec.decoders import decode_image, decode_jpeg
+        from torchcodec.encoders import JpegEncoder
+    except Exception:  # ImportError, or its native library refusing this torch (RuntimeError, OSError)
+        return None
+    return _Codecs(decode_image, decode_jpeg, JpegEncoder)
+
+
 @contextmanager
 def _quiet_torchvision_io() -> Iterator[None]:
-    """Silence the DeprecationWarning that torchvision >= 0.29 gives on every image decode/encode
-    (torchcodec will take over); the functions still work, and the warning would flood a chapter."""
+    """Silence the DeprecationWarning that torchvision >= 0.29 gives on every image decode/encode:
+    we call it only where TorchCodec is missing, and the warning would flood a chapter."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         yield
 
 
-def read_image(path: str | Path) -> Tensor:
+def image_backend() -> str:
+    """The decoder :func:`read_image` tries first: ``"torchcodec"`` or ``"torchvision"``."""
+    return "torchcodec" if _torchcodec_image_codecs() is not None else "torchvision"
+
+
+def read_image(path: str | Path, backend: str | None = None) -> Tensor:
     """Decode an image file to RGB uint8 ``[3, H, W]``.
 
-    Grayscale, RGBA and CMYK files all come out as 3-channel RGB.  torchvision.io decodes
-    (fast, libjpeg-turbo); PIL is the fallback for what it refuses (e.g. some CMYK JPEGs).
+    Grayscale, RGBA and CMYK files all come out as 3-channel RGB.  ``backend`` (``"torchcodec"``,
+    ``"torchvision"`` or ``"pil"``; default :func:`image_backend`) picks the first decoder tried;
+    PIL is the fallback for what the others refuse (e.g. some CMYK JPEGs).
     A missing file raises ``FileNotFoundError``; an undecodable one ``ValueError``; both name
     the file.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
+    backend = backend or image_backend()
+    if backend not in ("torchcodec", "torchvision", "pil"):
+        raise ValueError(f"unknown image backend {backend!r}: use 'torchcodec', 'torchvision' or 'pil'")
+    codecs = _torchcodec_image_codecs() if backend == "torchcodec" else None
+    if backend == "torchcodec" and codecs is None:
+        raise ValueError("image backend 'torchcodec' asked for, but torchcodec does not import")
+    image = None
     try:
-        with _quiet_torchvision_io():
-            data = read_file(str(path))  # uint8 [num_bytes]
-            image = decode_image(data, mode=ImageReadMode.RGB)  # [3, H, W] uint8
-        if image.ndim == 3 and image.shape[0] == 3:
-            return image
-    except RuntimeError:
-        pass
+        if codecs is not None:
+            image = codecs.decode_image(path.read_bytes(), mode="RGB")  # [3, H, W] uint8 (or [N, 3, H, W])
+        elif backend == "torchvision":
+            from torchvision.io import ImageReadMode, decode_image, read_file
+
+            with _quiet_torchvision_io():
+                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # [3, H, W] uint8
+    except (RuntimeError, ValueError):
+        image = None  # refused: PIL below
+    if image is not None and image.ndim == 4:
+        image = image[0]  # first frame of an animated GIF/WebP, as PIL gives
+    if image is not None and image.ndim == 3 and image.shape[0] == 3:
+        return image.contiguous()
     return _read_image_pil(path)
+
+
+def encode_jpeg(image: Tensor, quality: int = 90) -> Tensor:
+    """uint8 ``[3, H, W]`` (or ``[1, H, W]``) ``image`` -> its JPEG file bytes, uint8 ``[num_bytes]``."""
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"encode_jpeg wants uint8 [3, H, W] or [1, H, W], got {image.dtype} {list(image.shape)}")
+    codecs = _torchcodec_image_codecs()
+    if codecs is not None:
+        return codecs.JpegEncoder(image.contiguous()).to_tensor(quality=quality)
+    from torchvision.io import encode_jpeg as torchvision_encode_jpeg
+
+    with _quiet_torchvision_io():
+        return torchvision_encode_jpeg(image, quality=quality)
+
+
+def write_jpeg(image: Tensor, path: str | Path, quality: int = 90) -> None:
+    """Encode uint8 ``[3, H, W]`` (or ``[1, H, W]``) ``image`` as a JPEG file at ``path``."""
+    Path(path).write_bytes(encode_jpeg(image, quality).numpy().tobytes())
+
+
+def decode_jpegs(data: list[Tensor], device: str | torch.device = "cpu") -> list[Tensor]:
+    """JPEG file bytes (uint8 ``[num_bytes]`` each) -> RGB uint8 ``[3, H, W]`` each, decoded on
+    ``device`` (one batched nvJPEG call on CUDA).  Grayscale JPEGs come out with 3 equal channels."""
+    codecs = _torchcodec_image_codecs()
+    if codecs is not None:
+        return list(codecs.decode_jpeg(list(data), mode="RGB", device=device))
+    from torchvision.io import ImageReadMode, decode_jpeg as torchvision_decode_jpeg
+
+    with _quiet_torchvision_io():
+        try:
+            return list(torchvision_decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device))
+        except (RuntimeError, ValueError):  # an nvjpeg without RGB conversion: expand grey here
+            return [im.expand(3, -1, -1) for im in torchvision_decode_jpeg(list(data), device=device)]
 
 
 def _read_image_pil(path: Path) -> Tensor:
@@ -455,8 +531,6 @@ def write_voc_split(
     <xmax>20</xmax>``; reading back with :class:`VOCDataset` therefore gives x1 + 1, y1 + 1.
     Returns ``root``; existing files of the same ids are overwritten, the split file appended to.
     """
-    from torchvision.io import encode_jpeg, write_file
-
     root = Path(root)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -464,8 +538,7 @@ def write_voc_split(
     for index in range(len(dataset)):
         image, target = dataset[index]
         image_id = str(target["image_id"])
-        with _quiet_torchvision_io():
-            write_file(str(root / "JPEGImages" / f"{image_id}.jpg"), encode_jpeg(image, quality=quality))
+        write_jpeg(image, root / "JPEGImages" / f"{image_id}.jpg", quality=quality)
         ann = ET.Element("annotation")
         ET.SubElement(ann, "folder").text = root.name
         ET.SubElement(ann, "filename").text = f"{image_id}.jpg"

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssd_tutorial.data import read_image
+
 __all__ = ["model_from_checkpoint", "read_image_file", "detect_image", "save_detections_figure", "main"]
 
 
@@ -69,16 +71,11 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
 
 
 def read_image_file(path: str | Path) -> Tensor:
-    """An image file (JPEG/PNG) -> uint8 ``[3, H, W]`` RGB (grayscale is repeated, alpha dropped)."""
-    from torchvision.io import ImageReadMode, read_image
+    """An image file (JPEG/PNG/...) -> uint8 ``[3, H, W]`` RGB (grayscale is repeated, alpha dropped).
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image at {path}")
-    try:
-        return read_image(str(path), mode=ImageReadMode.RGB)
-    except RuntimeError as error:
-        raise ValueError(f"cannot decode {path} as an image: {error}") from None
+    The same decoder as the datasets (:func:`ssd_tutorial.data.read_image`).
+    """
+    return read_image(path)
 
 
 def detect_image(

@@ -7,6 +7,7 @@ Images may be ``uint8 [3, H, W]`` tensors, ``float [3, H, W]`` tensors in [0, 1]
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -157,7 +158,12 @@ def draw_default_boxes(
 
 
 class _Source:
-    """The source of a function, shown highlighted in a notebook and as plain text elsewhere."""
+    """The source of a function: a fenced Python block in a notebook, plain text elsewhere.
+
+    The notebook stores Markdown, not highlighted HTML: Sphinx highlights it when the book is
+    built and Jupyter/Colab when they render it, so the stored output is the source text itself
+    (what nbval should compare) and not one Pygments release's HTML.
+    """
 
     def __init__(self, code: str) -> None:
         self.code = code
@@ -165,13 +171,11 @@ class _Source:
     def __repr__(self) -> str:
         return self.code
 
-    def _repr_html_(self) -> str:
-        from pygments import highlight
-        from pygments.formatters import HtmlFormatter
-        from pygments.lexers import PythonLexer
-
-        formatter = HtmlFormatter(noclasses=True, style="default")
-        return highlight(self.code, PythonLexer(), formatter)
+    def _repr_markdown_(self) -> str:
+        # A fence longer than any run of backticks inside the code cannot be closed by it.
+        longest = max((len(run) for run in re.findall(r"`+", self.code)), default=0)
+        fence = "`" * max(3, longest + 1)
+        return f"{fence}python\n{self.code}\n{fence}"
 
 
 def show_source(obj: Any) -> _Source:

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchvision.io import encode_jpeg, write_file
 
 from ssd_tutorial.data import (
     SHAPES_CLASSES,
@@ -16,8 +15,10 @@ from ssd_tutorial.data import (
     ShapesDataset,
     VOCDataset,
     detection_collate,
+    image_backend,
     parse_voc_xml,
     read_image,
+    write_jpeg,
     voc0712_trainval,
     write_voc_split,
 )
@@ -51,7 +52,7 @@ def _voc_folder(tmp_path: Path, ids: list[str]) -> Path:
 
 
 def _write_jpeg(path: Path, image: torch.Tensor) -> None:
-    write_file(str(path), encode_jpeg(image, quality=95))
+    write_jpeg(image, path, quality=95)
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,29 +180,84 @@ def test_missing_and_corrupt_images(tmp_path: Path) -> None:
         VOCDataset(root, split="test")
 
 
-def test_grayscale_rgba_and_cmyk_become_rgb(tmp_path: Path) -> None:
+def _backends() -> list[str]:
+    """Every decoder read_image can start from on this machine."""
+    available = ["torchvision", "pil"]
+    return (["torchcodec"] + available) if image_backend() == "torchcodec" else available
+
+
+@pytest.mark.parametrize("backend", ["torchcodec", "torchvision", "pil"])
+def test_grayscale_rgba_and_cmyk_become_rgb(tmp_path: Path, backend: str) -> None:
     from PIL import Image
+
+    if backend not in _backends():
+        pytest.skip("torchcodec is not installed (or does not import with this torch)")
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, size=(12, 16), dtype=np.uint8)
-    Image.fromarray(gray, mode="L").save(tmp_path / "gray.jpg", quality=100)
-    Image.fromarray(gray, mode="L").save(tmp_path / "gray.png")
+    Image.fromarray(gray).save(tmp_path / "gray.jpg", quality=100)
+    Image.fromarray(gray).save(tmp_path / "gray.png")
     rgba = rng.integers(0, 256, size=(12, 16, 4), dtype=np.uint8)
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
-    Image.fromarray(rgba[..., :3], mode="RGB").convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[..., :3]).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
 
-    image = read_image(tmp_path / "gray.png")  # lossless: every channel equals the grey value
+    image = read_image(tmp_path / "gray.png", backend)  # lossless: every channel equals the grey value
     assert image.shape == (3, 12, 16) and image.dtype == torch.uint8
     for c in range(3):
         assert torch.equal(image[c], torch.from_numpy(gray))
-    jpeg = read_image(tmp_path / "gray.jpg")
+    jpeg = read_image(tmp_path / "gray.jpg", backend)
     assert jpeg.shape == (3, 12, 16) and torch.equal(jpeg[0], jpeg[1]) and torch.equal(jpeg[1], jpeg[2])
-    rgba_read = read_image(tmp_path / "rgba.png")
+    rgba_read = read_image(tmp_path / "rgba.png", backend)
     assert torch.equal(rgba_read, torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
-    cmyk = read_image(tmp_path / "cmyk.jpg")
+    cmyk = read_image(tmp_path / "cmyk.jpg", backend)
     assert cmyk.shape == (3, 12, 16)
     reference = torch.from_numpy(np.array(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))).permute(2, 0, 1)
     assert (cmyk.int() - reference.int()).abs().max() <= 3  # same colours as PIL's conversion
+
+
+def test_every_decoder_gives_the_same_pixels(tmp_path: Path) -> None:
+    """TorchCodec, torchvision.io and PIL agree exactly on real photos, our JPEGs and PNGs."""
+    from PIL import Image
+
+    files = sorted(SHARED.glob("*/JPEGImages/*.jpg"))[::7]  # real camera JPEGs, where present
+    image, _ = ShapesDataset(1, image_size=96, seed=5)[0]
+    write_jpeg(image, tmp_path / "ours.jpg", quality=90)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "ours.png")
+    files += [tmp_path / "ours.jpg", tmp_path / "ours.png"]
+    for path in files:
+        decoded = {backend: read_image(path, backend) for backend in _backends()}
+        reference = decoded.pop("pil")
+        for backend, pixels in decoded.items():
+            assert torch.equal(pixels, reference), f"{backend} and PIL decode {path.name} differently"
+    assert torch.equal(read_image(tmp_path / "ours.png"), image)  # PNG is lossless
+
+
+def test_without_torchcodec_the_torchvision_path_reads_and_writes_quietly(tmp_path: Path, monkeypatch) -> None:
+    """Where TorchCodec is missing (torch 2.11 machines), torchvision.io does the work, with the
+    same pixels and no DeprecationWarning reaching the user."""
+    import warnings
+
+    import ssd_tutorial.data as data
+
+    image, _ = ShapesDataset(1, image_size=64, seed=2)[0]
+    with_codec = data.encode_jpeg(image, quality=90)
+    monkeypatch.setattr(data, "_torchcodec_image_codecs", lambda: None)
+    assert data.image_backend() == "torchvision"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.write_jpeg(image, tmp_path / "fallback.jpg", quality=90)
+        fallback = read_image(tmp_path / "fallback.jpg")
+        batch = data.decode_jpegs([with_codec, data.encode_jpeg(image[:1], quality=90)])
+    assert torch.equal(fallback, read_image(tmp_path / "fallback.jpg", "pil"))
+    assert (fallback.int() - image.int()).abs().float().mean() < 8  # a q90 JPEG of it (5.2), not noise
+    assert [tuple(b.shape) for b in batch] == [(3, 64, 64), (3, 64, 64)]
+    assert torch.equal(batch[1][0], batch[1][2])  # grey JPEG: three equal channels
+
+
+def test_read_image_rejects_an_unknown_backend(tmp_path: Path) -> None:
+    write_jpeg(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / "x.jpg")
+    with pytest.raises(ValueError, match="unknown image backend 'opencv'"):
+        read_image(tmp_path / "x.jpg", "opencv")
 
 
 def test_voc0712_helper_concatenates_years(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-import torchvision
+from PIL import Image
 
 from ssd_tutorial.checkpoint import save_atomic
 from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset
@@ -24,7 +24,7 @@ def tiny_state():
 def shapes_png(tmp_path):
     image, _ = ShapesDataset(1, seed=3)[0]  # uint8 [3, 300, 300]
     path = tmp_path / "shapes.png"
-    torchvision.io.write_png(image, str(path))
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
     return path, image
 
 
@@ -103,7 +103,7 @@ def test_pickled_checkpoint_and_foreign_state_dict_refused(tmp_path):
 def test_read_image_file_gray_png_becomes_rgb(tmp_path):
     gray = torch.arange(64, dtype=torch.uint8).reshape(1, 8, 8)
     path = tmp_path / "gray.png"
-    torchvision.io.write_png(gray, str(path))
+    Image.fromarray(gray[0].numpy()).save(path)  # 2-D uint8: mode L
     image = read_image_file(path)
     assert image.shape == (3, 8, 8) and torch.equal(image[0], image[2]) and torch.equal(image[0], gray[0])
 

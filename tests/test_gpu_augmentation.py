@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD, SSDAugmentation
@@ -130,27 +130,35 @@ def test_geometry_boxes_land_on_their_pixels():
     assert checked >= 10
 
 
+def _crop_test_batch(g: torch.Generator, B: int = 16, G: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of [B, G, 4] normalized boxes big enough for IoU 0.7 crops, a validity mask, aspects."""
+    xy = torch.rand(B, G, 2, generator=g) * 0.4
+    wh = 0.45 + 0.15 * torch.rand(B, G, 2, generator=g)
+    boxes = torch.cat((xy, xy + wh), dim=-1)
+    valid = torch.rand(B, G, generator=g) < 0.8
+    valid[:, 0] = True
+    aspect = 0.6 + torch.rand(B, generator=g)
+    return boxes, valid, aspect
+
+
+# Only properties of the crops that were sampled are asserted: whether every image of a batch
+# finds a crop within its 50 trials is chance (seed=66, min_iou=0.5 found 15 of 16), and a count
+# of successes would fail on some fresh machine's Hypothesis draws.
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 10_000),
     min_iou=st.sampled_from([0.1, 0.3, 0.5, 0.7]),
 )
+@example(seed=66, min_iou=0.5)
 def test_sampled_crops_honour_min_iou_and_contain_a_centre(seed, min_iou):
     g = torch.Generator().manual_seed(seed)
     B, G = 16, 3
-    xy = torch.rand(B, G, 2, generator=g) * 0.4
-    wh = 0.45 + 0.15 * torch.rand(B, G, 2, generator=g)
-    boxes = torch.cat((xy, xy + wh), dim=-1)  # [B, G, 4] normalized, big enough for 0.7
-    valid = torch.rand(B, G, generator=g) < 0.8
-    valid[:, 0] = True
-    aspect = 0.6 + torch.rand(B, generator=g)
+    boxes, valid, aspect = _crop_test_batch(g, B, G)
     crops = sample_crops(boxes, valid, aspect, g, max_trials=50, min_ious=(min_iou,))
     whole = torch.tensor([0.0, 0.0, 1.0, 1.0])
-    cropped = 0
     for b in range(B):
         if torch.equal(crops[b], whole):
             continue  # every trial failed: the whole image is kept, as on the CPU
-        cropped += 1
         c = crops[b]
         real = boxes[b][valid[b]]
         assert _pairwise_iou(c[None], real).max() >= min_iou
@@ -159,7 +167,18 @@ def test_sampled_crops_honour_min_iou_and_contain_a_centre(seed, min_iou):
         w, h = (c[2] - c[0]).item(), (c[3] - c[1]).item()
         assert 0.3 - 1e-6 <= w <= 1 and 0.3 - 1e-6 <= h <= 1
         assert 0.5 - 1e-5 <= h / w * aspect[b].item() <= 2 + 1e-5
-    assert cropped >= (B if min_iou <= 0.5 else 2)  # IoU >= 0.7 needs a patch close to a box: rarer
+
+
+def test_sampled_crops_are_not_all_fallbacks():
+    """The sampler does crop: on fixed draws (one seed, so the count is the same on every machine)
+    almost every image of a batch finds an IoU >= 0.1 crop, and some find IoU >= 0.7."""
+    whole = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    for min_iou, at_least in ((0.1, 60), (0.7, 16)):
+        g = torch.Generator().manual_seed(2024)
+        boxes, valid, aspect = _crop_test_batch(g, B=64)
+        crops = sample_crops(boxes, valid, aspect, g, max_trials=50, min_ious=(min_iou,))
+        cropped = sum(not torch.equal(c, whole) for c in crops)
+        assert cropped >= at_least, (min_iou, cropped)
 
 
 def test_crop_options_whole_image_and_no_objects():

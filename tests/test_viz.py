@@ -1,6 +1,7 @@
 """Tests for ssd_tutorial.viz: image conversion, the sample photo, what the box helpers draw."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import matplotlib
@@ -125,5 +126,18 @@ def test_show_source_is_the_real_source():
     src = show_source(box_iou)
     assert repr(src).startswith("def box_iou(a: Tensor, b: Tensor) -> Tensor:")
     assert "torch.where(union > 0" in repr(src)
-    html = src._repr_html_()
-    assert "<div" in html and "box_iou" in html
+    assert inspect.getsource(box_iou).rstrip("\n") == repr(src)
+    markdown = src._repr_markdown_()
+    assert markdown == "```python\n" + repr(src) + "\n```"
+    assert not hasattr(src, "_repr_html_")  # no library's HTML is stored in the notebooks
+
+
+def test_show_source_fence_outlasts_backticks_in_the_code():
+    """A docstring holding ``` must not close the fenced block early."""
+    from ssd_tutorial.viz import _Source
+
+    code = 'def f():\n    """Run:\n\n    ````\n    f()\n    ````\n    """'
+    markdown = _Source(code)._repr_markdown_()
+    fence = markdown.split("python", 1)[0]
+    assert fence == "`````" and markdown.endswith("\n" + fence)
+    assert markdown[len(fence) + len("python\n") : -len(fence) - 1] == code
