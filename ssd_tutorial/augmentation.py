@@ -78,7 +78,10 @@ MIN_IOU_CHOICES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -mat
 BRIGHTNESS_DELTA = 32.0  # add U(-32, 32) to every channel, on the 0..255 scale
 CONTRAST_RANGE = (0.5, 1.5)  # multiply every channel by U(0.5, 1.5)
 SATURATION_RANGE = (0.5, 1.5)  # multiply S (HSV) by U(0.5, 1.5)
-HUE_DELTA = 18.0  # add U(-18, 18) degrees to H
+# Caffe's hue_delta is 18 in OpenCV's 8-bit hue units (cvtColor to HSV on uint8: 180 units a
+# turn, im_transforms.cpp AdjustHue), so +-18 units is +-36 degrees.  (ssd.pytorch adds 18 to
+# OpenCV's float hue, which is in degrees: half Caffe's range.)
+HUE_DELTA = 36.0  # add U(-36, 36) degrees to H
 # The orders of the RGB channels a channel swap picks from (all but the identity).
 CHANNEL_PERMUTATIONS: tuple[tuple[int, int, int], ...] = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
@@ -170,7 +173,7 @@ def sample_photometric(
 ) -> PhotometricParams:
     """Draw the distortion of the released Caffe SSD (``distort_param`` of ssd_pascal.py).
 
-    Each of brightness (+-32), contrast (x0.5-1.5), saturation (x0.5-1.5) and hue (+-18 deg)
+    Each of brightness (+-32), contrast (x0.5-1.5), saturation (x0.5-1.5) and hue (+-36 deg)
     happens with probability 0.5; contrast goes before or after the HSV steps with equal odds
     (the "random order").  Caffe SSD: ``random_order_prob`` = 0, so channels are never swapped
     by default; ssd.pytorch swaps them with probability 0.5 (pass ``channel_swap_prob=0.5``).

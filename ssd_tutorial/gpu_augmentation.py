@@ -84,7 +84,7 @@ def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap
 
     Per image, with the distributions of Caffe SSD / ``SSDAugmentation``: brightness
     (p=0.5, +U(-32, 32)), contrast (p=0.5, x U(0.5, 1.5)) before or after the HSV steps with
-    equal odds, saturation (p=0.5, S x U(0.5, 1.5)), hue (p=0.5, H + U(-18, 18) degrees), and a
+    equal odds, saturation (p=0.5, S x U(0.5, 1.5)), hue (p=0.5, H + U(-36, 36) degrees), and a
     channel swap with probability ``channel_swap_prob`` (Caffe SSD: 0; ssd.pytorch: 0.5).
     Values are clamped to [0, 255] after brightness and contrast, S to [0, 1].
     Images that skip a step get the identity parameter (0 shift, factor 1), so every step is one

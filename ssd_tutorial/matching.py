@@ -2,25 +2,27 @@
 
 Three steps turn an image's objects into training targets for the 8732 default boxes:
 
-1. ``match``  -- every object takes its best default box (forced, whatever the overlap), then every
-   other default box takes the object it overlaps most if IoU >= threshold; the rest are
-   background (label 0).
+1. ``match``  -- every object takes a default box of its own (forced, whatever the overlap: its
+   best, or its next best where another object overlaps that one more), then every other default
+   box takes the object it overlaps most if IoU >= threshold; the rest are background (label 0).
 2. ``encode`` -- each matched box becomes four offsets relative to its default box, scaled by the
    variances (0.1, 0.2).  ``decode`` turns offsets back into boxes.
-3. ``build_targets`` -- steps 1 and 2 for a whole batch at once, with no Python loop over objects
-   or default boxes, so it runs on the GPU beside the model.
+3. ``build_targets`` -- steps 1 and 2 for a whole batch at once, with no Python loop over images
+   or default boxes and no host synchronisation, so it runs on the GPU beside the model.
+
+Forced matches follow the released Caffe SSD (``MatchBBox`` in bbox_util.cpp, bipartite step):
+greedily, best pair first.  The (object, default box) pair of highest IoU is matched, both leave
+the pool, and the next best pair among the rest is matched, until every object has its default
+box.  So when two objects share a best default box, the one overlapping it most keeps it and the
+other takes its next-best box: no object that overlaps any default box ends without a positive.
+(torchvision and ssd.pytorch let the object written last take a shared best box and leave the
+other with only its above-threshold matches, so their result depends on the annotations' order.)
 
 Tie rules (shared by ``match`` and ``build_targets``, which agree exactly):
 
-* an object whose IoU with several default boxes is equally best takes the one with the lowest
-  index (the first in ``default_boxes`` order);
+* among pairs of equal IoU in the greedy step, the lowest default-box index wins, then the lowest
+  object index (Caffe's loop order, with its strict ``>``);
 * a default box that overlaps several objects equally takes the object with the lowest index;
-* when several objects have the same best default box, the box goes to the object that overlaps
-  it most (lowest index on an exact tie).  The other objects keep only their matches above the
-  threshold -- they can end with none.  It needs two objects that nearly coincide, which is rare.
-  (torchvision and ssd.pytorch let the object written last win, so their result depends on the
-  order of the annotations; Caffe SSD matches greedily, best pair first, and gives the loser its
-  next-best box.)
 * an object that overlaps no default box at all (IoU 0 everywhere, e.g. zero area) forces nothing.
 
 Boxes of objects are normalized ``xyxy``; default boxes (priors) are normalized ``cxcywh``.
@@ -34,7 +36,7 @@ from torch import Tensor
 
 from ssd_tutorial.boxes import box_iou, check_boxes, cxcywh_to_xyxy, xyxy_to_cxcywh
 
-__all__ = ["VARIANCES", "match", "encode", "decode", "build_targets"]
+__all__ = ["VARIANCES", "greedy_bipartite", "match", "encode", "decode", "build_targets"]
 
 # Caffe SSD: the released code divides the centre offsets by 0.1 and the log-size offsets by 0.2
 # ("variances").  The paper's equation 2 has no such factors.
@@ -67,6 +69,53 @@ def _check_priors(priors_cxcywh: Tensor) -> None:
     check_boxes(priors_cxcywh, "priors_cxcywh")
     if priors_cxcywh.ndim != 2 or priors_cxcywh.shape[0] == 0:
         raise ValueError(f"priors_cxcywh must have shape [P, 4] with P > 0, got {list(priors_cxcywh.shape)}")
+
+
+def greedy_bipartite(iou: Tensor) -> Tensor:
+    """Caffe SSD's bipartite step: best (object, default box) pair first, each used once.
+
+    ``iou [B, G, P]`` (>= 0; padding objects all 0) -> ``forced_obj [B, P]`` long: the object
+    forced onto each default box, or -1.  Ties: the lowest default box, then
+    the lowest object.  No host synchronisation.
+
+    Before an object is matched, fewer than G of its default boxes can have been taken (one a
+    pass), so its best remaining box is always among its K = min(G, P) best: the greedy passes
+    run on those candidates, not on all P boxes.  Each pair is ranked by one exact int64 key:
+    the IoU's float32 bits, then the default box (lower first), then the object (lower first).
+    """
+    batch, g_max, num_priors = iou.shape
+    k = min(g_max, num_priors)
+    prior_bits, obj_bits = max(1, (num_priors - 1).bit_length()), max(1, (g_max - 1).bit_length())
+    # Each object's K best boxes.  topk alone may cut a run of equal IoU anywhere, so the boxes
+    # strictly above the K-th value are kept and the rest filled with the lowest-index boxes
+    # equal to it: exactly the first K in (IoU desc, index asc) order.
+    values, indices = iou.topk(k, dim=2)  # [B, G, K]
+    kth = values[..., -1:]  # [B, G, 1]
+    above = values > kth  # [B, G, K]
+    prior_index = torch.arange(num_priors, device=iou.device, dtype=iou.dtype)
+    at_kth = torch.where(iou == kth, -prior_index, float("-inf"))  # [B, G, P]: lower index, higher
+    tie_score, tie_indices = at_kth.topk(k, dim=2)  # [B, G, K]
+    rank = torch.arange(k, device=iou.device)
+    tie_kept = (tie_score > float("-inf")) & (rank < k - above.sum(-1, keepdim=True))  # [B, G, K]
+    cand_prior = torch.cat((indices, tie_indices), dim=2)  # [B, G, 2K]
+    cand_iou = torch.cat((values, kth.expand_as(values)), dim=2).float()  # [B, G, 2K]
+    kept = torch.cat((above, tie_kept), dim=2) & (cand_iou > 0)  # IoU 0 is no pair
+    cand_bits = cand_iou.view(torch.int32).long()  # float32 bits: monotonic for IoU >= 0
+    obj_index = torch.arange(g_max, device=iou.device)[None, :, None]  # [1, G, 1]
+    key = (cand_bits << (prior_bits + obj_bits)) | ((num_priors - 1 - cand_prior) << obj_bits) | (g_max - 1 - obj_index)
+    key = key.masked_fill(~kept, -1)
+    forced_obj = torch.full((batch, num_priors + 1), -1, dtype=torch.long, device=iou.device)  # column P: dump
+    rows = torch.arange(batch, device=iou.device)
+    for _ in range(g_max):
+        best = key.reshape(batch, -1).max(dim=1).values  # [B]
+        found = best >= 0  # [B]
+        obj = g_max - 1 - (best & ((1 << obj_bits) - 1))  # [B]
+        prior = num_priors - 1 - ((best >> obj_bits) & ((1 << prior_bits) - 1))  # [B]
+        forced_obj[rows, torch.where(found, prior, num_priors)] = torch.where(found, obj, -1)
+        # the pair's object and default box leave the pool (where a pair was found)
+        taken = (obj_index == obj[:, None, None]) | (cand_prior == prior[:, None, None])  # [B, G, K]
+        key = key.masked_fill(taken & found[:, None, None], -1)
+    return forced_obj[:, :num_priors]
 
 
 def match(
@@ -108,18 +157,10 @@ def match(
     iou = box_iou(gt_xyxy, priors_xyxy)  # [G, P]
     # torch.max along a dim returns the first of equal maxima (documented): lowest index wins.
     best_obj_iou, best_obj = iou.max(dim=0)  # [P]: each default box's best object
-    best_prior_iou, best_prior = iou.max(dim=1)  # [G]: each object's best default box
 
     # Forced matches (paper p.5: "match each ground truth box to the default box with the best
-    # jaccard overlap").  One object at a time, in index order; a later object takes a box
-    # already forced only if it overlaps it strictly more.
-    forced_obj = torch.full((num_priors,), -1, dtype=torch.long, device=iou.device)  # [P]
-    forced_iou = torch.zeros(num_priors, dtype=iou.dtype, device=iou.device)  # [P]
-    for g, p in enumerate(best_prior.tolist()):
-        if iou[g, p] > forced_iou[p]:  # IoU 0 (the object overlaps nothing) forces nothing
-            forced_obj[p] = g
-            forced_iou[p] = iou[g, p]
-
+    # jaccard overlap"), made greedily as Caffe does so that objects sharing a best box all get one.
+    forced_obj = greedy_bipartite(iou[None])[0]  # [P], -1 where nothing was forced
     forced = forced_obj >= 0  # [P]
     obj = torch.where(forced, forced_obj, best_obj)  # [P]
     positive = forced | (best_obj_iou >= iou_threshold)  # [P]
@@ -237,9 +278,9 @@ def build_targets(
         ``labels [B, P]`` long (0 = background), equal to running :func:`match` and
         :func:`encode` image by image.
 
-    No Python loop touches objects or default boxes: objects are padded to G_max with a validity
-    mask, and the forced matches are written with ``scatter_reduce`` (max of IoU, then min of
-    object index among the equals), which is deterministic on every device.  Label values are
+    No Python loop touches images or default boxes: objects are padded to G_max with zero boxes
+    (IoU 0 with everything), and the forced matches take G_max batched passes of :func:`greedy_bipartite`, deterministic on
+    every device and with no host synchronisation.  Label values are
     not checked here (that would wait for the GPU); ``match`` checks them.
     """
     if len(gt_boxes) != len(gt_labels):
@@ -269,37 +310,18 @@ def build_targets(
     boxes[image, slot] = flat_boxes
     labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
     labels[image, slot] = flat_labels
-    valid = torch.zeros(batch, g_max, dtype=torch.bool, device=device)  # [B, G]
-    valid[image, slot] = True
     flat_iou = _batched_iou(flat_boxes, priors_xyxy)  # [N, P]
     iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
     iou[image, slot] = flat_iou
 
     # torch.max along a dim returns the first of equal maxima: lowest index wins, as in match.
     best_obj_iou, best_obj = iou.max(dim=1)  # [B, P]: each default box's best object
-    flat_best_iou, flat_best_prior = flat_iou.max(dim=1)  # [N]: each object's best default box
-    best_prior_iou = torch.zeros(batch, g_max, device=device, dtype=dtype)  # [B, G]
-    best_prior_iou[image, slot] = flat_best_iou
-    best_prior = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
-    best_prior[image, slot] = flat_best_prior
 
-    # Forced matches.  Objects that claim nothing (padding, or IoU 0 everywhere) send their claim
-    # to a dummy column P that is dropped afterwards.
-    claims = valid & (best_prior_iou > 0)  # [B, G]
-    target_col = torch.where(claims, best_prior, num_priors)  # [B, G]
-    claim_iou = torch.where(claims, best_prior_iou, torch.zeros_like(best_prior_iou))  # [B, G]
-    strongest = torch.zeros(batch, num_priors + 1, device=device, dtype=iou.dtype)  # [B, P+1]
-    strongest = strongest.scatter_reduce(1, target_col, claim_iou, reduce="amax", include_self=True)
-    # among the objects whose claim equals the strongest on their box, the lowest index wins
-    is_winner = claims & (claim_iou == strongest.gather(1, target_col))  # [B, G]
-    object_index = torch.arange(g_max, device=device).expand(batch, g_max)  # [B, G]
-    candidate = torch.where(is_winner, object_index, g_max)  # [B, G]
-    winner = torch.full((batch, num_priors + 1), g_max, dtype=torch.long, device=device)  # [B, P+1]
-    winner = winner.scatter_reduce(1, target_col, candidate, reduce="amin", include_self=True)
-    winner = winner[:, :num_priors]  # [B, P]; g_max where nothing was forced
+    # Forced matches, greedily as in match (padding objects, IoU 0 everywhere, never take part).
+    forced_obj = greedy_bipartite(iou)  # [B, P], -1 where nothing was forced
 
-    forced = winner < g_max  # [B, P]
-    obj = torch.where(forced, winner, best_obj)  # [B, P]
+    forced = forced_obj >= 0  # [B, P]
+    obj = torch.where(forced, forced_obj, best_obj)  # [B, P]
     positive = forced | (best_obj_iou >= iou_threshold)  # [B, P]
     out_labels = labels.gather(1, obj).masked_fill_(~positive, 0)  # [B, P]
     row = obj + g_max * torch.arange(batch, device=device)[:, None]  # [B, P]: row in [B * G]

@@ -167,14 +167,22 @@ class SeededItems(Dataset):
             random.setstate(saved[2])
 
 
-def _collate_to_flat(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+def _collate_to_flat(
+    batch: Sequence[tuple[Tensor, dict[str, Any]]],
+) -> tuple[Tensor | list[Tensor], Tensor, Tensor, list[int]]:
     """Stack images; concatenate every box and label into one tensor (one host->device copy each).
 
     Returns ``(images [B, 3, H, W], boxes [sum G_i, 4], labels [sum G_i], counts [G_i per image])``.
+    Images of different sizes (photos not yet augmented: ``augment_on_gpu``) stay a list of
+    ``[3, H_i, W_i]``, which :func:`ssd_tutorial.gpu_augmentation.gpu_ssd_augment` takes.
     """
     from ssd_tutorial.data import detection_collate
 
-    images, targets = detection_collate(batch)
+    if len({tuple(image.shape) for image, _ in batch}) > 1:
+        images: Tensor | list[Tensor] = [image for image, _ in batch]
+        targets = [target for _, target in batch]
+    else:
+        images, targets = detection_collate(batch)
     counts = [int(t["boxes"].shape[0]) for t in targets]
     boxes = torch.cat([t["boxes"].reshape(-1, 4).float() for t in targets])  # [sum G_i, 4]
     labels = torch.cat([t["labels"].reshape(-1).long() for t in targets])  # [sum G_i]
@@ -578,10 +586,17 @@ class Trainer:
         elif not bool(nonfinite):  # host check: free on CPU, one synchronisation on CUDA
             self.optimizer.step()
 
-    def _to_device(self, batch: tuple[Tensor, Tensor, Tensor, list[int]]) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def _to_device(
+        self, batch: tuple[Tensor | list[Tensor], Tensor, Tensor, list[int]]
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         images, boxes, labels, counts = batch
         dev = self.device
-        images = images.to(dev, non_blocking=True)
+        if isinstance(images, list):  # photos of different sizes, for gpu_ssd_augment
+            if not self.gpu_augment:
+                raise ValueError("images of different sizes reached the model: resize them (augment=True)")
+            images = [image.to(dev, non_blocking=True) for image in images]
+        else:
+            images = images.to(dev, non_blocking=True)
         boxes = boxes.to(dev, non_blocking=True)
         labels = labels.to(dev, non_blocking=True)
         if self.gpu_augment:

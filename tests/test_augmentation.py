@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from ssd_tutorial.augmentation import (
     IMAGENET_MEAN,
+    HUE_DELTA,
     MIN_IOU_CHOICES,
     PhotometricParams,
     SSDAugmentation,
@@ -121,6 +122,23 @@ def test_photometric_steps_by_hand() -> None:
     assert green == pytest.approx([0, 255, 0], abs=1e-3)
     swapped = apply_photometric(pixel, PhotometricParams(channel_order=(2, 1, 0))).flatten().tolist()
     assert swapped == [200.0, 50.0, 100.0]
+
+
+def test_hue_range_is_caffes():
+    """Caffe's hue_delta 18 is in OpenCV's uint8 hue units (180 a turn): pure red at the top of
+    the range is H = 18 units = 36 degrees, which colorsys gives as (255, 153, 0)."""
+    caffe_hue_delta_units, opencv_units_per_turn = 18, 180
+    degrees = caffe_hue_delta_units * 360 / opencv_units_per_turn
+    assert HUE_DELTA == degrees
+    expected = [255 * c for c in colorsys.hsv_to_rgb(degrees / 360, 1.0, 1.0)]
+    assert expected == pytest.approx([255, 153, 0])
+    red = torch.tensor([255.0, 0.0, 0.0]).reshape(3, 1, 1)
+    top = apply_photometric(red, PhotometricParams(hue=HUE_DELTA)).flatten().tolist()
+    assert top == pytest.approx(expected, abs=1e-3)
+    g = torch.Generator().manual_seed(0)
+    drawn = [sample_photometric(g).hue for _ in range(400)]
+    drawn = [h for h in drawn if h is not None]
+    assert max(abs(h) for h in drawn) <= HUE_DELTA and max(abs(h) for h in drawn) > 0.9 * HUE_DELTA
 
 
 def test_eval_mode_is_resize_and_normalize_only() -> None:

@@ -12,7 +12,7 @@ from torchvision.ops import box_iou as tv_box_iou
 
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.default_boxes import default_boxes
-from ssd_tutorial.matching import build_targets, decode, encode, match
+from ssd_tutorial.matching import build_targets, decode, encode, greedy_bipartite, match
 
 PRIORS = default_boxes()  # [8732, 4] cxcywh
 
@@ -112,24 +112,87 @@ def test_number_of_positives_grows_with_object_size():
 # ----------------------------------------------------------------------------- tie rules
 def test_shared_best_box_goes_to_the_object_overlapping_it_most():
     # Both objects' best box is p3 (0.4..0.6): B covers 0.01 of it (IoU 0.25), C covers
-    # 0.4..0.58 x 0.4..0.58 = 0.0324 (IoU 0.81).  C wins p3 whatever the order; B keeps nothing.
+    # 0.4..0.58 x 0.4..0.58 = 0.0324 (IoU 0.81).  C wins p3 whatever the order; B, as in Caffe,
+    # takes its next-best box, p1 (0.5..1: overlap 0.05 x 0.05, IoU 0.0025 / 0.2575 = 0.0097).
     b = torch.tensor([0.45, 0.45, 0.55, 0.55])
     c = torch.tensor([0.40, 0.40, 0.58, 0.58])
     priors = HAND_PRIORS[[3, 1]]  # only p3 and a far-away box
-    for gt, labels, winner in ((torch.stack((b, c)), torch.tensor([7, 9]), 9), (torch.stack((c, b)), torch.tensor([9, 7]), 9)):
+    for gt, labels in ((torch.stack((b, c)), torch.tensor([7, 9])), (torch.stack((c, b)), torch.tensor([9, 7]))):
         _, out = match(gt, labels, priors)
-        assert out.tolist() == [winner, 0]
+        assert out.tolist() == [9, 7]
         _, batched = build_targets([gt], [labels], priors)
-        assert batched[0].tolist() == [winner, 0]
+        assert batched[0].tolist() == [9, 7]
 
 
 def test_exact_tie_goes_to_the_lower_index():
     gt = torch.tensor([[0.45, 0.45, 0.55, 0.55], [0.45, 0.45, 0.55, 0.55]])  # the same box twice
     labels = torch.tensor([4, 6])
+    # both want p3 (IoU 0.25): object 0 takes it; object 1 its next best, p2 (IoU 0.0196)
     _, out = match(gt, labels, HAND_PRIORS)
-    assert out.tolist() == [0, 0, 0, 4, 0]
+    assert out.tolist() == [0, 0, 6, 4, 0]
     _, batched = build_targets([gt], [labels], HAND_PRIORS)
-    assert batched[0].tolist() == [0, 0, 0, 4, 0]
+    assert batched[0].tolist() == [0, 0, 6, 4, 0]
+
+
+def caffe_bipartite(iou: list[list[float]]) -> dict[int, int]:
+    """Caffe SSD's bipartite matching (bbox_util.cpp, MatchBBox), re-written from its loop:
+    while objects are left, scan default boxes i, then objects j, keep the first strictly larger
+    overlap (only overlaps > 1e-6 are stored), match that pair, drop both.  -> {prior: object}."""
+    num_objects, num_priors = len(iou), len(iou[0])
+    objects_left, matched = list(range(num_objects)), {}
+    while objects_left:
+        best, best_i, best_j = -1.0, -1, -1
+        for i in range(num_priors):
+            if i in matched:
+                continue
+            for j in objects_left:
+                if iou[j][i] > 1e-6 and iou[j][i] > best:
+                    best, best_i, best_j = iou[j][i], i, j
+        if best_i < 0:
+            break
+        matched[best_i] = best_j
+        objects_left.remove(best_j)
+    return matched
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), num_objects=st.integers(1, 7), grid=st.sampled_from([None, 4, 8]))
+def test_forced_matches_are_caffes_bipartite_matching(seed: int, num_objects: int, grid):
+    """On crowded scenes with shared best boxes and exact ties, the forced matches are the pairs
+    of Caffe's loop, and every object that overlaps some default box has a positive."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, PRIORS.shape[0], (60,), generator=gen)
+    priors = PRIORS[idx.unique()]  # few default boxes: objects must compete for them
+    gt, labels = random_scene(gen, num_objects, grid)
+    iou = tv_box_iou(gt, cxcywh_to_xyxy(priors))  # [G, P]
+    expected = caffe_bipartite(iou.tolist())
+    forced = greedy_bipartite(iou[None])[0]
+    assert {p: g for p, g in enumerate(forced.tolist()) if g >= 0} == expected
+    matched, out = match(gt, labels, priors, iou_threshold=0.99)  # the threshold adds ~nothing
+    for p, g in expected.items():
+        assert out[p] == labels[g] and torch.equal(matched[p], gt[g])
+    # an object left out is one whose every overlapping default box went to another object
+    for g in set(range(num_objects)) - set(expected.values()):
+        assert set((iou[g] > 1e-6).nonzero().flatten().tolist()) <= set(expected)
+
+
+def test_no_object_of_a_crowded_batch_is_left_without_a_positive():
+    """Small objects that nearly coincide (a flock, a crowd) share best default boxes; each must
+    still end with a positive of its own, in match and in build_targets."""
+    gen = torch.Generator().manual_seed(7)
+    scenes = []
+    for _ in range(4):
+        centre = 0.2 + 0.6 * torch.rand(2, generator=gen)
+        centres = centre + 0.004 * torch.randn(8, 2, generator=gen)  # 8 objects about 4 px apart
+        half = 0.02 + 0.005 * torch.rand(8, 2, generator=gen)  # 12-15 px objects on a 300 px image
+        scenes.append((torch.cat((centres - half, centres + half), 1), torch.arange(1, 9)))  # label = object
+    _, batched = build_targets([s[0] for s in scenes], [s[1] for s in scenes], PRIORS)
+    priors_xyxy = cxcywh_to_xyxy(PRIORS)
+    for (gt, labels), row in zip(scenes, batched):
+        assert tv_box_iou(gt, priors_xyxy).argmax(dim=1).unique().numel() < len(gt)  # shared best boxes
+        _, out = match(gt, labels, PRIORS)
+        assert torch.equal(out, row)
+        assert sorted(out[out > 0].unique().tolist()) == labels.tolist()  # every object is somewhere
 
 
 def test_object_overlapping_nothing_forces_nothing():
@@ -173,12 +236,13 @@ def test_match_and_encode_agree_with_torchvision(seed: int, num_objects: int):
 
 
 def test_torchvision_differs_only_by_its_tie_rule():
-    # The same scene as test_shared_best_box_...: torchvision gives p3 to the object listed last.
+    # The same scene as test_shared_best_box_...: torchvision gives p3 to the object listed last
+    # and leaves the other without a positive; we give it its next-best box, as Caffe does.
     gt = torch.tensor([[0.40, 0.40, 0.58, 0.58], [0.45, 0.45, 0.55, 0.55]])
     labels = torch.tensor([9, 7])
     _, tv_labels, _ = torchvision_targets(gt, labels, HAND_PRIORS[[3, 1]])
     _, ours = match(gt, labels, HAND_PRIORS[[3, 1]])
-    assert tv_labels.tolist() == [7, 0] and ours.tolist() == [9, 0]
+    assert tv_labels.tolist() == [7, 0] and ours.tolist() == [9, 7]
 
 
 # ----------------------------------------------------------------------------- encode / decode

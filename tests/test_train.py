@@ -6,6 +6,7 @@ resume also has to reproduce the random crops) and one CPU thread, so results ar
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -354,6 +355,25 @@ def test_missing_val_root_warns_and_trains_without_evaluation(tmp_path):
     with pytest.warns(UserWarning, match="VOC2007_typo"):
         train_set, val_set = build_datasets(cfg)
     assert len(train_set) == 1 and val_set is None
+
+
+MINI100 = ROOT / ".." / "shared" / "data" / "voc2012_mini100"
+
+
+@pytest.mark.skipif(not (MINI100 / "JPEGImages").is_dir(), reason="../shared/data/voc2012_mini100 is absent")
+def test_augment_on_gpu_trains_on_real_photos_of_different_sizes(tmp_path):
+    """VOC photos differ in size: with augment_on_gpu the loader hands them over as a list and the
+    batched augmentation (here on the CPU) resizes them; a training step runs."""
+    cfg = tiny_cfg(dataset="voc", voc_roots=(str(MINI100),), train_split="trainval", val_root="",
+                   augment_on_gpu=True, batch_size=4, max_iters=1, checkpoint_every=1)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    batch = next(iter(trainer.data_loader(0, 1)))
+    assert isinstance(batch[0], list) and len({tuple(im.shape) for im in batch[0]}) > 1
+    images, boxes, labels = trainer._to_device(batch)
+    assert images.shape == (4, 3, cfg.image_size, cfg.image_size) and images.dtype == torch.float32
+    assert len(boxes) == 4 and all(b.shape[-1] == 4 and ((b >= 0) & (b <= 1)).all() for b in boxes)
+    losses = trainer.train_step(images, boxes, labels)
+    assert math.isfinite(float(losses["loss"]))
 
 
 def test_workers_hand_out_uint8_and_the_device_normalizes(tmp_path):
