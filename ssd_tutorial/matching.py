@@ -130,7 +130,7 @@ def match(
         gt_xyxy: ``[G, 4]`` objects, normalized xyxy (G may be 0).
         gt_labels: ``[G]`` integer labels, 1..C-1 (0 is background and is refused).
         priors_cxcywh: ``[P, 4]`` default boxes, normalized cxcywh.
-        iou_threshold: a default box that is no object's best box is positive when its IoU with
+        iou_threshold: a default box not forced onto an object is positive when its IoU with
             some object is at least this (paper p.5: "higher than a threshold (0.5)").
 
     Returns:
