@@ -23,6 +23,7 @@ numbers, so we keep them as they are.)
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import xml.etree.ElementTree as ET
@@ -86,6 +87,7 @@ class _Codecs(NamedTuple):
     JpegEncoder: Callable[..., Any]
 
 
+@functools.cache  # looked up once a process: read_image runs per item, and a failed import is slow
 def _torchcodec_image_codecs() -> _Codecs | None:
     """TorchCodec's image codecs, or None where it is absent or unusable."""
     try:
