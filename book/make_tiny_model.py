@@ -29,10 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main(argv: list[str] | None = None) -> int:
     from ssd_tutorial.checkpoint import latest_checkpoint, load_checkpoint
-    from ssd_tutorial.config import get_config
+    from ssd_tutorial.config import apply_overrides, get_config
     from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset
-    from ssd_tutorial.model import tiny_ssd300
-    from ssd_tutorial.train import evaluate_model, train
+    from ssd_tutorial.train import build_model, evaluate_model, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=3000)
@@ -41,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--export-only", action="store_true", help="no training: export the work dir's last.pt")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="config overrides on top of the book's recipe, e.g. --set lr=3e-3 width_mult=0.25")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=100,
         keep_checkpoints=1,
     )
+    cfg = apply_overrides(cfg, [a for kv in args.set for a in ("--set", kv)])
     work_dir = Path(args.work_dir)
     last = latest_checkpoint(work_dir)
     first_iteration = int(load_checkpoint(last)["iteration"]) if last is not None else 0
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
 
     state = load_checkpoint(work_dir / "last.pt")
-    model = tiny_ssd300(num_classes=len(SHAPES_CLASSES) + 1)
+    model = build_model(cfg, len(SHAPES_CLASSES) + 1)
     model.load_state_dict(state["model"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

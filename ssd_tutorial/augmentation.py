@@ -70,7 +70,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The crop options; None = keep the whole image, -inf = any patch (no overlap constraint).
-# paper p.6: min IoU in {0.1, 0.3, 0.5, 0.7, 0.9}.  (ssd.pytorch drops 0.5; we keep it.)
+# paper p.6: min IoU in {0.1, 0.3, 0.5, 0.7, 0.9}; ssd_pascal.py's batch_sampler has these
+# seven (the last as max_jaccard_overlap 1.0).  (ssd.pytorch drops 0.5; we keep it.)
 MIN_IOU_CHOICES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
 
 # Caffe SSD's photometric distortion (distort_param of ssd_pascal.py); the batched GPU pipeline
@@ -314,6 +315,26 @@ def zoom_out(
 # --------------------------------------------------------------------------------------------
 # Random IoU crop
 # --------------------------------------------------------------------------------------------
+def _crop_candidates(
+    draws: np.ndarray, width: int, height: int, min_scale: float, aspect_range: tuple[float, float]
+) -> np.ndarray:
+    """Caffe's ``SampleBBox`` on uniform ``draws [..., 4]`` -> integer windows ``[..., 4]`` xyxy px.
+
+    Scale ``s ~ U(min_scale, 1)``, aspect ratio ``ar ~ U(max(lo, s^2), min(hi, 1/s^2))``, patch
+    ``s * sqrt(ar)`` of the width by ``s / sqrt(ar)`` of the height (both <= 1 by the bounds on
+    ar), at a uniform position; corners rounded down to whole pixels.
+    """
+    s = min_scale + (1.0 - min_scale) * draws[..., 0]
+    ar_lo = np.maximum(aspect_range[0], s * s)
+    ar_hi = np.minimum(aspect_range[1], 1.0 / (s * s))
+    root_ar = np.sqrt(ar_lo + (ar_hi - ar_lo) * draws[..., 1])
+    w = s * root_ar * width
+    h = s / root_ar * height
+    left = np.floor(draws[..., 2] * (width - w))
+    top = np.floor(draws[..., 3] * (height - h))
+    return np.stack((left, top, np.floor(left + w), np.floor(top + h)), axis=-1)
+
+
 def sample_iou_crop(
     boxes: Tensor,
     width: int,
@@ -326,45 +347,59 @@ def sample_iou_crop(
 ) -> tuple[tuple[int, int, int, int] | None, float | None]:
     """Draw a crop window ``(x1, y1, x2, y2)`` px for an image ``width x height`` with boxes ``[G, 4]`` xyxy px.
 
-    ``min_iou="random"`` draws the option from :data:`MIN_IOU_CHOICES`; a number fixes it.
-    A window has sides ``[min_scale, 1]`` of the image's, aspect ``h / w`` in ``aspect_range``,
-    IoU >= ``min_iou`` with at least one box (Caffe SSD's rule), and the centre of at least
-    one box inside.  Returns ``(window, min_iou)``; window is None (keep the whole image) for
-    the "original" option, for an image without boxes, or after ``max_trials`` failures.
+    A candidate patch is Caffe's (sampler.cpp ``SampleBBox``, ssd_pascal.py's ``batch_sampler``):
+    scale ``s ~ U(0.3, 1)``, aspect ratio ``ar ~ U(max(1/2, s^2), min(2, 1/s^2))``, width
+    ``s * sqrt(ar)`` and height ``s / sqrt(ar)`` of the image's.  It passes an option when its
+    IoU with at least one box is >= the option's minimum (``-inf``: any patch) and the centre
+    of at least one box lies inside it.
 
-    Departures: paper p.6 says patch sizes [0.1, 1] of the image; the released code (Caffe and
-    ssd.pytorch) uses [0.3, 1] of each side.  Caffe SSD samples every option and picks among
-    the successes; we draw one option first, as ssd.pytorch does.
+    ``min_iou="random"`` is Caffe's rule (sampler.cpp ``GenerateBatchSamples``, then a uniform
+    pick in annotated_data_layer.cpp): the whole image always enters a pool; each option of
+    :data:`MIN_IOU_CHOICES` tries up to ``max_trials`` patches and adds its first success; one
+    member of the pool is picked uniformly.  A number runs that one option (None if all its
+    trials fail); None keeps the whole image.  Returns ``(window, option)``: window None means
+    the whole image, ``option`` is the option that produced it (None for the whole image).
+
+    Departures: paper p.6 says patch sizes [0.1, 1] of the image; the released Caffe code draws
+    the scale from [0.3, 1], which we follow.  The centre rule is ssd.pytorch's: Caffe keeps any
+    patch that meets the IoU, then drops the objects whose centre falls outside it (as
+    :func:`apply_crop` does), which can leave an image with none.
     """
     if isinstance(min_iou, str):
         if min_iou != "random":
             raise ValueError(f"min_iou must be a number, None or 'random', got {min_iou!r}")
-        min_iou = MIN_IOU_CHOICES[int(torch.randint(len(MIN_IOU_CHOICES), (), generator=generator))]
-    if min_iou is None or boxes.numel() == 0:
-        return None, min_iou
-    # All trials are drawn at once and checked together; the first that passes wins.  The window
-    # arithmetic runs in numpy: on 50 x G numbers, torch's per-call overhead cost more than the
-    # arithmetic.  The IoU is chapter 1's box_iou, in float64.
-    draws = torch.rand(max_trials, 4, generator=generator, dtype=torch.float64).numpy()  # [T, 4]
-    w = (min_scale + (1 - min_scale) * draws[:, 0]) * width  # [T]
-    h = (min_scale + (1 - min_scale) * draws[:, 1]) * height  # [T]
-    left = np.floor(draws[:, 2] * (width - w))
-    top = np.floor(draws[:, 3] * (height - h))
-    windows = np.stack((left, top, np.floor(left + w), np.floor(top + h)), axis=1)  # [T, 4] xyxy px
-    aspect = h / w
-    ok = (aspect >= aspect_range[0]) & (aspect <= aspect_range[1])
-    ok &= (windows[:, 2] > windows[:, 0]) & (windows[:, 3] > windows[:, 1])
+        options = [m for m in MIN_IOU_CHOICES if m is not None]
+    elif min_iou is None:
+        return None, None
+    else:
+        options = [min_iou]
+    if boxes.numel() == 0:
+        # no object can satisfy a constraint: Caffe's pool holds only the whole image
+        return None, (None if min_iou == "random" else min_iou)
+    # Every option's trials are drawn at once and checked together ([K, T] candidates); an
+    # option's first passing trial is its sample (the draws after it are never looked at, so
+    # this is Caffe's loop that stops at the first success).  numpy: on a few hundred x G
+    # numbers torch's per-call overhead cost more than the arithmetic.
+    draws = torch.rand(len(options), max_trials, 4, generator=generator, dtype=torch.float64).numpy()
+    windows = _crop_candidates(draws, width, height, min_scale, aspect_range)  # [K, T, 4]
+    flat = windows.reshape(-1, 4)
     gt = boxes.double()  # [G, 4]
-    iou = box_iou(torch.from_numpy(windows), gt).numpy()  # [T, G], float64
-    ok &= iou.max(axis=1) >= min_iou
+    iou = box_iou(torch.from_numpy(flat), gt).numpy().max(axis=1).reshape(windows.shape[:2])  # [K, T]
     centres = ((gt[:, :2] + gt[:, 2:]) / 2).numpy()  # [G, 2]
     cx, cy = centres[None, :, 0], centres[None, :, 1]  # [1, G]
-    inside = (cx > windows[:, 0:1]) & (cx < windows[:, 2:3]) & (cy > windows[:, 1:2]) & (cy < windows[:, 3:4])  # [T, G]
-    ok &= inside.any(axis=1)
-    if ok.any():
-        x1, y1, x2, y2 = (int(v) for v in windows[int(ok.argmax())])
-        return (x1, y1, x2, y2), min_iou
-    return None, min_iou
+    inside = (cx > flat[:, 0:1]) & (cx < flat[:, 2:3]) & (cy > flat[:, 1:2]) & (cy < flat[:, 3:4])  # [K*T, G]
+    ok = inside.any(axis=1).reshape(windows.shape[:2])  # [K, T]
+    ok &= (windows[..., 2] > windows[..., 0]) & (windows[..., 3] > windows[..., 1])
+    ok &= iou >= np.asarray(options, dtype=np.float64)[:, None]
+    found = ok.any(axis=1)  # [K]
+    pool: list[tuple[tuple[int, int, int, int] | None, float | None]] = [] if min_iou != "random" else [(None, None)]
+    for k in np.flatnonzero(found):
+        pool.append((tuple(int(v) for v in windows[k, int(ok[k].argmax())]), options[k]))  # type: ignore[misc]
+    if not pool:
+        return None, min_iou  # type: ignore[return-value]
+    if len(pool) == 1:
+        return pool[0]
+    return pool[int(torch.randint(len(pool), (), generator=generator))]
 
 
 def apply_crop(

@@ -55,8 +55,8 @@ __all__ = [
     "sample_crops",
 ]
 
-CROP_MIN_SCALE = 0.3  # Caffe SSD: patch sides in [0.3, 1] of the image's (paper p.6: size [0.1, 1] of the image)
-CROP_ASPECT_RANGE = (0.5, 2.0)  # paper p.6: patch aspect ratio between 1/2 and 2
+CROP_MIN_SCALE = 0.3  # Caffe SSD: patch scale in [0.3, 1] (paper p.6: size [0.1, 1] of the image)
+CROP_ASPECT_RANGE = (0.5, 2.0)  # paper p.6: patch aspect ratio between 1/2 and 2 (normalized w / h, as Caffe)
 EXPAND_MAX_RATIO = 4.0  # paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
 
 
@@ -149,7 +149,6 @@ def _centres_inside(crops: Tensor, boxes: Tensor) -> Tensor:
 def sample_crops(
     boxes: Tensor,
     valid: Tensor,
-    aspect: Tensor,
     generator: torch.Generator,
     max_trials: int = 50,
     min_ious: Sequence[float | None] = MIN_IOU_CHOICES,
@@ -157,44 +156,57 @@ def sample_crops(
     """Draw one random min-IoU crop per image, for the whole batch at once.
 
     ``boxes`` [B, G, 4] xyxy normalized to each image's (or zoom-out canvas's) width and height,
-    ``valid`` [B, G] bool (False = padding), ``aspect`` [B] = height / width of each image in
-    pixels.  Returns ``[B, 4]`` crops in the same normalized xyxy coordinates.
+    ``valid`` [B, G] bool (False = padding).  Returns ``[B, 4]`` crops in the same normalized
+    xyxy coordinates.
 
-    The rule of :func:`ssd_tutorial.augmentation.sample_iou_crop`, for every image in parallel:
-    draw an option from ``min_ious`` (None = the whole image, -inf = no overlap constraint) and
-    ``max_trials`` candidate patches with sides U(0.3, 1) of the image's; a patch is valid when
-    its pixel aspect h / w is in [1/2, 2], its IoU with at least one object is >= the option's
-    minimum (Caffe SSD's rule) and the centre of at least one object lies inside it.  The first
-    valid patch wins; the whole image is kept for the None option, for an image without objects,
-    or when every trial fails.  IoU is computed in normalized coordinates: scaling x and y
-    changes every area by the same factor, so it changes no IoU.
-    Departure: patches are not rounded to whole pixels (the CPU pipeline crops integer pixels).
+    The rule of :func:`ssd_tutorial.augmentation.sample_iou_crop` (Caffe's
+    ``GenerateBatchSamples`` and uniform pick), for every image in parallel: a pool holds the
+    whole image (if None is among ``min_ious``) and, for each numeric option (-inf = no overlap
+    constraint), the first of ``max_trials`` candidate patches that passes it; one member of the
+    pool is picked uniformly.  A candidate has scale ``s ~ U(0.3, 1)``, aspect ratio
+    ``ar ~ U(max(1/2, s^2), min(2, 1/s^2))``, width ``s * sqrt(ar)`` and height ``s / sqrt(ar)``
+    of the image's; it passes when its IoU with at least one object is >= the option's minimum
+    and the centre of at least one object lies inside it.  An empty pool (no None option and
+    every trial failed) or an image without objects keeps the whole image.  IoU is computed in
+    normalized coordinates: scaling x and y changes every area by the same factor, so it changes
+    no IoU.  Departure: patches are not rounded to whole pixels (the CPU pipeline crops integer
+    pixels).
     """
     B, G = valid.shape
     device = boxes.device
     T = max_trials
-    option = _randint((B,), len(min_ious), generator, device)  # [B]
-    table = torch.tensor([float("nan") if m is None else m for m in min_ious], device=device)
-    min_iou = table[option]  # [B]; nan marks the whole-image option
+    numeric = [m for m in min_ious if m is not None]
+    K = len(numeric)
+    has_whole = len(numeric) < len(min_ious)
+    threshold = torch.tensor(numeric, device=device).view(1, K, 1).expand(B, K, T).reshape(B, K * T)  # [B, K*T]
 
-    w = _uniform((B, T), CROP_MIN_SCALE, 1.0, generator, device)  # [B, T] fraction of the width
-    h = _uniform((B, T), CROP_MIN_SCALE, 1.0, generator, device)
-    left = _uniform((B, T), 0.0, 1.0, generator, device) * (1.0 - w)
-    top = _uniform((B, T), 0.0, 1.0, generator, device) * (1.0 - h)
-    crops = torch.stack((left, top, left + w, top + h), dim=-1)  # [B, T, 4]
-    pixel_aspect = h / w * aspect.view(B, 1)  # [B, T]: patch height / width in pixels
-    aspect_ok = (pixel_aspect >= CROP_ASPECT_RANGE[0]) & (pixel_aspect <= CROP_ASPECT_RANGE[1])  # [B, T]
+    s = _uniform((B, K, T), CROP_MIN_SCALE, 1.0, generator, device)  # [B, K, T]
+    ar_lo = torch.clamp(s * s, min=CROP_ASPECT_RANGE[0])
+    ar_hi = torch.clamp(1.0 / (s * s), max=CROP_ASPECT_RANGE[1])
+    root_ar = (ar_lo + (ar_hi - ar_lo) * _uniform((B, K, T), 0.0, 1.0, generator, device)).sqrt()
+    w, h = s * root_ar, s / root_ar  # [B, K, T] fractions of the width and height
+    left = _uniform((B, K, T), 0.0, 1.0, generator, device) * (1.0 - w)
+    top = _uniform((B, K, T), 0.0, 1.0, generator, device) * (1.0 - h)
+    crops = torch.stack((left, top, left + w, top + h), dim=-1).view(B, K * T, 4)  # [B, K*T, 4]
 
-    iou = _pairwise_iou(crops, boxes)  # [B, T, G]
-    best_iou = torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0)).amax(dim=-1)  # [B, T]; G >= 1
-    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(dim=-1)  # [B, T]
-    ok = aspect_ok & any_inside & (best_iou >= min_iou[:, None])  # [B, T]; nan compares False
+    iou = _pairwise_iou(crops, boxes)  # [B, K*T, G]
+    best_iou = torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0)).amax(dim=-1)  # [B, K*T]; G >= 1
+    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(dim=-1)  # [B, K*T]
+    ok = (any_inside & (best_iou >= threshold)).view(B, K, T)
 
-    first = ok.float().argmax(dim=-1)  # [B]; argmax returns the first maximum
-    crop = crops[torch.arange(B, device=device), first]  # [B, 4]
-    use_whole = ~ok.any(dim=-1) | torch.isnan(min_iou) | ~valid.any(dim=-1)  # [B]
-    full = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device).expand(B, 4)
-    return torch.where(use_whole[:, None], full, crop)
+    first = ok.float().argmax(dim=-1)  # [B, K]; argmax returns the first maximum
+    samples = crops.view(B, K, T, 4).gather(2, first[:, :, None, None].expand(B, K, 1, 4)).squeeze(2)  # [B, K, 4]
+    found = ok.any(dim=-1) & valid.any(dim=-1, keepdim=True)  # [B, K]
+    full = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device)
+    # The pool: [whole image, one sample per option that succeeded]; pick the k-th member,
+    # k uniform in [0, pool size), without leaving the device.
+    pool_ok = torch.cat((torch.full((B, 1), has_whole, device=device), found), dim=1)  # [B, 1+K]
+    pool = torch.cat((full.expand(B, 1, 4), samples), dim=1)  # [B, 1+K, 4]
+    size = pool_ok.sum(dim=1)  # [B]
+    pick = (_uniform((B,), 0.0, 1.0, generator, device) * size).long().clamp(max=K)  # [B]
+    chosen = pool_ok & (pool_ok.cumsum(dim=1) - 1 == pick[:, None])  # [B, 1+K]: one True, or none
+    crop = pool[torch.arange(B, device=device), chosen.float().argmax(dim=1)]  # [B, 4]
+    return torch.where((size > 0)[:, None], crop, full.expand(B, 4))
 
 
 def _pad_images(images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
@@ -259,7 +271,7 @@ def gpu_ssd_augment_padded(
         offset_y = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
         offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[:, None, :]  # [B, 1, 4]
         canvas_boxes = offset + unit_boxes / ratio.view(B, 1, 1)  # [B, G, 4] normalized to the canvas
-        crop = sample_crops(canvas_boxes, valid, height / width, generator, max_trials)  # [B, 4]
+        crop = sample_crops(canvas_boxes, valid, generator, max_trials)  # [B, 4]
         flip = _coin((B,), generator, device)  # [B]
         # Boxes: keep those whose centre is in the crop, clip them to it, express them in its frame.
         crop_lo = crop[:, None, :2].repeat(1, 1, 2)  # [B, 1, 4] (x1, y1, x1, y1)

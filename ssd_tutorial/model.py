@@ -96,8 +96,9 @@ class SSD300(nn.Module):
     Args:
         num_classes: classes including background (21 for VOC: 20 + background at index 0).
         backbone_weights: ``None`` (Xavier init everywhere, train from scratch), ``"imagenet"``
-            (torchvision's ``VGG16_Weights.IMAGENET1K_FEATURES``, downloaded or from the torch hub
-            cache), or a path to a local state dict of a torchvision ``vgg16`` (``features.N.*``
+            (torchvision's ``VGG16_Weights.IMAGENET1K_V1``, downloaded or from the torch hub
+            cache: conv1_1 .. conv5_3, and fc6/fc7 subsampled from its classifier as in the
+            paper), ``"imagenet_features"`` (``IMAGENET1K_FEATURES``: the convs only), or a path to a local state dict of a torchvision ``vgg16`` (``features.N.*``
             keys, optionally ``classifier.*``) or of this model's backbone (``backbone.*``,
             ``fc.*``).
         width_mult: multiplies every channel count; ``TINY_WIDTH`` (0.125) is the CPU preset.
@@ -209,7 +210,9 @@ class SSD300(nn.Module):
             self.load_backbone(backbone_weights, input_convention)
 
     def _xavier_init(self) -> None:
-        # Caffe SSD: every new conv gets Xavier (uniform) weights and zero biases.
+        # Caffe SSD: every new conv gets Xavier (uniform) weights and zero biases.  Departure:
+        # torch's xavier_uniform_ has variance 2 / (fan_in + fan_out), Caffe's filler 1 / fan_in;
+        # train.build_model(init="caffe_xavier") gives Caffe's (the VOC preset does).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
@@ -219,11 +222,11 @@ class SSD300(nn.Module):
     def load_backbone(self, weights: str | Path, input_convention: str = "auto") -> None:
         """Load ImageNet VGG16 weights into conv1_1 .. conv5_3 (and fc6/fc7 when available).
 
-        ``weights`` is ``"imagenet"`` or a path; see the class docstring.
+        ``weights`` is ``"imagenet"``, ``"imagenet_features"`` or a path; see the class docstring.
         """
-        if isinstance(weights, str) and weights == "imagenet":
-            state = _fetch_imagenet_vgg16_features()
-            source = "torchvision VGG16_Weights.IMAGENET1K_FEATURES"
+        if isinstance(weights, str) and weights in _IMAGENET_WEIGHTS:
+            state = _fetch_imagenet_vgg16(weights)
+            source = f"torchvision VGG16_Weights.{_IMAGENET_WEIGHTS[weights][0]}"
         else:
             path = Path(weights)
             if not path.is_file():
@@ -392,22 +395,35 @@ def subsample_fc(
     return w6, b6, w7, b7
 
 
-def _fetch_imagenet_vgg16_features() -> dict[str, Tensor]:
-    """torchvision's VGG16 IMAGENET1K_FEATURES state dict (torch hub cache, else download).
+_IMAGENET_WEIGHTS = {
+    # backbone_weights name -> (torchvision VGG16_Weights member, file name for the offline hint)
+    "imagenet": ("IMAGENET1K_V1", "vgg16_imagenet.pt"),
+    "imagenet_features": ("IMAGENET1K_FEATURES", "vgg16_features.pt"),
+}
 
-    Any failure (no network, bad cache) becomes a RuntimeError that says what to do offline.
+
+def _fetch_imagenet_vgg16(name: str = "imagenet") -> dict[str, Tensor]:
+    """torchvision's VGG16 state dict for ``backbone_weights=name`` (torch hub cache, else download).
+
+    ``"imagenet"``: ``VGG16_Weights.IMAGENET1K_V1``, the classification model, whose fc6/fc7
+    become SSD's by :func:`subsample_fc` -- as Caffe SSD starts from VGG_ILSVRC_16_layers_fc_reduced
+    and ssd.pytorch from vgg16_reducedfc.pth, both with pretrained, subsampled fc6/fc7.
+    ``"imagenet_features"``: ``IMAGENET1K_FEATURES`` (convs only, Caffe-style input; fc6/fc7 then
+    start from the init).  Any failure (no network, bad cache) becomes a RuntimeError that says
+    what to do offline.
     """
+    member, file_name = _IMAGENET_WEIGHTS[name]
     try:
         from torchvision.models import VGG16_Weights
 
-        return _download_state_dict(VGG16_Weights.IMAGENET1K_FEATURES)
+        return _download_state_dict(getattr(VGG16_Weights, member))
     except Exception as err:
         raise RuntimeError(
-            "backbone_weights='imagenet': could not get torchvision's VGG16_Weights.IMAGENET1K_FEATURES "
+            f"backbone_weights={name!r}: could not get torchvision's VGG16_Weights.{member} "
             f"({type(err).__name__}: {err}). Without a network: on a machine with internet run\n"
             "  python -c \"import torch, torchvision; torch.save(torchvision.models.VGG16_Weights."
-            "IMAGENET1K_FEATURES.get_state_dict(progress=True), 'vgg16_features.pt')\"\n"
-            "copy vgg16_features.pt here and pass backbone_weights='vgg16_features.pt' "
+            f"{member}.get_state_dict(progress=True), '{file_name}')\"\n"
+            f"copy {file_name} here and pass backbone_weights='{file_name}' "
             "(or put the downloaded file in the torch hub cache, ~/.cache/torch/hub/checkpoints/), "
             "or train from scratch with backbone_weights=None."
         ) from err

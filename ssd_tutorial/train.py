@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -48,6 +49,7 @@ __all__ = [
     "lr_factor",
     "build_scheduler",
     "build_optimizer",
+    "parameter_groups",
     "build_model",
     "build_datasets",
     "class_names_for",
@@ -209,37 +211,74 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(cfg, it))
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.SGD:
-    """SGD with momentum and weight decay (paper p.7 / Caffe solver).
+def parameter_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
+    """The trainable parameters as optimizer groups: weights, then biases (if they differ).
 
-    Fused kernel on CUDA when this torch has it (one launch for all parameters), else foreach.
-    Caffe SSD: biases get 2x the lr and no weight decay in the released solver; we use one
-    group (simpler; the paper does not mention it).
+    Caffe's solver (ssd_pascal.py: ``lr_mult: 2, decay_mult: 0`` on every bias) trains biases
+    at twice the lr without weight decay; ``cfg.bias_lr_mult`` / ``cfg.bias_weight_decay`` say
+    whether to.  With the defaults (1.0, True) everything is one group.  A group's ``lr`` is its
+    base lr; the scheduler multiplies each group's own base by ``lr_factor``.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if cfg.bias_lr_mult == 1.0 and cfg.bias_weight_decay:
+        return [{"params": [p for _, p in named], "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    # 1-d parameters are the conv biases and the L2Norm scale; only the biases are Caffe's bias
+    # blobs (the L2Norm scale is a weight there: lr_mult 1, decay).
+    biases = [p for n, p in named if n.endswith(".bias")]
+    weights = [p for n, p in named if not n.endswith(".bias")]
+    return [
+        {"params": weights, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": biases, "lr": cfg.lr * cfg.bias_lr_mult,
+         "weight_decay": cfg.weight_decay if cfg.bias_weight_decay else 0.0},
+    ]
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay (paper p.7 / Caffe solver), or AdamW (``cfg.optimizer``).
+
+    Parameter groups from :func:`parameter_groups`.  Fused kernel on CUDA when this torch has it
+    (one launch for all parameters), else foreach.
+    """
+    groups = parameter_groups(cfg, model)
+    if cfg.optimizer == "adamw":
+        # Departure (tiny CPU model only): AdamW, betas (momentum, 0.999), decoupled decay.
+        kwargs = dict(lr=cfg.lr, betas=(cfg.momentum, 0.999))
+        cls: type[torch.optim.Optimizer] = torch.optim.AdamW
+    else:
+        kwargs = dict(lr=cfg.lr, momentum=cfg.momentum)
+        cls = torch.optim.SGD
     if device.type == "cuda":
         try:
-            return torch.optim.SGD(params, fused=True, **kwargs)
+            return cls(groups, fused=True, **kwargs)
         except (TypeError, RuntimeError, ValueError):
             pass
-    return torch.optim.SGD(params, foreach=True, **kwargs)
+    return cls(groups, foreach=True, **kwargs)
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     """SSD300 (or its tiny preset) with ``num_classes`` outputs including background.
 
-    ``cfg.init == "kaiming"`` re-initializes the convs that are followed by a ReLU and were not
+    ``cfg.init == "caffe_xavier"`` re-initializes every conv not loaded from ``backbone_weights``
+    with Caffe's xavier filler (variance 1/fan_in).  ``cfg.init == "kaiming"`` re-initializes the convs that are followed by a ReLU and were not
     loaded from ``backbone_weights`` (He-normal, fan-in, zero bias); the loc/conf heads keep the
     model's Xavier init.
     """
     from ssd_tutorial.model import SSD300
 
     model = SSD300(num_classes=num_classes, backbone_weights=cfg.backbone_weights, width_mult=cfg.width_mult)
+    pretrained = ("backbone.", "fc.") if cfg.backbone_weights else ()
+    if cfg.init == "caffe_xavier":
+        # Caffe's xavier filler: U(-a, a) with a = sqrt(3 / fan_in), variance 1 / fan_in
+        # (filler.hpp, variance_norm FAN_IN by default); every conv not loaded, heads included.
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Conv2d) and not name.startswith(pretrained):
+                fan_in = module.weight[0].numel()
+                bound = math.sqrt(3.0 / fan_in)
+                nn.init.uniform_(module.weight, -bound, bound)
+                nn.init.zeros_(module.bias)
     if cfg.init == "kaiming":
         # Departure from Caffe SSD (Xavier everywhere): He init keeps the activations' scale
         # through the VGG stack when it is trained from scratch without batch normalization.
-        pretrained = ("backbone.", "fc.") if cfg.backbone_weights else ()
         for name, module in model.named_modules():
             if not isinstance(module, nn.Conv2d) or name.startswith(("loc_heads", "conf_heads")):
                 continue

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import colorsys
 import math
+import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +40,7 @@ from ssd_tutorial.augmentation import (
     zoom_out,
 )
 from ssd_tutorial.boxes import box_iou
+from ssd_tutorial.gpu_augmentation import sample_crops
 from ssd_tutorial.data import ShapesDataset
 
 PROPERTY = settings(max_examples=40, deadline=None)
@@ -177,11 +180,14 @@ def test_crop_keeps_whole_image_for_original_option_and_empty_images() -> None:
     assert sample_iou_crop(torch.zeros(0, 4), 10, 10, min_iou=0.5)[0] is None
 
 
-def test_every_min_iou_option_is_drawn() -> None:
+def test_every_min_iou_option_is_picked() -> None:
+    # A box filling most of the image: every option, IoU 0.9 too, finds patches, so each
+    # enters the pool and is picked about 1/7 of the time.
     generator = torch.Generator().manual_seed(0)
-    boxes = torch.tensor([[10.0, 10.0, 60.0, 60.0]])
-    drawn = {sample_iou_crop(boxes, 100, 100, generator)[1] for _ in range(200)}
-    assert drawn == set(MIN_IOU_CHOICES)
+    boxes = torch.tensor([[3.0, 2.0, 97.0, 98.0]])
+    drawn = [sample_iou_crop(boxes, 100, 100, generator)[1] for _ in range(350)]
+    assert set(drawn) == set(MIN_IOU_CHOICES)
+    assert all(drawn.count(m) >= 20 for m in MIN_IOU_CHOICES), {m: drawn.count(m) for m in MIN_IOU_CHOICES}
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,3 +459,94 @@ def test_uint8_output_normalizes_to_the_default_output(train: bool) -> None:
         assert raw.dtype == torch.uint8 and raw.shape == (3, 48, 48)
         assert torch.equal(normalize(raw), default)
         assert torch.equal(raw_target["boxes"], default_target["boxes"])
+
+
+# --------------------------------------------------------------------------------------------
+# The crop rule against Caffe's, on real VOC boxes
+# --------------------------------------------------------------------------------------------
+VOC_MINI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "voc2012_mini100"
+
+
+def caffe_pool_crop(norm_boxes: list[list[float]], rng: random.Random) -> tuple[float, float, float, float]:
+    """Caffe SSD's crop choice, written loop by loop from sampler.cpp and ssd_pascal.py.
+
+    ``GenerateBatchSamples``: the whole image (a sampler without constraints) always enters the
+    pool; each of the samplers min IoU 0.1, 0.3, 0.5, 0.7, 0.9 and "max IoU 1" (any patch) draws
+    up to 50 patches (``SampleBBox``: scale U(0.3, 1), aspect U(max(0.5, s^2), min(2, 1/s^2)),
+    w = s sqrt(ar), h = s / sqrt(ar), uniform offset) and keeps its first that satisfies its
+    constraint; annotated_data_layer.cpp picks one pool member uniformly.  Plus our one marked
+    departure, a box centre inside the patch.  Normalized xyxy.
+    """
+    pool = [(0.0, 0.0, 1.0, 1.0)]
+    for min_iou in (0.1, 0.3, 0.5, 0.7, 0.9, None):
+        for _ in range(50):
+            s = rng.uniform(0.3, 1.0)
+            ar = rng.uniform(max(0.5, s * s), min(2.0, 1.0 / (s * s)))
+            w, h = s * math.sqrt(ar), s / math.sqrt(ar)
+            x, y = rng.uniform(0.0, 1.0 - w), rng.uniform(0.0, 1.0 - h)
+            best, centre_inside = 0.0, False
+            for bx1, by1, bx2, by2 in norm_boxes:
+                inter = max(0.0, min(x + w, bx2) - max(x, bx1)) * max(0.0, min(y + h, by2) - max(y, by1))
+                best = max(best, inter / (w * h + (bx2 - bx1) * (by2 - by1) - inter))
+                cx, cy = (bx1 + bx2) / 2, (by1 + by2) / 2
+                centre_inside |= x < cx < x + w and y < cy < y + h
+            if centre_inside and (min_iou is None or best >= min_iou):
+                pool.append((x, y, x + w, y + h))
+                break
+    return pool[rng.randrange(len(pool))]
+
+
+def _mini100_crop_stats(choose, draws: int, seed: int) -> tuple[float, float]:
+    """Zoom out (our draws) then ``choose(boxes px, canvas w, canvas h) -> window px | None`` on
+    mini100's boxes: the fraction of outputs left uncropped, and the median object side
+    (sqrt of area) in the 300 px training image."""
+    from ssd_tutorial.data import VOCDataset
+
+    dataset = VOCDataset(VOC_MINI, "trainval")
+    annotations = [dataset.annotation(i) for i in range(len(dataset))]
+    generator = torch.Generator().manual_seed(seed)
+    whole, sides = 0, []
+    for i in range(draws):
+        ann = annotations[i % len(annotations)]
+        width, height, boxes = ann["width"], ann["height"], ann["boxes"].float()
+        zoom = sample_zoom_out(width, height, generator)
+        if zoom is not None:
+            boxes = boxes + torch.tensor([zoom.left, zoom.top] * 2, dtype=boxes.dtype)
+            width, height = zoom.width, zoom.height
+        window = choose(boxes, width, height, generator)
+        whole += window is None
+        x1, y1, x2, y2 = window if window is not None else (0, 0, width, height)
+        _, kept, _, _ = apply_crop(torch.zeros(3, 0, 0), boxes, ann["labels"], ann["difficult"], window)
+        scale = 300.0 * 300.0 / ((x2 - x1) * (y2 - y1))
+        sides += [math.sqrt(float((b[2] - b[0]) * (b[3] - b[1])) * scale) for b in kept]
+    return whole / draws, float(np.median(sides))
+
+
+@pytest.mark.skipif(not VOC_MINI.is_dir(), reason="../shared/data/voc2012_mini100 not present")
+def test_crop_rule_matches_caffe_on_voc_mini100() -> None:
+    """Fallback rate and object size after zoom-out + crop, ours against the loop above (3000
+    draws each: about +-1.5 points and +-2 px of sampling noise).  The rule this replaced (draw
+    one option, whole image if its 50 trials fail) kept 55 % of the outputs uncropped."""
+    rng = random.Random(0)
+
+    def caffe(boxes, width, height, _generator):
+        norm = (boxes / torch.tensor([width, height, width, height])).tolist()
+        x1, y1, x2, y2 = caffe_pool_crop(norm, rng)
+        return None if (x1, y1, x2, y2) == (0.0, 0.0, 1.0, 1.0) else (int(x1 * width), int(y1 * height), int(x2 * width), int(y2 * height))
+
+    def ours(boxes, width, height, generator):
+        return sample_iou_crop(boxes, width, height, generator)[0]
+
+    def ours_batched(boxes, width, height, generator):
+        norm = boxes / torch.tensor([width, height, width, height])
+        crop = sample_crops(norm[None], torch.ones(1, len(boxes), dtype=torch.bool), generator)[0]
+        if torch.equal(crop, torch.tensor([0.0, 0.0, 1.0, 1.0])):
+            return None
+        return tuple(int(v) for v in (crop * torch.tensor([width, height, width, height])).floor())
+
+    ref_whole, ref_side = _mini100_crop_stats(caffe, 3000, seed=0)
+    assert 0.22 <= ref_whole <= 0.30  # a quarter of the outputs keep the whole image
+    for rule in (ours, ours_batched):
+        whole, side = _mini100_crop_stats(rule, 3000, seed=1)
+        assert abs(whole - ref_whole) <= 0.035, (rule.__name__, whole, ref_whole)
+        assert abs(side - ref_side) <= 0.06 * ref_side, (rule.__name__, side, ref_side)

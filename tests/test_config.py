@@ -18,6 +18,8 @@ def test_presets_exist_and_paper_recipe():
     assert (voc.max_iters, voc.lr_steps, voc.lr_gamma) == (120_000, (80_000, 100_000), 0.1)
     assert voc.backbone_weights == "imagenet" and voc.augment and voc.width_mult == 1.0
     assert voc.grad_clip_norm == 0.0  # the paper does not clip
+    # ssd_pascal.py: biases lr_mult 2, decay_mult 0; weights from the xavier filler (fan-in)
+    assert (voc.bias_lr_mult, voc.bias_weight_decay, voc.init, voc.optimizer) == (2.0, False, "caffe_xavier", "sgd")
     assert PRESETS["shapes_cpu"].width_mult == 0.125
     assert PRESETS["shapes_gpu"].width_mult == 1.0
 

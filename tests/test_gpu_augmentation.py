@@ -130,15 +130,14 @@ def test_geometry_boxes_land_on_their_pixels():
     assert checked >= 10
 
 
-def _crop_test_batch(g: torch.Generator, B: int = 16, G: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of [B, G, 4] normalized boxes big enough for IoU 0.7 crops, a validity mask, aspects."""
+def _crop_test_batch(g: torch.Generator, B: int = 16, G: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of [B, G, 4] normalized boxes big enough for IoU 0.7 crops and a validity mask."""
     xy = torch.rand(B, G, 2, generator=g) * 0.4
     wh = 0.45 + 0.15 * torch.rand(B, G, 2, generator=g)
     boxes = torch.cat((xy, xy + wh), dim=-1)
     valid = torch.rand(B, G, generator=g) < 0.8
     valid[:, 0] = True
-    aspect = 0.6 + torch.rand(B, generator=g)
-    return boxes, valid, aspect
+    return boxes, valid
 
 
 # Only properties of the crops that were sampled are asserted: whether every image of a batch
@@ -153,8 +152,8 @@ def _crop_test_batch(g: torch.Generator, B: int = 16, G: int = 3) -> tuple[torch
 def test_sampled_crops_honour_min_iou_and_contain_a_centre(seed, min_iou):
     g = torch.Generator().manual_seed(seed)
     B, G = 16, 3
-    boxes, valid, aspect = _crop_test_batch(g, B, G)
-    crops = sample_crops(boxes, valid, aspect, g, max_trials=50, min_ious=(min_iou,))
+    boxes, valid = _crop_test_batch(g, B, G)
+    crops = sample_crops(boxes, valid, g, max_trials=50, min_ious=(min_iou,))
     whole = torch.tensor([0.0, 0.0, 1.0, 1.0])
     for b in range(B):
         if torch.equal(crops[b], whole):
@@ -165,8 +164,9 @@ def test_sampled_crops_honour_min_iou_and_contain_a_centre(seed, min_iou):
         centres = (real[:, :2] + real[:, 2:]) / 2
         assert ((centres > c[:2]) & (centres < c[2:])).all(-1).any()
         w, h = (c[2] - c[0]).item(), (c[3] - c[1]).item()
-        assert 0.3 - 1e-6 <= w <= 1 and 0.3 - 1e-6 <= h <= 1
-        assert 0.5 - 1e-5 <= h / w * aspect[b].item() <= 2 + 1e-5
+        # Caffe's patch: scale sqrt(w h) in [0.3, 1], aspect w / h in [1/2, 2] (normalized units)
+        assert 0.3 - 1e-6 <= (w * h) ** 0.5 <= 1 + 1e-6 and w <= 1 + 1e-6 and h <= 1 + 1e-6
+        assert 0.5 - 1e-5 <= w / h <= 2 + 1e-5
 
 
 def test_sampled_crops_are_not_all_fallbacks():
@@ -175,8 +175,8 @@ def test_sampled_crops_are_not_all_fallbacks():
     whole = torch.tensor([0.0, 0.0, 1.0, 1.0])
     for min_iou, at_least in ((0.1, 60), (0.7, 16)):
         g = torch.Generator().manual_seed(2024)
-        boxes, valid, aspect = _crop_test_batch(g, B=64)
-        crops = sample_crops(boxes, valid, aspect, g, max_trials=50, min_ious=(min_iou,))
+        boxes, valid = _crop_test_batch(g, B=64)
+        crops = sample_crops(boxes, valid, g, max_trials=50, min_ious=(min_iou,))
         cropped = sum(not torch.equal(c, whole) for c in crops)
         assert cropped >= at_least, (min_iou, cropped)
 
@@ -186,10 +186,10 @@ def test_crop_options_whole_image_and_no_objects():
     boxes = torch.tensor([[[0.1, 0.1, 0.6, 0.6]]]).expand(8, 1, 4)
     valid = torch.ones(8, 1, dtype=torch.bool)
     # option None = whole image
-    assert torch.equal(sample_crops(boxes, valid, torch.ones(8), g, min_ious=(None,)), torch.tensor([[0.0, 0, 1, 1]] * 8))
+    assert torch.equal(sample_crops(boxes, valid, g, min_ious=(None,)), torch.tensor([[0.0, 0, 1, 1]] * 8))
     # no objects: whole image, whatever the option
     none = torch.zeros(8, 1, dtype=torch.bool)
-    assert torch.equal(sample_crops(boxes, none, torch.ones(8), g, min_ious=(0.1,)), torch.tensor([[0.0, 0, 1, 1]] * 8))
+    assert torch.equal(sample_crops(boxes, none, g, min_ious=(0.1,)), torch.tensor([[0.0, 0, 1, 1]] * 8))
 
 
 def test_flip_happens_half_the_time():

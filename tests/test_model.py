@@ -238,14 +238,57 @@ def test_imagenet_offline_error_says_what_to_do(monkeypatch):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(model_module, "_download_state_dict", offline)  # never touch the network
-    with pytest.raises(RuntimeError) as info:
-        SSD300(num_classes=21, backbone_weights="imagenet")
-    message = str(info.value)
-    assert "IMAGENET1K_FEATURES" in message and "internet" in message
-    assert "backbone_weights='vgg16_features.pt'" in message and "backbone_weights=None" in message
+    for name, member, file_name in (
+        ("imagenet", "IMAGENET1K_V1", "vgg16_imagenet.pt"),
+        ("imagenet_features", "IMAGENET1K_FEATURES", "vgg16_features.pt"),
+    ):
+        with pytest.raises(RuntimeError) as info:
+            SSD300(num_classes=21, backbone_weights=name)
+        message = str(info.value)
+        assert member in message and "internet" in message
+        assert f"backbone_weights='{file_name}'" in message and "backbone_weights=None" in message
 
 
-def test_imagenet_weights_go_through_torchvision_weights_api(monkeypatch):
+@pytest.fixture(scope="module")
+def tv_vgg16_classifier_state():
+    """A torchvision ``vgg16`` state dict (features + classifier keys, the IMAGENET1K_V1 layout),
+    random weights: what ``VGG16_Weights.IMAGENET1K_V1.get_state_dict()`` returns, offline."""
+    torch.manual_seed(5)
+    return torchvision.models.vgg16(weights=None).state_dict()
+
+
+def test_imagenet_loads_pretrained_fc6_fc7(monkeypatch, tmp_path, tv_vgg16_classifier_state):
+    """backbone_weights="imagenet" asks torchvision for IMAGENET1K_V1 and fills fc6/fc7 by
+    subsampling its classifier (paper p.7), not from the init; the input stays ImageNet-normalized."""
+    state = tv_vgg16_classifier_state
+    seen = []
+
+    def fake_download(weights):
+        seen.append(weights)
+        return state
+
+    monkeypatch.setattr(model_module, "_download_state_dict", fake_download)
+    model = SSD300(num_classes=21, backbone_weights="imagenet")
+    assert seen == [torchvision.models.VGG16_Weights.IMAGENET1K_V1]
+    # fc6 [4096, 25088] = a 7x7 conv over pool5: unit 4u, taps (3i, 3j) -> SSD fc6 unit u, tap (i, j)
+    fc6 = state["classifier.0.weight"].reshape(4096, 512, 7, 7)
+    u, c, i, j = 5, 17, 2, 1
+    assert model.fc.fc6.weight[u, c, i, j] == fc6[4 * u, c, 3 * i, 3 * j]
+    assert torch.equal(model.fc.fc6.weight, fc6[::4, :, ::3, ::3])
+    assert torch.equal(model.fc.fc6.bias, state["classifier.0.bias"][::4])
+    assert torch.equal(model.fc.fc7.weight[:, :, 0, 0], state["classifier.3.weight"][::4, ::4])
+    assert torch.equal(model.fc.fc7.bias, state["classifier.3.bias"][::4])
+    assert torch.equal(model.fc.conv5_3.weight, state["features.28.weight"])
+    assert torch.equal(model.input_scale, torch.ones(1, 3, 1, 1))  # IMAGENET1K_V1 takes normalized input
+    # the same file saved by hand (the offline route the error message gives) loads the same
+    path = tmp_path / "vgg16_imagenet.pt"
+    torch.save(state, path)
+    by_hand = SSD300(num_classes=21, backbone_weights=path)
+    assert torch.equal(by_hand.fc.fc6.weight, model.fc.fc6.weight)
+    assert torch.equal(by_hand.fc.fc7.weight, model.fc.fc7.weight)
+
+
+def test_imagenet_features_weights_go_through_torchvision_weights_api(monkeypatch):
     features = tv_vgg16_features()
     seen = []
 
@@ -254,10 +297,13 @@ def test_imagenet_weights_go_through_torchvision_weights_api(monkeypatch):
         return {f"features.{k}": v for k, v in features.state_dict().items()}
 
     monkeypatch.setattr(model_module, "_download_state_dict", fake_download)
-    model = SSD300(num_classes=21, backbone_weights="imagenet")
+    init_fc6 = float(SSD300(num_classes=21).fc.fc6.weight.detach().std())
+    model = SSD300(num_classes=21, backbone_weights="imagenet_features")
     assert seen == [torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES]
     assert torch.equal(model.fc.conv5_2.weight, features[26].weight)
     assert not torch.equal(model.input_scale, torch.ones(1, 3, 1, 1))
+    # no classifier: fc6 keeps its (Xavier) init
+    assert float(model.fc.fc6.weight.detach().std()) == pytest.approx(init_fc6, rel=0.05)
 
 
 def test_input_conversion_matches_augmentation_constants():

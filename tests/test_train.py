@@ -397,3 +397,48 @@ def test_workers_hand_out_uint8_and_the_device_normalizes(tmp_path):
         image, target = reference[key]
         assert torch.equal(images[k], image)
         assert torch.equal(boxes[k], target["boxes"])
+
+
+# --------------------------------------------------------------------------------------------
+# Caffe's solver and filler
+# --------------------------------------------------------------------------------------------
+def test_caffe_bias_groups_get_twice_the_lr_and_no_decay() -> None:
+    from ssd_tutorial.train import build_model, build_optimizer, build_scheduler
+
+    cfg = get_config("shapes_cpu", bias_lr_mult=2.0, bias_weight_decay=False, warmup_iters=10, warmup_factor=0.1)
+    model = build_model(cfg, 6)
+    optimizer = build_optimizer(cfg, model, torch.device("cpu"))
+    weights, biases = optimizer.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(names[id(p)].endswith(".bias") for p in biases["params"])
+    assert not any(names[id(p)].endswith(".bias") for p in weights["params"])
+    assert "l2norm.weight" in {names[id(p)] for p in weights["params"]}  # a weight blob in Caffe: decayed
+    assert len(weights["params"]) + len(biases["params"]) == len(list(model.parameters()))
+    assert (weights["weight_decay"], biases["weight_decay"]) == (cfg.weight_decay, 0.0)
+    scheduler = build_scheduler(cfg, optimizer)
+    for _ in range(3):  # the warmup scales both groups, each from its own base
+        assert biases["lr"] == pytest.approx(2 * weights["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert weights["lr"] == pytest.approx(cfg.lr * (0.1 * 0.7 + 0.3))
+    # one group, as before, with the defaults
+    plain = build_optimizer(get_config("shapes_cpu"), model, torch.device("cpu"))
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["weight_decay"] == 5e-4
+
+
+def test_caffe_xavier_init_has_fan_in_variance() -> None:
+    """Caffe's xavier filler: U(-sqrt(3/fan_in), sqrt(3/fan_in)), variance 1/fan_in; torch's
+    xavier_uniform_ (the default "xavier") has 2/(fan_in + fan_out)."""
+    from ssd_tutorial.train import build_model
+
+    model = build_model(get_config("shapes_cpu", width_mult=0.5, init="caffe_xavier"), 21)
+    for conv in (model.fc.fc6, model.extras[0][0], model.conf_heads[0], model.backbone.conv3_1):
+        w = conv.weight.detach().double()
+        fan_in = w[0].numel()
+        assert w.abs().max() <= math.sqrt(3.0 / fan_in) + 1e-7
+        assert w.var().item() == pytest.approx(1.0 / fan_in, rel=0.06)
+        assert torch.count_nonzero(conv.bias) == 0
+    torch_xavier = build_model(get_config("shapes_cpu", width_mult=0.5, init="xavier"), 21).fc.fc6.weight.detach()
+    fan_out = torch_xavier.shape[0] * torch_xavier[0, 0].numel()
+    fan_in = torch_xavier[0].numel()
+    assert torch_xavier.var().item() == pytest.approx(2.0 / (fan_in + fan_out), rel=0.06)
