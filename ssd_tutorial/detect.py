@@ -1,14 +1,19 @@
-"""Run a trained SSD on an image and draw what it finds.
+"""Run a trained SSD on images and draw what it finds.
 
     python -m ssd_tutorial.detect photo.jpg --checkpoint runs/shapes_gpu/last.pt --output out.png
     python -m ssd_tutorial.detect shapes.png --checkpoint book/results/shapes_tiny.pt --output out.png
+    python -m ssd_tutorial.detect photos/ more.jpg --weights torchvision-coco --output detections/
+
+One image and an ``--output`` file name: the drawing goes there and the detections are printed
+as JSON.  Several images or a folder: ``--output`` is a folder that gets one ``<name>.png`` per
+image and ``detections.json`` (all images, boxes in each image's pixels, xyxy).  ``--weights``
+takes the published weights of :mod:`ssd_tutorial.pretrained` (downloaded once) or a file.
 
 The checkpoint is either a training checkpoint (``last.pt``: a dict with ``"model"`` and
 ``"config"``) or a plain ``state_dict`` of :class:`ssd_tutorial.model.SSD300` (such as
 ``book/results/shapes_tiny.pt``); both are read with ``weights_only=True``.  For a plain
 state dict, the width and the number of classes are read from the weights' shapes, and class
 names are those of ShapesDataset (6 outputs) or VOC (21 outputs), else numbers.
-The detections are printed as JSON (boxes in the image's pixels, xyxy).
 """
 from __future__ import annotations
 
@@ -24,7 +29,15 @@ from torch import Tensor, nn
 
 from ssd_tutorial.data import read_image
 
-__all__ = ["model_from_checkpoint", "read_image_file", "detect_image", "save_detections_figure", "main"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "collect_images",
+    "model_from_checkpoint",
+    "read_image_file",
+    "detect_image",
+    "save_detections_figure",
+    "main",
+]
 
 
 def _width_and_classes(state_dict: dict[str, Tensor], path: str | Path) -> tuple[float, int]:
@@ -112,28 +125,142 @@ def save_detections_figure(image: Tensor, detections: dict[str, Tensor], names: 
     return output
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named on the command line: files as given, folders by their image files
+    (suffixes :data:`IMAGE_SUFFIXES`, any case, sorted by name, not recursive).
+
+    A missing path raises FileNotFoundError naming it; an empty folder raises ValueError.
+    """
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{path}: a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def _output_names(files: Sequence[Path]) -> list[str]:
+    """One drawing name per input, ``<stem>.png``; repeated stems (same name in two folders, or
+    photo.jpg beside photo.png) get ``-2``, ``-3``, ... so that no drawing overwrites another."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in files:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        names.append(f"{path.stem}.png" if count == 1 else f"{path.stem}-{count}.png")
+    return names
+
+
+def _load_detector(args: argparse.Namespace, device: str) -> tuple[nn.Module, list[str], Tensor | None, str]:
+    """(model, class names, priors or None for SSD300's, description) from --checkpoint or --weights."""
+    if args.checkpoint is not None:
+        model, names = model_from_checkpoint(args.checkpoint, device)
+        return model, names, None, str(args.checkpoint)
+    from ssd_tutorial.pretrained import load_pretrained
+
+    loaded = load_pretrained(args.weights, device=device)
+    return loaded.model, list(loaded.class_names), loaded.priors, loaded.source
+
+
+def _check_classes(given: str | None, names: list[str], source: str) -> list[str]:
+    """``--classes a,b,c`` must name the model's classes, in its order (a checkpoint's stored names
+    win; for a file without names the count must match)."""
+    if given is None:
+        return names
+    wanted = [n.strip() for n in given.split(",") if n.strip()]
+    if len(wanted) != len(names):
+        raise ValueError(
+            f"--classes names {len(wanted)} classes, but the weights from {source} have {len(names)} "
+            f"(+ background): {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+        )
+    return wanted
+
+
+def _records(detections: dict[str, Tensor], names: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {"label": names[l - 1], "label_id": l, "score": round(s, 4), "box_xyxy_px": [round(v, 1) for v in b]}
+        for b, s, l in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["labels"].tolist())
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_tutorial.detect", description=__doc__.splitlines()[0])
-    parser.add_argument("image", help="a JPEG or PNG file")
-    parser.add_argument("--checkpoint", required=True, help="last.pt of a run, or a plain SSD300 state dict")
-    parser.add_argument("--output", default="detections.png", help="where to save the drawing")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="last.pt of a run, or a plain SSD300 state dict of this package")
+    source.add_argument("--weights", help="published weights: torchvision-coco, ssd-pytorch-voc, or a file path")
+    parser.add_argument(
+        "--output", default=None,
+        help="one image: the drawing's file (default detections.png; a name without an image suffix is a "
+             "folder); several images or a folder: a folder (default detections/) for one <name>.png per "
+             "image and detections.json",
+    )  # fmt: skip
+    parser.add_argument("--classes", default=None, help="comma-separated class names, checked against the model's")
     parser.add_argument("--score-threshold", type=float, default=0.4)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed) instead of stopping")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
-        model, names = model_from_checkpoint(args.checkpoint, device)
-        image = read_image_file(args.image)
+        files = collect_images(args.inputs)
+        model, names, priors, weights_source = _load_detector(args, device)
+        names = _check_classes(args.classes, names, weights_source)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    detections = detect_image(model, image, args.score_threshold, device)
-    save_detections_figure(image, detections, names, args.output)
-    records: list[dict[str, Any]] = [
-        {"label": names[l - 1], "score": round(s, 4), "box_xyxy_px": [round(v, 1) for v in b]}
-        for b, s, l in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["labels"].tolist())
-    ]
-    print(json.dumps({"image": str(args.image), "output": str(args.output), "detections": records}))
+    # Every image is read before any is processed: every bad file is reported at once, and a
+    # run that stops leaves no half-written output behind.
+    images: list[tuple[Path, Tensor]] = []
+    bad: list[str] = []
+    for path in files:
+        try:
+            images.append((path, read_image_file(path)))
+        except (ValueError, RuntimeError, OSError) as error:
+            bad.append(f"{path}: {error}")
+    if bad:
+        print("error: unreadable images:\n  " + "\n  ".join(bad), file=sys.stderr)
+        if not args.skip_bad or not images:
+            return 2
+        print(f"--skip-bad: going on without {len(bad)} of {len(files)} images", file=sys.stderr)
+
+    single = len(args.inputs) == 1 and len(images) == 1 and not Path(args.inputs[0]).is_dir()
+    output = Path(args.output if args.output is not None else ("detections.png" if single else "detections"))
+    to_file = single and output.suffix.lower() in IMAGE_SUFFIXES + (".pdf", ".svg")
+    from ssd_tutorial.inference import Predictor
+
+    predictor = Predictor(model, priors=priors, device=device, score_threshold=args.score_threshold,
+                          batch_size=args.batch_size)  # fmt: skip
+    drawings = [output] if to_file else [output / name for name in _output_names([p for p, _ in images])]
+    results = []
+    for start in range(0, len(images), args.batch_size):
+        chunk = images[start : start + args.batch_size]
+        for (path, image), det, drawing in zip(chunk, predictor([im for _, im in chunk]), drawings[start:]):
+            det = {k: det[k].cpu() for k in ("boxes", "scores", "labels")}
+            save_detections_figure(image, det, names, drawing)
+            results.append({"image": str(path), "output": str(drawing), "width": int(image.shape[2]),
+                            "height": int(image.shape[1]), "detections": _records(det, names)})  # fmt: skip
+    if to_file:
+        print(json.dumps(results[0]))
+        return 0
+    report = {"weights": weights_source, "classes": names, "score_threshold": args.score_threshold,
+              "skipped": bad, "images": results}  # fmt: skip
+    (output / "detections.json").write_text(json.dumps(report, indent=1) + "\n")
+    for r in results:
+        print(f"{r['image']}: {len(r['detections'])} detections -> {r['output']}")
+    print(f"wrote {output / 'detections.json'}")
     return 0
 
 

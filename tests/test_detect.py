@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +134,78 @@ def test_saving_a_figure_leaves_the_matplotlib_backend_alone(tmp_path, shapes_pn
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+# --------------------------------------------------------------------------------------------
+# The CLI on folders of real photos
+# --------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+MINI100_JPEGS = REPO / ".." / "shared" / "data" / "voc2012_mini100" / "JPEGImages"
+BOOK_MODEL = REPO / "book" / "results" / "shapes_tiny.pt"
+
+
+@pytest.mark.skipif(not MINI100_JPEGS.is_dir(), reason="../shared/data/voc2012_mini100 not present")
+def test_cli_on_a_folder_of_real_photos(tmp_path, capsys):
+    """One drawing per photo and one JSON for all; the notes file in the folder is not an image."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    chosen = sorted(MINI100_JPEGS.glob("*.jpg"))[:5]
+    for path in chosen:
+        shutil.copy(path, photos / path.name)
+    (photos / "notes.txt").write_text("not an image, and not named like one")
+    (tmp_path / "extra").mkdir()
+    shutil.copy(chosen[0], tmp_path / "extra" / chosen[0].name)  # the same name from another folder
+    out = tmp_path / "out"
+    argv = [str(photos), str(tmp_path / "extra" / chosen[0].name), "--checkpoint", str(BOOK_MODEL),
+            "--output", str(out), "--device", "cpu", "--score-threshold", "0.2"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "detections.json").read_text())
+    assert [Path(r["image"]).name for r in report["images"]] == [p.name for p in chosen] + [chosen[0].name]
+    drawings = sorted(p.name for p in out.glob("*.png"))
+    assert drawings == sorted([f"{p.stem}.png" for p in chosen] + [f"{chosen[0].stem}-2.png"])
+    for record, path in zip(report["images"], chosen):
+        image = read_image_file(path)
+        assert (record["width"], record["height"]) == (image.shape[2], image.shape[1])
+        for det in record["detections"]:
+            x1, y1, x2, y2 = det["box_xyxy_px"]
+            assert 0 <= x1 <= x2 <= image.shape[2] and 0 <= y1 <= y2 <= image.shape[1]
+            assert det["score"] >= 0.2 and det["label"] == SHAPES_CLASSES[det["label_id"] - 1]
+    assert report["classes"] == list(SHAPES_CLASSES)
+    # the same photo twice gives the same detections (batching does not change them)
+    assert report["images"][0]["detections"] == report["images"][-1]["detections"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_folder_with_a_broken_image_stops_or_skips(tmp_path, tiny_state, shapes_png, capsys):
+    ckpt = tmp_path / "plain.pt"
+    torch.save(tiny_state, ckpt)
+    png, _ = shapes_png
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(png, folder / "good.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "out"
+    assert main([str(folder), "--checkpoint", str(ckpt), "--output", str(out), "--device", "cpu"]) == 2
+    assert "broken.jpg" in capsys.readouterr().err and not out.exists()  # nothing half-written
+    assert main([str(folder), "--checkpoint", str(ckpt), "--output", str(out), "--device", "cpu", "--skip-bad"]) == 0
+    report = json.loads((out / "detections.json").read_text())
+    assert [Path(r["image"]).name for r in report["images"]] == ["good.png"]
+    assert len(report["skipped"]) == 1 and "broken.jpg" in report["skipped"][0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), "--checkpoint", str(ckpt)]) == 2
+    assert "without image files" in capsys.readouterr().err
+
+
+def test_cli_classes_must_match_the_model(tmp_path, tiny_state, shapes_png, capsys):
+    ckpt = tmp_path / "plain.pt"
+    torch.save(tiny_state, ckpt)
+    png, _ = shapes_png
+    out = tmp_path / "d.png"
+    assert main([str(png), "--checkpoint", str(ckpt), "--classes", "cat,dog", "--output", str(out)]) == 2
+    assert "2 classes" in capsys.readouterr().err and not out.exists()
+    names = "a,b,c,d,e"
+    assert main([str(png), "--checkpoint", str(ckpt), "--classes", names, "--output", str(out), "--device", "cpu",
+                 "--score-threshold", "0.0"]) == 0  # fmt: skip
+    record = json.loads(capsys.readouterr().out)
+    assert {d["label"] for d in record["detections"]} <= set(names.split(","))
