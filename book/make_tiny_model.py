@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     from ssd_tutorial.train import build_model, evaluate_model, train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--iters", type=int, default=7000)
     parser.add_argument("--work-dir", default=str(ROOT / "runs" / "shapes_tiny"), help="checkpoints (resumable)")
     parser.add_argument("--out", default=str(ROOT / "book" / "results" / "shapes_tiny.pt"))
-    parser.add_argument("--eval-images", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-images", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--export-only", action="store_true", help="no training: export the work dir's last.pt")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="config overrides on top of the book's recipe, e.g. --set lr=3e-3 width_mult=0.25")
@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_config(
         "shapes_cpu",
         name="shapes_tiny",
-        shapes_train_images=20_000,
+        shapes_train_images=60_000,
         augment=False,
-        lr=1e-3,  # the paper's lr; 4e-3 stalled at loss ~14 for the tiny model
+        # Departure: AdamW, not the paper's SGD.  With SGD (lr 1e-3, momentum 0.9) the tiny model
+        # was at loss 5.6 after 3000 iterations (mAP 0.24); AdamW at the same lr reached loss ~3
+        # in under 1000 and mAP 0.40 after 600 (200 held-out images).
+        optimizer="adamw",
+        lr=1e-3,
         init="kaiming",  # from scratch: Xavier everywhere sat on a plateau (loss ~10.3 from it. 50 to 150)
         max_iters=args.iters,
         lr_steps=(int(args.iters * 0.8),),
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": f"{args.eval_images} ShapesDataset images, seed {cfg.shapes_val_seed} (training used seed {cfg.shapes_train_seed})",
         "segments": [json.loads(l) for l in history_file.read_text().splitlines()] if history_file.exists() else [],
         "loss_curve": [{"iteration": m["iteration"], "loss": round(m["loss"], 4)} for m in metrics if "loss" in m],
-        "made_by": "python book/make_tiny_model.py",
+        "made_by": " ".join(["python book/make_tiny_model.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps({k: info[k] for k in ("iterations", "map50_voc07_11point", "ap")}))
