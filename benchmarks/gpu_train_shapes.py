@@ -46,7 +46,7 @@ def budgeted_run(
     start = time.perf_counter()
     calib_cfg = cfg.replace(max_iters=10**9, lr_steps=(), checkpoint_every=0, eval_every=0, tensorboard=False,
                             log_every=max(1, calib_iters // 3))
-    calib = Trainer(calib_cfg, work_dir / "calibration", device=device, progress=False)
+    calib = Trainer(calib_cfg, work_dir / "calibration", device=device, progress=False, overwrite=True)  # a scratch run, redone each time
     calib_summary = calib.fit(stop_at=calib_iters, save_final=False)
     steady = calib_summary["losses"][1:] or calib_summary["losses"]  # skip the window with cudnn autotuning
     img_per_s = sum(r["img_per_s"] for r in steady) / len(steady)

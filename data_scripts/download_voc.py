@@ -13,6 +13,8 @@ Afterwards ``data/VOCdevkit/VOC2007`` and ``data/VOCdevkit/VOC2012`` hold the VO
   files (our own check, plus tarfile's ``filter="data"`` where Python has it).
 * Running it again does no work: a verified archive is not downloaded again, and a marker file
   written after extraction skips the unpacking.
+* An archive that does not read as a tar (truncated, or another file whose MD5 was given as
+  expected) is renamed ``<archive>.bad``, so that a rerun downloads it again.
 * ``--base-url`` and ``--md5 NAME=HEX`` point it elsewhere (a mirror, or a test server).
 """
 from __future__ import annotations
@@ -26,6 +28,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+
+from ssd_tutorial.cli import USER_ERRORS, add_debug_flag, run_main
 
 CHUNK = 1 << 20  # bytes per read
 
@@ -174,7 +178,16 @@ def fetch(archive: Archive, out_dir: Path, keep_archive: bool = True, progress: 
     else:
         raise RuntimeError(f"{archive.name}: every URL failed:\n  " + "\n  ".join(errors))
     print(f"{archive.name}: extracting {dest.name}")
-    safe_extract(dest, out_dir)
+    try:
+        safe_extract(dest, out_dir)
+    except (tarfile.TarError, EOFError) as err:  # EOFError: a compressed stream cut short
+        bad = dest.with_name(dest.name + ".bad")
+        os.replace(dest, bad)  # kept for a look, out of the way of the next download
+        reason = " ".join(str(err).split())  # tarfile lists every method it tried, one per line
+        raise ValueError(
+            f"{dest}: not a readable tar archive ({type(err).__name__}: {reason}); moved it to {bad.name}, "
+            "rerun to download it again"
+        ) from err
     marker.write_text(archive.md5 + "\n")
     if not keep_archive:
         dest.unlink()
@@ -193,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--delete-archives", action="store_true", help="remove the tars after extraction")
     parser.add_argument("--no-progress", action="store_true")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    # Network failures (URLError is an OSError) and "every URL failed" are the user's to fix too.
+    return run_main(lambda: _main(parser, args), args.debug, USER_ERRORS + (OSError, RuntimeError))
 
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     overrides = {}
     for item in args.md5:
         name, sep, value = item.partition("=")

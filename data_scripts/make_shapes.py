@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
 from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset, write_voc_split
 
 
@@ -29,12 +30,19 @@ def make_shapes(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--num-images", type=int, default=500)
+    parser.add_argument("--num-images", type=int_at_least(0), default=500)
     parser.add_argument("--split", default="train")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_at_least(0), default=0)
     parser.add_argument("--image-size", type=int, default=300)
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality (1-100)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if not 1 <= args.quality <= 100:
+        parser.error(f"--quality must be 1 to 100, got {args.quality}")
+    return run_main(lambda: _main(args), args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
     root = make_shapes(args.out_dir, args.num_images, args.split, args.seed, args.image_size, args.quality)
     print(f"wrote {args.num_images} images ({args.split}) to {root}")
     return 0

@@ -14,6 +14,7 @@ Every field can be overridden from the command line (``--set lr=0.002`` or ``--l
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ class TrainConfig:
     # -- bookkeeping -----------------------------------------------------------------------
     seed: int = 0
     log_every: int = 20
-    checkpoint_every: int = 5000
+    checkpoint_every: int = 5000  # 0 = only at the end (and on SIGTERM or an error)
     keep_checkpoints: int = 3  # numbered checkpoints kept besides last.pt
     eval_every: int = 0  # 0 = no periodic evaluation
     eval_images: int = 500  # at most this many val images per evaluation
@@ -101,17 +102,24 @@ class TrainConfig:
             raise ValueError(f"init must be 'xavier', 'caffe_xavier' or 'kaiming', got {self.init!r}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if not self.bias_lr_mult > 0:
-            raise ValueError(f"bias_lr_mult must be > 0, got {self.bias_lr_mult}")
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
-        for name in ("batch_size", "max_iters", "log_every", "image_size", "max_nonfinite"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        self._check_numbers()
         if list(self.lr_steps) != sorted(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing, got {self.lr_steps}")
+
+    def _check_numbers(self) -> None:
+        """Every number field is finite and in its range (see :data:`_RANGES`), naming the field."""
+        for name, (low, low_allowed, high, high_allowed) in _RANGES.items():
+            value = getattr(self, name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ValueError(f"{name} must be a finite number, got {value!r}")
+                too_low = v < low or (v == low and not low_allowed)
+                too_high = high is not None and (v > high or (v == high and not high_allowed))
+                if too_low or too_high:
+                    rule = _describe_range(low, low_allowed, high, high_allowed)
+                    raise ValueError(f"{name} must be {rule}, got {value!r}")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (the config itself is frozen)."""
@@ -120,6 +128,31 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (str, int, float, bool, None, list) -- safe to store in a checkpoint."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+# The allowed range of every number field: (low, low allowed, high or None, high allowed).  Zero
+# stays allowed where it means "off" (warmup_iters, grad_clip_norm, checkpoint_every, eval_every,
+# shapes_val_images) or "none" (num_workers, weight_decay).
+_RANGES: dict[str, tuple[float, bool, float | None, bool]] = {
+    **{name: (1, True, None, False) for name in (
+        "batch_size", "max_iters", "log_every", "image_size", "max_nonfinite", "keep_checkpoints", "eval_images",
+    )},
+    **{name: (0, True, None, False) for name in (
+        "shapes_train_images", "shapes_val_images", "shapes_train_seed", "shapes_val_seed", "num_workers",
+        "neg_pos_ratio", "alpha", "weight_decay", "warmup_iters", "lr_steps", "grad_clip_norm", "seed",
+        "checkpoint_every", "eval_every",
+    )},
+    **{name: (0, False, None, False) for name in ("width_mult", "lr", "bias_lr_mult", "warmup_factor", "lr_gamma")},
+    "momentum": (0, True, 1, False),  # also Adam's beta1, which must be < 1
+    "iou_threshold": (0, False, 1, True),
+}
+
+
+def _describe_range(low: float, low_allowed: bool, high: float | None, high_allowed: bool) -> str:
+    text = f"{'>=' if low_allowed else '>'} {low}"
+    if high is not None:
+        text += f" and {'<=' if high_allowed else '<'} {high}"
+    return text
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -46,6 +46,7 @@ __all__ = [
     "Transform",
     "image_backend",
     "read_image",
+    "image_header_size",
     "encode_jpeg",
     "write_jpeg",
     "decode_jpegs",
@@ -115,7 +116,8 @@ def image_backend() -> str:
 def read_image(path: str | Path, backend: str | None = None) -> Tensor:
     """Decode an image file to RGB uint8 ``[3, H, W]``.
 
-    Grayscale, RGBA and CMYK files all come out as 3-channel RGB.  ``backend`` (``"torchcodec"``,
+    Grayscale, RGBA and CMYK files all come out as 3-channel RGB; 16-bit files (PNG) as 8 bits,
+    scaled (65535 -> 255, rounded), as TorchCodec does.  ``backend`` (``"torchcodec"``,
     ``"torchvision"`` or ``"pil"``; default :func:`image_backend`) picks the first decoder tried;
     PIL is the fallback for what the others refuse (e.g. some CMYK JPEGs).
     A missing file raises ``FileNotFoundError``; an undecodable one ``ValueError``; both name
@@ -143,9 +145,17 @@ def read_image(path: str | Path, backend: str | None = None) -> Tensor:
         image = None  # refused: PIL below
     if image is not None and image.ndim == 4:
         image = image[0]  # first frame of an animated GIF/WebP, as PIL gives
-    if image is not None and image.ndim == 3 and image.shape[0] == 3:
+    if image is not None and image.dtype == torch.uint16:  # torchvision.io keeps a 16-bit PNG's depth
+        image = _to_8_bits(image)
+    if image is not None and image.ndim == 3 and image.shape[0] == 3 and image.dtype == torch.uint8:
         return image.contiguous()
     return _read_image_pil(path)
+
+
+def _to_8_bits(image: Tensor) -> Tensor:
+    """16-bit pixels (uint16 tensor or array, any shape) -> uint8: round(v * 255 / 65535), as TorchCodec."""
+    wide = image.to(torch.int32) if isinstance(image, Tensor) else torch.from_numpy(image.astype(np.int32))
+    return ((wide * 255 + 65535 // 2) // 65535).to(torch.uint8)
 
 
 def encode_jpeg(image: Tensor, quality: int = 90) -> Tensor:
@@ -186,10 +196,31 @@ def _read_image_pil(path: Path) -> Tensor:
 
     try:
         with Image.open(path) as pil:
+            if pil.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip it at 255, not scale it
+                gray = _to_8_bits(np.asarray(pil))  # [H, W] uint8
+                return gray.expand(3, -1, -1).contiguous()  # [3, H, W]
+            if pil.mode in ("I", "F"):
+                raise ValueError(f"{pil.mode!r} pixels (32-bit integer or float): save it with 8 bits per channel")
             array = np.asarray(pil.convert("RGB"))  # [H, W, 3] uint8
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot decode image {path}: {err}") from err
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # [3, H, W]
+
+
+def image_header_size(path: str | Path) -> tuple[int, int] | None:
+    """``(width, height)`` of an image file from its header, without decoding its pixels (PIL
+    opens files lazily); None when PIL cannot read the header.  For a size check before decoding."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as pil:
+                return pil.size
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{path}: {err}") from err  # over twice PIL's own pixel limit (179 megapixels)
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _child_text(node: ET.Element, tag: str, xml_path: Path) -> str:
@@ -202,9 +233,12 @@ def _child_text(node: ET.Element, tag: str, xml_path: Path) -> str:
 def _child_number(node: ET.Element, tag: str, xml_path: Path) -> float:
     text = _child_text(node, tag, xml_path)
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"{xml_path}: <{tag}> is not a number: {text!r}") from None
+    if not math.isfinite(value):  # float() reads "nan" and "inf", which no comparison below would catch
+        raise ValueError(f"{xml_path}: <{tag}> is not a finite number: {text!r}")
+    return value
 
 
 def parse_voc_xml(xml_path: str | Path, class_names: Sequence[str] = VOC_CLASSES) -> dict[str, Any]:
@@ -316,19 +350,36 @@ class VOCDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Target]:
         image_id = self.ids[index]
-        ann = self.annotation(index)
-        image = read_image(self.root / "JPEGImages" / f"{image_id}.jpg")  # [3, H, W] uint8
-        height, width = image.shape[1:]
-        _check_inside(ann["boxes"], width, height, self.root / "Annotations" / f"{image_id}.xml")
-        target = {
-            "boxes": ann["boxes"],
-            "labels": ann["labels"],
-            "difficult": ann["difficult"],
-            "image_id": image_id,
-        }
-        if self.transform is not None:
-            image, target = self.transform(image, target)
+        image_file = self.root / "JPEGImages" / f"{image_id}.jpg"
+        xml_file = self.root / "Annotations" / f"{image_id}.xml"
+        try:
+            ann = self.annotation(index)
+            image = read_image(image_file)  # [3, H, W] uint8
+            height, width = image.shape[1:]
+            _check_inside(ann["boxes"], width, height, xml_file)
+            target = {
+                "boxes": ann["boxes"],
+                "labels": ann["labels"],
+                "difficult": ann["difficult"],
+                "image_id": image_id,
+            }
+            if self.transform is not None:
+                image, target = self.transform(image, target)
+        except Exception as error:  # deep in a DataLoader worker, the message must say which file
+            if str(image_file) in str(error) or str(xml_file) in str(error):
+                raise
+            raise _with_file(error, image_file) from error
         return image, target
+
+
+def _with_file(error: Exception, path: Path) -> Exception:
+    """``error`` again, its message prefixed with ``path``: the same type where it can be rebuilt
+    from a message (most can), else a RuntimeError naming the original type."""
+    message = f"{path}: {error}"
+    try:
+        return type(error)(message)
+    except Exception:
+        return RuntimeError(f"{path}: {type(error).__name__}: {error}")
 
 
 def _voc_year(root: str | Path, year: int) -> Path:

@@ -24,12 +24,18 @@ from ssd_tutorial.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 __all__ = [
     "DefaultBoxConfig",
     "SSD300_VOC",
+    "TORCHVISION_COCO",
+    "SSD_PYTORCH_VOC",
+    "CLIP_FORMS",
     "PAPER",
     "paper_scales",
     "boxes_per_cell",
     "boxes_per_map",
     "default_boxes",
 ]
+
+
+CLIP_FORMS = ("xyxy", "cxcywh", "wh")
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,14 @@ class DefaultBoxConfig:
     * ``min_sizes`` / ``max_sizes`` -- s_k and s_{k+1} in pixels; the extra square box has side
       sqrt(min * max).
     * ``aspect_ratios`` -- the ratios a > 1 used on each map; each brings a and 1/a.
-    * ``clip`` -- clip every box (in xyxy form) to the image.
+    * ``clip`` -- clip the boxes to the image, in the form ``clip_form`` says:
+    * ``clip_form`` -- how ``clip`` clips.  ``"xyxy"`` (default): each box's corners to [0, 1],
+      so a box that reaches past the image shrinks and its centre moves inwards.  ``"cxcywh"``:
+      cx, cy, w and h each clamped to [0, 1], as ssd.pytorch's ``PriorBox`` does
+      (``output.clamp_(max=1, min=0)`` on the cxcywh boxes): a box keeps its centre unless that
+      lies past the image, is at most as wide as the image, and may still stick out of it.
+      ``"wh"``: only w and h clamped to [0, 1], as torchvision's ``DefaultBoxGenerator`` does
+      (``clip=True``: ``_wh_pair.clamp(min=0, max=1)``); centres past the image stay there.
     """
 
     image_size: int
@@ -52,10 +65,13 @@ class DefaultBoxConfig:
     max_sizes: tuple[float, ...]
     aspect_ratios: tuple[tuple[float, ...], ...]
     clip: bool = False
+    clip_form: str = "xyxy"
 
     def __post_init__(self) -> None:
         if not self.image_size > 0:
             raise ValueError(f"DefaultBoxConfig.image_size must be positive, got {self.image_size}")
+        if self.clip_form not in CLIP_FORMS:
+            raise ValueError(f"DefaultBoxConfig.clip_form must be one of {CLIP_FORMS}, got {self.clip_form!r}")
         n = len(self.feature_maps)
         for name in ("steps", "min_sizes", "max_sizes", "aspect_ratios"):
             if len(getattr(self, name)) != n:
@@ -89,6 +105,34 @@ SSD300_VOC = DefaultBoxConfig(
     aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
     clip=False,
 )
+
+
+# torchvision's ssd300_vgg16 (the SSD300_VGG16_Weights.COCO_V1 weights):
+#   DefaultBoxGenerator([[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+#                       scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05], steps=[8, 16, 32, 64, 100, 300])
+# (torchvision/models/detection/ssd.py, ssd300_vgg16), clip=True by default, applied to the
+# (w, h) pairs only (anchor_utils.py, _grid_default_boxes): centres past the image (cx = 9.5 x 32
+# / 300 = 1.013 on the 10x10 map) stay where they are.  Scales x 300 px are whole pixels: the
+# layout of Caffe SSD's COCO model (21 px on conv4_3, then s_min = 0.15 .. s_max = 0.87), which
+# is also ssd.pytorch's ``coco`` config (data/config.py: min_sizes 21, 45, ..., max 45, ..., 315).
+# Same per-cell box order as ours: s, sqrt(s s'), then (s sqrt(a), s / sqrt(a)) and its transpose.
+TORCHVISION_COCO = DefaultBoxConfig(
+    image_size=300,
+    feature_maps=(38, 19, 10, 5, 3, 1),
+    steps=(8, 16, 32, 64, 100, 300),
+    min_sizes=(21, 45, 99, 153, 207, 261),
+    max_sizes=(45, 99, 153, 207, 261, 315),
+    aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+    clip=True,
+    clip_form="wh",
+)
+
+# ssd.pytorch (amdegroot) for VOC: SSD300_VOC's sizes, but data/config.py's ``voc`` has
+# 'clip': True and layers/functions/prior_box.py clamps the cxcywh output to [0, 1].  134 of the
+# 8732 boxes change: those centred past the image (the last row and column of the 10x10 map,
+# 9.5 x 32 / 300 = 1.013 -> 1) and those wider or taller than it (the 2:1 and 1:2 boxes of the
+# 3x3 map, 213 px x sqrt 2 = 301 px -> 300, and of the 1x1 map, 264 px x sqrt 2 = 373 px -> 300).
+SSD_PYTORCH_VOC = DefaultBoxConfig(**{**SSD300_VOC.__dict__, "clip": True, "clip_form": "cxcywh"})
 
 
 def paper_scales(m: int = 6, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:
@@ -157,6 +201,10 @@ def default_boxes(cfg: DefaultBoxConfig = SSD300_VOC) -> Tensor:
         boxes = torch.cat(torch.broadcast_tensors(centres, shapes), dim=-1)  # [f*f, A, 4]
         per_map.append(boxes.reshape(-1, 4))  # [f*f*A, 4]
     priors = torch.cat(per_map)  # [P, 4] cxcywh
-    if cfg.clip:
+    if cfg.clip and cfg.clip_form == "cxcywh":
+        priors = priors.clamp(0, 1)  # ssd.pytorch: each of cx, cy, w, h
+    elif cfg.clip and cfg.clip_form == "wh":
+        priors = torch.cat((priors[:, :2], priors[:, 2:].clamp(0, 1)), dim=1)  # torchvision: w, h only
+    elif cfg.clip:
         priors = xyxy_to_cxcywh(cxcywh_to_xyxy(priors).clamp(0, 1))
     return priors.float()

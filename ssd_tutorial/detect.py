@@ -13,7 +13,12 @@ The checkpoint is either a training checkpoint (``last.pt``: a dict with ``"mode
 ``"config"``) or a plain ``state_dict`` of :class:`ssd_tutorial.model.SSD300` (such as
 ``book/results/shapes_tiny.pt``); both are read with ``weights_only=True``.  For a plain
 state dict, the width and the number of classes are read from the weights' shapes, and class
-names are those of ShapesDataset (6 outputs) or VOC (21 outputs), else numbers.
+names are those of ShapesDataset (6 outputs) or VOC (21 outputs), else numbers; ``--classes``
+may rename them (same count).  A training checkpoint stores its class names, and ``--classes``
+must repeat them, in the same order.
+
+Images over ``--max-pixels`` (default 50 megapixels) are refused before they are decoded
+(their size is read from the file's header): a 20000 x 20000 PNG of 1 MB decodes to 1.2 GB.
 """
 from __future__ import annotations
 
@@ -27,12 +32,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssd_tutorial.data import read_image
+from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
+from ssd_tutorial.data import image_header_size, read_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "DEFAULT_MAX_PIXELS",
     "collect_images",
     "model_from_checkpoint",
+    "model_and_stored_names",
+    "default_class_names",
+    "resolve_class_names",
     "read_image_file",
     "detect_image",
     "save_detections_figure",
@@ -52,13 +62,13 @@ def _width_and_classes(state_dict: dict[str, Tensor], path: str | Path) -> tuple
     return l2norm.shape[0] / 512, conf_head.shape[0] // boxes_per_cell(SSD300_VOC)[0]
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
-    """Load ``path`` (training checkpoint or plain state dict) -> (SSD300 in eval mode, class names).
+def model_and_stored_names(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str] | None]:
+    """Load ``path`` (training checkpoint or plain state dict) -> (SSD300 in eval mode, class names
+    stored in it, or None for a plain state dict, which stores none).
 
     Class names exclude background: ``names[label - 1]`` names label ``label``.
     """
     from ssd_tutorial.checkpoint import load_checkpoint
-    from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
     from ssd_tutorial.model import SSD300
 
     state = load_checkpoint(path, map_location="cpu")
@@ -69,26 +79,91 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
         names = list(state.get("class_names", [])) or None
         state = state["model"]
     width, num_classes = _width_and_classes(state, path)
-    if names is None:
-        if num_classes == len(SHAPES_CLASSES) + 1:
-            names = list(SHAPES_CLASSES)
-        elif num_classes == len(VOC_CLASSES) + 1:
-            names = list(VOC_CLASSES)
-        else:
-            names = [str(k) for k in range(1, num_classes)]
-    elif len(names) != num_classes - 1:
+    if names is not None and len(names) != num_classes - 1:
         raise ValueError(f"{path}: {len(names)} class names for a model of {num_classes - 1} classes (+ background)")
     model = SSD300(num_classes=num_classes, backbone_weights=None, width_mult=width)
     model.load_state_dict(state)
     return model.to(device).eval(), names
 
 
-def read_image_file(path: str | Path) -> Tensor:
+def default_class_names(num_classes: int) -> list[str]:
+    """Names for a model without stored ones: ShapesDataset's (6 outputs), VOC's (21), else numbers."""
+    from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
+
+    for names in (SHAPES_CLASSES, VOC_CLASSES):
+        if num_classes == len(names) + 1:
+            return list(names)
+    return [str(k) for k in range(1, num_classes)]
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
+    """Load ``path`` (training checkpoint or plain state dict) -> (SSD300 in eval mode, class names).
+
+    The names stored in a training checkpoint, else :func:`default_class_names`.  They exclude
+    background: ``names[label - 1]`` names label ``label``.
+    """
+    model, names = model_and_stored_names(path, device)
+    return model, names if names is not None else default_class_names(model.num_classes)
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:25]) + (" ..." if len(names) > 25 else "")
+
+
+def resolve_class_names(
+    given: Sequence[str] | None, stored: Sequence[str] | None, num_classes: int, source: str | Path
+) -> list[str]:
+    """The class names to use for a model with ``num_classes`` outputs (background included).
+
+    Names the weights store (``stored``) are the truth: ``given`` names (``--classes``) must be
+    the same, in the same order -- a model's label k means one class, and another order would
+    silently score or label every detection as another class.  Without stored names, ``given``
+    names just need the model's count; without either, :func:`default_class_names`.
+    """
+    if stored is not None:
+        if given is not None and list(given) != list(stored):
+            raise ValueError(
+                f"the class names given ({len(given)}: {_listed(given)}) differ from those stored in {source} "
+                f"({len(stored)}: {_listed(stored)}); the names and their order must be the same"
+            )
+        return list(stored)
+    if given is None:
+        return default_class_names(num_classes)
+    if len(given) != num_classes - 1:
+        raise ValueError(
+            f"{len(given)} classes given ({_listed(given)}), but the weights from {source} have "
+            f"{num_classes - 1} (+ background) and store no names"
+        )
+    return list(given)
+
+
+DEFAULT_MAX_PIXELS = 50_000_000  # 150 MB decoded; far above any photo SSD300 sees (it shrinks it to 300 x 300)
+
+
+def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Tensor:
     """An image file (JPEG/PNG/...) -> uint8 ``[3, H, W]`` RGB (grayscale is repeated, alpha dropped).
 
-    The same decoder as the datasets (:func:`ssd_tutorial.data.read_image`).
+    The same decoder as the datasets (:func:`ssd_tutorial.data.read_image`).  An image of more
+    than ``max_pixels`` pixels (None: no limit) raises ValueError naming the file -- before it
+    is decoded when its header says its size, as it does for the formats PIL reads.
     """
-    return read_image(path)
+    if max_pixels is not None:
+        size = image_header_size(path)
+        if size is not None:
+            _check_pixels(path, size[0], size[1], max_pixels)
+    image = read_image(path)
+    if max_pixels is not None:
+        _check_pixels(path, image.shape[2], image.shape[1], max_pixels)
+    return image
+
+
+def _check_pixels(path: str | Path, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ValueError(
+            f"{path}: {width} x {height} = {width * height / 1e6:.1f} megapixels ({3 * width * height / 1e6:.0f} MB "
+            f"decoded), over the limit of {max_pixels / 1e6:g} megapixels: raise it with --max-pixels "
+            f"(now {max_pixels})"
+        )
 
 
 def detect_image(
@@ -105,24 +180,45 @@ def detect_image(
 
 
 def save_detections_figure(image: Tensor, detections: dict[str, Tensor], names: Sequence[str], output: str | Path) -> Path:
-    """Draw ``detections`` (pixel xyxy) on ``image`` and save the figure to ``output`` (PNG, JPG, PDF)."""
+    """Draw ``detections`` (pixel xyxy) on ``image`` and save the figure to ``output`` (PNG, JPG, PDF).
+
+    Any image that was read can be drawn: the figure is 6 inches wide and 1 to 24 inches high
+    (a very thin image is stretched to fit, boxes with it), and an image far larger than the
+    drawing is shrunk for display first (boxes stay in the image's pixels).
+    """
     from matplotlib.figure import Figure
 
-    from ssd_tutorial.viz import COLORS, draw_boxes, show_image
+    from ssd_tutorial.viz import COLORS, draw_boxes, to_hwc
 
     h, w = image.shape[1:]
+    natural = 6.0 * h / w  # inches high at 6 inches wide
+    fig_h = min(max(natural, 1.0), 24.0)  # matplotlib needs a pixel; a thin strip must not be metres high
     # A bare Figure, not pyplot: no backend switch, so a notebook calling this keeps its plots.
-    fig = Figure(figsize=(6, 6 * h / w))
+    fig = Figure(figsize=(6.0, fig_h))
     ax = fig.subplots()
-    show_image(image, ax=ax)
+    shown = _shrink(image, max_side=int(2 * 100 * max(6.0, fig_h)))  # twice the drawing's pixels (dpi 100)
+    # extent: the image spans pixel edges 0..w and 0..h, the coordinates the boxes are in.
+    ax.imshow(to_hwc(shown), extent=(0, w, h, 0), aspect="equal" if fig_h == natural else "auto")
+    ax.set_axis_off()
     labels = detections["labels"].tolist()
     captions = [f"{names[l - 1]} {s:.2f}" for l, s in zip(labels, detections["scores"].tolist())]
     draw_boxes(ax, detections["boxes"], labels=captions, colors=[COLORS[(l - 1) % 10] for l in labels])
-    fig.tight_layout()
+    fig.subplots_adjust(0.01, 0.01, 0.99, 0.99)  # not tight_layout: it gives up on extreme shapes
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=100)
     return output
+
+
+def _shrink(image: Tensor, max_side: int) -> Tensor:
+    """uint8 ``[3, H, W]`` with its longer side at most ``max_side`` (antialiased), else unchanged."""
+    h, w = image.shape[1:]
+    if max(h, w) <= max_side:
+        return image
+    from torchvision.transforms.v2.functional import resize
+
+    scale = max_side / max(h, w)
+    return resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -161,29 +257,27 @@ def _output_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def _load_detector(args: argparse.Namespace, device: str) -> tuple[nn.Module, list[str], Tensor | None, str]:
-    """(model, class names, priors or None for SSD300's, description) from --checkpoint or --weights."""
+def _load_detector(args: argparse.Namespace, device: str) -> tuple[nn.Module, list[str], bool, Tensor | None, str]:
+    """(model, class names, whether the weights store those names, priors or None for SSD300's,
+    description) from --checkpoint or --weights."""
     if args.checkpoint is not None:
-        model, names = model_from_checkpoint(args.checkpoint, device)
-        return model, names, None, str(args.checkpoint)
+        model, stored = model_and_stored_names(args.checkpoint, device)
+        names = stored if stored is not None else default_class_names(model.num_classes)
+        return model, names, stored is not None, None, str(args.checkpoint)
     from ssd_tutorial.pretrained import load_pretrained
 
     loaded = load_pretrained(args.weights, device=device)
-    return loaded.model, list(loaded.class_names), loaded.priors, loaded.source
+    # Published weights' names are a dataset's list (COCO's, VOC's), which --classes may rename.
+    return loaded.model, list(loaded.class_names), False, loaded.priors, loaded.source
 
 
-def _check_classes(given: str | None, names: list[str], source: str) -> list[str]:
-    """``--classes a,b,c`` must name the model's classes, in its order (a checkpoint's stored names
-    win; for a file without names the count must match)."""
+def _check_classes(given: str | None, names: list[str], stored: bool, source: str) -> list[str]:
+    """``--classes a,b,c`` against the model's ``names``: the same names in the same order when the
+    weights store them, else the same count (see :func:`resolve_class_names`)."""
     if given is None:
         return names
     wanted = [n.strip() for n in given.split(",") if n.strip()]
-    if len(wanted) != len(names):
-        raise ValueError(
-            f"--classes names {len(wanted)} classes, but the weights from {source} have {len(names)} "
-            f"(+ background): {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
-        )
-    return wanted
+    return resolve_class_names(wanted, names if stored else None, len(names) + 1, source)
 
 
 def _records(detections: dict[str, Tensor], names: Sequence[str]) -> list[dict[str, Any]]:
@@ -207,18 +301,25 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--classes", default=None, help="comma-separated class names, checked against the model's")
     parser.add_argument("--score-threshold", type=float, default=0.4)
-    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=8, help="images per forward pass")
+    parser.add_argument("--max-pixels", type=int_at_least(1), default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse images of more pixels than this (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed) instead of stopping")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    return run_main(lambda: _main(args), args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         files = collect_images(args.inputs)
-        model, names, priors, weights_source = _load_detector(args, device)
-        names = _check_classes(args.classes, names, weights_source)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        model, names, stored, priors, weights_source = _load_detector(args, device)
+        names = _check_classes(args.classes, names, stored, weights_source)
+    except RuntimeError as error:  # published weights that cannot be fetched or verified: their message says why
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Every image is read before any is processed: every bad file is reported at once, and a
@@ -227,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     bad: list[str] = []
     for path in files:
         try:
-            images.append((path, read_image_file(path)))
+            images.append((path, read_image_file(path, args.max_pixels)))
         except (ValueError, RuntimeError, OSError) as error:
-            bad.append(f"{path}: {error}")
+            bad.append(str(error) if str(path) in str(error) else f"{path}: {error}")
     if bad:
         print("error: unreadable images:\n  " + "\n  ".join(bad), file=sys.stderr)
         if not args.skip_bad or not images:

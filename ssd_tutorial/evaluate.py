@@ -7,7 +7,9 @@
 
 The checkpoint is a plain ``state_dict`` of ``model.SSD300`` or a training checkpoint (a dict with
 a ``"model"`` key); it is read with ``weights_only=True``.  The model's width and number of classes
-are read from the weights, so the tiny CPU preset and the full SSD300 both work.
+are read from the weights, so the tiny CPU preset and the full SSD300 both work.  The class names
+are those a training checkpoint stores (``--classes`` must repeat them, in order); for a plain
+state dict, ``--classes`` (its count checked), else VOC's or the shapes' by the number of outputs.
 
 Written to ``--output-dir``: ``evaluation.json`` (VOC AP50 11-point and all-point per class, COCO
 AP@[.5:.95] / AP50 / AP75, counts and settings), ``pr_curves.png`` and ``per_class.txt``.
@@ -56,6 +58,10 @@ def collect_detections(
     ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``, thresholds).
     The model is left in the train/eval mode it came in.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1 (or None: every image), got {max_images}")
     was_training = model.training
     predictor = Predictor(model, device=device, batch_size=batch_size, **detect_kwargs)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
@@ -86,22 +92,40 @@ def _round(x: Any) -> Any:
 def evaluate_checkpoint(
     checkpoint: str | Path,
     dataset: Any,
-    class_names: Sequence[str],
+    class_names: Sequence[str] | None,
     output_dir: str | Path,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     max_images: int | None = None,
     coco: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``dataset``; write JSON, PR plot and table to ``output_dir``."""
+    """Evaluate ``checkpoint`` on ``dataset``; write JSON, PR plot and table to ``output_dir``.
+
+    ``class_names`` are the dataset's (label k + 1 is ``class_names[k]``); they must be the names
+    the checkpoint stores, in order, or, for a plain state dict, as many as its classes (see
+    :func:`ssd_tutorial.detect.resolve_class_names`).  None: the checkpoint's own.
+    """
+    from ssd_tutorial.detect import model_and_stored_names, resolve_class_names
+
+    model, stored = model_and_stored_names(checkpoint, device)
+    names = resolve_class_names(class_names, stored, model.num_classes, checkpoint)
+    return _evaluate(model, Path(checkpoint).name, dataset, names, output_dir, device, batch_size, max_images, coco)
+
+
+def _evaluate(
+    model: nn.Module,
+    checkpoint_name: str,
+    dataset: Any,
+    class_names: Sequence[str],
+    output_dir: str | Path,
+    device: torch.device | str,
+    batch_size: int,
+    max_images: int | None,
+    coco: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate_checkpoint` for a loaded model whose class names were checked."""
     from matplotlib.figure import Figure
 
-    model = load_model(checkpoint, device)
-    if model.num_classes != len(class_names) + 1:
-        raise ValueError(
-            f"{checkpoint} predicts {model.num_classes - 1} classes (+ background) but the dataset "
-            f"has {len(class_names)}: {list(class_names)}"
-        )
     start = time.perf_counter()
     with torch.inference_mode():
         detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device)
@@ -109,7 +133,7 @@ def evaluate_checkpoint(
     voc07 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=True)
     voc12 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=False)
     summary: dict[str, Any] = {
-        "checkpoint": Path(checkpoint).name,
+        "checkpoint": checkpoint_name,
         "images": len(ground_truths),
         "objects": int(sum(len(g["labels"]) for g in ground_truths.values())),
         "detections": int(sum(len(d["scores"]) for d in detections.values())),
@@ -136,37 +160,66 @@ def evaluate_checkpoint(
     return summary
 
 
-def _build_dataset(args: argparse.Namespace) -> tuple[Any, Sequence[str]]:
-    from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES, ShapesDataset, VOCDataset
+def _class_names(args: argparse.Namespace, stored: list[str] | None, num_classes: int) -> list[str]:
+    """The names to evaluate with: the dataset's (shapes) or --classes, checked against the
+    checkpoint's; without either, the checkpoint's stored names or the defaults by class count."""
+    from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
+    from ssd_tutorial.detect import resolve_class_names
 
     if args.dataset == "shapes":
-        return ShapesDataset(args.num_images, image_size=300, seed=args.seed), SHAPES_CLASSES
+        if args.classes:
+            raise ValueError("--classes is for --dataset voc (the shapes dataset has its own classes)")
+        given: Sequence[str] | None = SHAPES_CLASSES
+    else:
+        given = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        if given is None and stored is None and num_classes - 1 not in (len(VOC_CLASSES), len(SHAPES_CLASSES)):
+            raise ValueError(
+                f"{args.checkpoint} stores no class names and its {num_classes - 1} classes are neither VOC's "
+                f"nor the shapes': name them with --classes"
+            )
+    return resolve_class_names(given, stored, num_classes, args.checkpoint)
+
+
+def _build_dataset(args: argparse.Namespace, names: Sequence[str]) -> Any:
+    from ssd_tutorial.data import ShapesDataset, VOCDataset
+
+    if args.dataset == "shapes":
+        return ShapesDataset(args.num_images, image_size=300, seed=args.seed)
     if args.root is None:
-        raise SystemExit("--dataset voc needs --root (a folder with JPEGImages/, Annotations/, ImageSets/Main/)")
-    names = tuple(c.strip() for c in args.classes.split(",")) if args.classes else VOC_CLASSES
-    return VOCDataset(args.root, split=args.split, class_names=names), names
+        raise ValueError("--dataset voc needs --root (a folder with JPEGImages/, Annotations/, ImageSets/Main/)")
+    return VOCDataset(args.root, split=args.split, class_names=names)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
+
     parser = argparse.ArgumentParser(description="Evaluate an SSD300 checkpoint (VOC AP50 and COCO AP).")
     parser.add_argument("--checkpoint", required=True, help="state dict or training checkpoint (.pt)")
     parser.add_argument("--dataset", choices=("shapes", "voc"), default="shapes")
     parser.add_argument("--root", help="VOC-layout folder (--dataset voc)")
     parser.add_argument("--split", default="test", help="ImageSets/Main/<split>.txt (--dataset voc)")
-    parser.add_argument("--classes", help="comma-separated class names (--dataset voc; default: the 20 VOC classes)")
-    parser.add_argument("--num-images", type=int, default=200, help="--dataset shapes: how many images")
-    parser.add_argument("--seed", type=int, default=10_000, help="--dataset shapes: seed (10000 = held out)")
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--classes", help="comma-separated class names (--dataset voc; default: the checkpoint's)")
+    parser.add_argument("--num-images", type=int_at_least(1), default=200, help="--dataset shapes: how many images")
+    parser.add_argument("--seed", type=int_at_least(0), default=10_000,
+                        help="--dataset shapes: seed (10000 = held out)")
+    parser.add_argument("--max-images", type=int_at_least(1), default=None)
+    parser.add_argument("--batch-size", type=int_at_least(1), default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-coco", action="store_true", help="skip the pycocotools AP@[.5:.95]")
     parser.add_argument("--output-dir", required=True)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    dataset, names = _build_dataset(args)
-    summary = evaluate_checkpoint(
-        args.checkpoint, dataset, names, args.output_dir, args.device, args.batch_size, args.max_images,
-        coco=not args.no_coco,
-    )
+    return run_main(lambda: _main(args), args.debug)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ssd_tutorial.detect import model_and_stored_names
+
+    model, stored = model_and_stored_names(args.checkpoint, args.device)
+    names = _class_names(args, stored, model.num_classes)
+    dataset = _build_dataset(args, names)
+    summary = _evaluate(model, Path(args.checkpoint).name, dataset, names, args.output_dir, args.device,
+                        args.batch_size, args.max_images, coco=not args.no_coco)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("ap50")}, indent=2))
     print(f"wrote {Path(args.output_dir) / 'evaluation.json'}")
     return 0

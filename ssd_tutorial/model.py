@@ -47,6 +47,10 @@ VGG16_LAYERS: tuple[int | str, ...] = (
 )  # fmt: skip
 # Index of every conv of torchvision's vgg16().features, in the order of VGG16_LAYERS' convs.
 _TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+# ssd.pytorch's ``vgg`` nn.ModuleList (ssd.py, vgg()) has the same conv indices, then pool5 at 30,
+# conv6 (our fc6) at 31 and conv7 (our fc7) at 33; its backbone file vgg16_reducedfc.pth holds
+# exactly that ModuleList's state dict ("0.weight" ... "33.bias"; train.py: ssd_net.vgg.load_state_dict).
+_SSD_PYTORCH_FC_INDICES = {"fc6": 31, "fc7": 33}
 _CONV_NAMES = (
     "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
     "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
@@ -65,6 +69,11 @@ _CAFFE_MEAN = (0.48235, 0.45882, 0.40784)  # torchvision VGG16_Weights.IMAGENET1
 
 def _scaled(channels: int, width_mult: float) -> int:
     return max(1, int(round(channels * width_mult)))
+
+
+def _is_ssd_pytorch_vgg(state: dict[str, Tensor]) -> bool:
+    """Is ``state`` ssd.pytorch's ``vgg`` ModuleList (vgg16_reducedfc.pth: keys "0.weight" .. "33.bias")?"""
+    return "0.weight" in state and f"{_SSD_PYTORCH_FC_INDICES['fc7']}.weight" in state
 
 
 class L2Norm(nn.Module):
@@ -99,15 +108,18 @@ class SSD300(nn.Module):
             (torchvision's ``VGG16_Weights.IMAGENET1K_V1``, downloaded or from the torch hub
             cache: conv1_1 .. conv5_3, and fc6/fc7 subsampled from its classifier as in the
             paper), ``"imagenet_features"`` (``IMAGENET1K_FEATURES``: the convs only), or a path to a local state dict of a torchvision ``vgg16`` (``features.N.*``
-            keys, optionally ``classifier.*``) or of this model's backbone (``backbone.*``,
-            ``fc.*``).
+            keys, optionally ``classifier.*``), of this model's backbone (``backbone.*``,
+            ``fc.*``), or ssd.pytorch's ``vgg16_reducedfc.pth`` (``N.*`` keys, convs and the
+            reduced fc6/fc7 at 31/33; see :func:`ssd_tutorial.pretrained.fetch_published`).
         width_mult: multiplies every channel count; ``TINY_WIDTH`` (0.125) is the CPU preset.
             Pretrained weights need ``width_mult = 1``.
         input_convention: what input the backbone weights expect.  ``"auto"``: the Caffe-style
             IMAGENET1K_FEATURES weights (0..255 minus mean) unless the state dict carries finite
             ``classifier`` weights (a torchvision classification checkpoint, which expects
-            ImageNet-normalized input).  ``"imagenet"`` or ``"caffe"`` force one.  The model
-            always *takes* ImageNet-normalized input; for Caffe weights it converts it first.
+            ImageNet-normalized input) or our own fc6/fc7; ssd.pytorch's vgg16_reducedfc.pth
+            (Caffe-converted, fc6/fc7 included) is Caffe-style.  ``"imagenet"`` or ``"caffe"``
+            force one.  The model always *takes* ImageNet-normalized input; for Caffe weights it
+            converts it first.
 
     ``forward(x [B, 3, 300, 300] float, ImageNet-normalized)`` ->
     ``(loc [B, 8732, 4], conf_logits [B, 8732, num_classes])`` in default-box order.
@@ -256,7 +268,7 @@ class SSD300(nn.Module):
                 )
         self.load_state_dict(mapped, strict=False)
         if input_convention == "auto":
-            input_convention = "imagenet" if has_fc else "caffe"
+            input_convention = "imagenet" if has_fc and not _is_ssd_pytorch_vgg(state) else "caffe"
         if input_convention == "caffe":
             std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
             mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -276,7 +288,8 @@ class SSD300(nn.Module):
         return keys
 
     def _map_backbone_keys(self, state: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], bool]:
-        """torchvision ``features.N.*`` (or our own ``backbone.*``/``fc.*``) keys -> this model's keys.
+        """torchvision ``features.N.*``, ssd.pytorch ``N.*`` (vgg16_reducedfc.pth) or our own
+        ``backbone.*``/``fc.*`` keys -> this model's keys.
 
         Returns the mapped tensors and whether fc6/fc7 came with them.
         """
@@ -285,12 +298,19 @@ class SSD300(nn.Module):
         for key, value in state.items():
             if key.startswith(("backbone.", "fc.")) and key in own_keys:
                 mapped[key] = value
+        # torchvision's "features.N" and ssd.pytorch's bare "N" share the conv indices
+        prefix = "" if _is_ssd_pytorch_vgg(state) else "features."
         for index, name in zip(_TORCHVISION_CONV_INDICES, _CONV_NAMES):
             module = "fc" if name.startswith("conv5") else "backbone"
             for part in ("weight", "bias"):
-                key = f"features.{index}.{part}"
+                key = f"{prefix}{index}.{part}"
                 if key in state:
                     mapped[f"{module}.{name}.{part}"] = state[key]
+        if prefix == "":
+            for name, index in _SSD_PYTORCH_FC_INDICES.items():
+                for part in ("weight", "bias"):
+                    if f"{index}.{part}" in state:
+                        mapped[f"fc.{name}.{part}"] = state[f"{index}.{part}"]
         has_fc = "fc.fc6.weight" in mapped and "fc.fc7.weight" in mapped
         fc_keys = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
         if all(k in state for k in fc_keys) and all(bool(torch.isfinite(state[k]).all()) for k in fc_keys):
@@ -300,8 +320,8 @@ class SSD300(nn.Module):
         if not mapped:
             some = sorted(state)[:4]
             raise ValueError(
-                f"backbone_weights from {source}: no VGG16 keys found (expected 'features.0.weight' ... "
-                f"or 'backbone.conv1_1.weight' ...), got {some}"
+                f"backbone_weights from {source}: no VGG16 keys found (expected 'features.0.weight' ..., "
+                f"'0.weight' ... (vgg16_reducedfc.pth) or 'backbone.conv1_1.weight' ...), got {some}"
             )
         return mapped, has_fc
 

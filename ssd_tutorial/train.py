@@ -40,7 +40,15 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from ssd_tutorial.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ssd_tutorial.checkpoint import (
+    CHECKPOINT_PATTERN,
+    LAST,
+    latest_checkpoint,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ssd_tutorial.config import PRESETS, TrainConfig, apply_overrides, config_from_dict, get_config
 
 __all__ = [
@@ -55,6 +63,7 @@ __all__ = [
     "class_names_for",
     "compute_loss",
     "evaluate_model",
+    "run_files",
     "Trainer",
     "train",
     "main",
@@ -399,6 +408,35 @@ class _JsonlWriter:
             f.write(json.dumps(record) + "\n")
 
 
+def run_files(folder: Path) -> list[Path]:
+    """The files a run writes in ``folder``: checkpoints (and their temp files), ``metrics.jsonl``,
+    ``config.json`` and TensorBoard's event files.  What ``overwrite`` deletes; nothing else is."""
+    files = [folder / name for name in (LAST, "metrics.jsonl", "config.json")]
+    files += [p for p in folder.glob("checkpoint_*.pt") if CHECKPOINT_PATTERN.match(p.name)]
+    files += list(folder.glob(".checkpoint_*.tmp")) + list(folder.glob(f".{LAST}.*.tmp"))
+    files += list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    return sorted(p for p in files if p.is_file())
+
+
+def _check_new_run(folder: Path, overwrite: bool) -> None:
+    """Refuse to start a run in a folder holding another one's records, unless ``overwrite``.
+
+    A run is a checkpoint or a non-empty ``metrics.jsonl`` (an empty one holds nothing to lose):
+    starting afresh would truncate the metrics and replace ``last.pt``, and the old numbered
+    checkpoints left beside the new ones would make a later resume continue a mixture.
+    """
+    held = [p.name for p in run_files(folder) if p.name.endswith(".pt")]
+    metrics = folder / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        held.append(metrics.name)
+    if held and not overwrite:
+        raise FileExistsError(
+            f"{folder} holds a run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): continue it with "
+            "--resume (resume=True), delete its checkpoints and metrics with --overwrite (overwrite=True), "
+            "or choose another --output-dir"
+        )
+
+
 # ------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------
@@ -407,6 +445,8 @@ class Trainer:
 
     ``Trainer(cfg, output_dir).fit()`` trains to ``cfg.max_iters`` (or ``stop_at``).  Under
     ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) it joins the process group itself.
+    ``output_dir`` must not hold another run unless ``resume`` (continue it) or ``overwrite``
+    (delete its :func:`run_files` first) is given.
     """
 
     def __init__(
@@ -416,12 +456,18 @@ class Trainer:
         resume: bool = False,
         device: str | torch.device | None = None,
         progress: bool = True,
+        overwrite: bool = False,
     ) -> None:
         from ssd_tutorial.default_boxes import default_boxes
         from ssd_tutorial.loss import MultiboxLoss
 
         self.cfg = cfg
         self.output_dir = Path(output_dir)
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
+        if not resume:
+            # Every process checks before the process group forms: nothing is written before then.
+            _check_new_run(self.output_dir, overwrite)
         self.world_size, self.rank, local_rank = self._init_distributed(device)
         if device is None:
             device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
@@ -455,10 +501,11 @@ class Trainer:
 
         resumed_from = None
         if resume:
-            path = latest_checkpoint(self.output_dir)
-            if path is None:
+            if latest_checkpoint(self.output_dir) is None:
                 raise FileNotFoundError(f"--resume: no checkpoint (last.pt or checkpoint_*.pt) in {self.output_dir}")
-            self.load_state(load_checkpoint(path, map_location=self.device))
+            # The newest checkpoint that reads: a last.pt cut short falls back to checkpoint_*.pt (with a warning).
+            _, state = load_latest_checkpoint(self.output_dir, map_location=self.device)
+            self.load_state(state)
             resumed_from = self.iteration
         self.resumed_from = resumed_from
 
@@ -476,6 +523,9 @@ class Trainer:
         self.train_set, self.val_set = build_datasets(cfg, None if self.gpu_augment else self._cpu_transform())
 
         if self.is_main:
+            if overwrite:
+                for path in run_files(self.output_dir):
+                    path.unlink()
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
             self.metrics = _JsonlWriter(self.output_dir / "metrics.jsonl", resumed_from)
@@ -676,7 +726,8 @@ class Trainer:
         """Train from ``self.iteration`` to ``stop_at`` (default ``cfg.max_iters``); returns a summary.
 
         ``time_limit_s`` also stops the run once that many seconds have passed.  A checkpoint is
-        written at the end unless ``save_final`` is False (and one was not just written).
+        written at the end unless ``save_final`` is False (and one was not just written), and
+        when an error ends the loop between steps (a bad image, say), before it is re-raised.
         """
         cfg = self.cfg
         end = min(stop_at if stop_at is not None else cfg.max_iters, cfg.max_iters)
@@ -692,12 +743,15 @@ class Trainer:
         saved_at = start_iteration
         t0 = time.perf_counter()
         stopped_by_signal = False
+        stepping = False  # True while an update is under way: the state is then not that of one iteration
         try:
             loader = self.data_loader(start_iteration, end) if end > start_iteration else []
             for batch in loader:
                 images, gt_boxes, gt_labels = self._to_device(batch)
+                stepping = True
                 out = self.train_step(images, gt_boxes, gt_labels)
                 self.iteration += 1
+                stepping = False
                 window_images += cfg.batch_size
                 window_iters += 1
                 for k, v in out.items():
@@ -727,6 +781,13 @@ class Trainer:
                 if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                     self.save()
                     saved_at = self.iteration
+        except (Exception, KeyboardInterrupt) as error:
+            # As on SIGTERM: keep the iterations since the last checkpoint.  Not mid-update (the
+            # weights may be half stepped), nor when training diverged (FloatingPointError: the
+            # advice is to go back to an earlier checkpoint, which must stay the newest).
+            if not stepping and not isinstance(error, FloatingPointError) and saved_at != self.iteration:
+                self._save_after_error(error)
+            raise
         finally:
             bar.close()
             if previous_handler is not None:
@@ -755,6 +816,17 @@ class Trainer:
             "stopped_by_signal": stopped_by_signal,
             "output_dir": str(self.output_dir),
         }
+
+    def _save_after_error(self, error: BaseException) -> None:
+        """Checkpoint the last complete iteration; a failure here must not hide ``error``."""
+        try:
+            self.save()
+        except Exception as save_error:
+            print(f"could not write a checkpoint after the error: {save_error}", file=sys.stderr)
+            return
+        if self.is_main:
+            print(f"{type(error).__name__} in iteration {self.iteration + 1}: checkpoint written at iteration "
+                  f"{self.iteration}; fix the cause and resume with --resume", file=sys.stderr)
 
     def _stop_agreed(self) -> bool:
         """True when any process got SIGTERM (all processes agree, at log intervals)."""
@@ -860,14 +932,16 @@ def train(
     resume: bool = False,
     device: str | torch.device | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train with ``cfg``, writing checkpoints and metrics to ``output_dir``; returns a summary.
 
     ``max_iters`` stops early at that iteration (the schedule still follows ``cfg.max_iters``),
     which is how a run is split into parts: ``train(cfg, d, max_iters=k)`` then
-    ``train(cfg, d, resume=True)`` equals one ``train(cfg, d)``.
+    ``train(cfg, d, resume=True)`` equals one ``train(cfg, d)``.  A folder that already holds
+    a run is refused unless ``resume`` or ``overwrite`` (delete that run's files) is given.
     """
-    trainer = Trainer(cfg, output_dir, resume=resume, device=device, progress=progress)
+    trainer = Trainer(cfg, output_dir, resume=resume, device=device, progress=progress, overwrite=overwrite)
     try:
         return trainer.fit(stop_at=max_iters)
     finally:
@@ -875,21 +949,35 @@ def train(
 
 
 def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    from ssd_tutorial.cli import add_debug_flag, int_at_least
+
     parser = argparse.ArgumentParser(
         prog="python -m ssd_tutorial.train",
         description="Train SSD. Any config field can be overridden: --set field=value or --field value.",
     )
     parser.add_argument("--config", default="shapes_cpu", help=f"preset name: {', '.join(sorted(PRESETS))}")
-    parser.add_argument("--max-iters", type=int, default=None, help="stop at this iteration (schedule unchanged)")
+    parser.add_argument("--max-iters", type=int_at_least(1), default=None,
+                        help="stop at this iteration (schedule unchanged)")
     parser.add_argument("--output-dir", default=None, help="checkpoints and metrics (default runs/<config>)")
-    parser.add_argument("--resume", action="store_true", help="continue from last.pt in the output dir")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from last.pt in the output dir")
+    again.add_argument("--overwrite", action="store_true",
+                       help="the output dir holds a run: delete its checkpoints and metrics, start afresh")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
     return parser.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssd_tutorial.cli import USER_ERRORS, run_main
+
     args, overrides = _parse_args(argv)
+    # KeyError: an unknown preset or field; FloatingPointError: a diverging run (its message says what to do).
+    return run_main(lambda: _main(args, overrides), args.debug, USER_ERRORS + (KeyError, FloatingPointError))
+
+
+def _main(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = apply_overrides(get_config(args.config), overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.name}")
     saved = output_dir / "config.json"
@@ -897,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
         # The config the run started with, plus this command's overrides (not the preset's defaults).
         cfg = apply_overrides(config_from_dict(json.loads(saved.read_text())), overrides)
     summary = train(cfg, output_dir, max_iters=args.max_iters, resume=args.resume, device=args.device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         short = {k: v for k, v in summary.items() if k != "losses"}
         print(json.dumps(short))

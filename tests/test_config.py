@@ -126,3 +126,33 @@ def test_parse_value_ints_in_exponent_form():
     assert parse_value("max_iters", "1.2e5") == 120_000
     with pytest.raises(ValueError, match="checkpoint_every"):
         parse_value("checkpoint_every", "1.5e0")  # would silently become 1
+
+
+def _number_fields() -> dict[str, str]:
+    return {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.type in ("int", "float", "tuple[int, ...]")}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("lr", float("nan")), ("lr", float("inf")), ("eval_every", -1), ("checkpoint_every", -1),
+     ("warmup_iters", -5), ("grad_clip_norm", -1.0), ("momentum", 1.0), ("iou_threshold", 0.0)],
+)  # fmt: skip
+def test_values_out_of_range_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"^{field} must be"):
+        get_config("shapes_cpu", **{field: value})
+
+
+def test_every_number_field_refuses_nan_inf_and_negatives():
+    fields = _number_fields()
+    assert {"lr", "max_iters", "lr_steps", "momentum"} <= set(fields) and len(fields) > 20  # the filter finds them
+    for name, kind in fields.items():
+        for bad in (float("nan"), float("inf"), -1):
+            value = (bad,) if kind.startswith("tuple") else bad
+            with pytest.raises(ValueError, match=rf"^{name} must be"):
+                get_config("shapes_cpu", **{name: value})
+
+
+def test_zero_still_means_off_where_documented():
+    cfg = get_config("shapes_cpu", warmup_iters=0, grad_clip_norm=0.0, checkpoint_every=0, eval_every=0,
+                     shapes_val_images=0, num_workers=0, weight_decay=0.0)  # fmt: skip
+    assert cfg.grad_clip_norm == 0.0 and cfg.checkpoint_every == 0

@@ -84,6 +84,14 @@ def test_make_shapes_cli_rewrites_split(tmp_path: Path) -> None:
     assert (tmp_path / "ImageSets/Main/val.txt").read_text().split() == ["shapes_0_000000", "shapes_0_000001"]
 
 
+def test_make_shapes_cli_reports_a_bad_value_in_one_line(tmp_path: Path, capsys) -> None:
+    make_shapes = _load_script("make_shapes")
+    assert make_shapes.main([str(tmp_path), "--num-images", "1", "--image-size", "8"]) == 2
+    assert capsys.readouterr().err == "error: image_size must be >= 32 px, got 8\n"
+    with pytest.raises(ValueError, match="image_size"):
+        make_shapes.main([str(tmp_path), "--num-images", "1", "--image-size", "8", "--debug"])
+
+
 def test_voc_reader_hand_written_annotation(tmp_path: Path) -> None:
     root = _voc_folder(tmp_path, ["a"])
     _write_jpeg(root / "JPEGImages/a.jpg", torch.full((3, 40, 50), 128, dtype=torch.uint8))
@@ -156,6 +164,26 @@ def test_bad_objects_are_refused(tmp_path: Path, fields: dict, message: str) -> 
         parse_voc_xml(path)
 
 
+@pytest.mark.parametrize(("tag", "text"), [("xmin", "nan"), ("xmax", "inf"), ("ymin", "-inf"), ("ymax", "NaN")])
+def test_non_finite_coordinates_are_refused(tmp_path: Path, tag: str, text: str) -> None:
+    path = tmp_path / "bad.xml"
+    values = dict(x1=1, y1=1, x2=10, y2=10)
+    values[{"xmin": "x1", "ymin": "y1", "xmax": "x2", "ymax": "y2"}[tag]] = text
+    path.write_text(XML_ONE_OBJECT.format(id="bad", w=50, h=40, name="cat", difficult=0, **values))
+    with pytest.raises(ValueError, match=rf"bad\.xml: <{tag}> is not a finite number: '{text}'"):
+        parse_voc_xml(path)
+
+
+def test_an_item_error_names_the_image_file(tmp_path: Path) -> None:
+    root = write_voc_split(ShapesDataset(1, image_size=64, seed=0), tmp_path, "trainval", SHAPES_CLASSES)
+
+    def broken_transform(image, target):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match=r"JPEGImages.shapes_0_000000\.jpg: boom"):
+        VOCDataset(root, class_names=SHAPES_CLASSES, transform=broken_transform)[0]
+
+
 def test_box_outside_image_is_refused(tmp_path: Path) -> None:
     root = _voc_folder(tmp_path, ["b"])
     _write_jpeg(root / "JPEGImages/b.jpg", torch.zeros((3, 40, 50), dtype=torch.uint8))
@@ -213,6 +241,24 @@ def test_grayscale_rgba_and_cmyk_become_rgb(tmp_path: Path, backend: str) -> Non
     assert cmyk.shape == (3, 12, 16)
     reference = torch.from_numpy(np.array(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))).permute(2, 0, 1)
     assert (cmyk.int() - reference.int()).abs().max() <= 3  # same colours as PIL's conversion
+
+
+@pytest.mark.parametrize("backend", ["torchcodec", "torchvision", "pil"])
+def test_16_bit_png_becomes_8_bits(tmp_path: Path, backend: str) -> None:
+    """A 16-bit greyscale PNG (PIL mode I;16) is scaled to 8 bits, 65535 -> 255, by every decoder."""
+    from PIL import Image
+
+    if backend not in _backends():
+        pytest.skip("torchcodec is not installed (or does not import with this torch)")
+    values = np.array([[0, 128, 257, 32767], [32768, 40000, 65280, 65535]], dtype=np.uint16)
+    pil = Image.fromarray(values)
+    assert pil.mode == "I;16"
+    pil.save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png", backend)
+    expected = torch.tensor([[0, 0, 1, 127], [128, 156, 254, 255]], dtype=torch.uint8)  # round(v * 255 / 65535)
+    assert image.dtype == torch.uint8 and image.shape == (3, 2, 4)
+    for c in range(3):
+        assert torch.equal(image[c], expected)
 
 
 def test_every_decoder_gives_the_same_pixels(tmp_path: Path) -> None:

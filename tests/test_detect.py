@@ -209,3 +209,62 @@ def test_cli_classes_must_match_the_model(tmp_path, tiny_state, shapes_png, caps
                  "--score-threshold", "0.0"]) == 0  # fmt: skip
     record = json.loads(capsys.readouterr().out)
     assert {d["label"] for d in record["detections"]} <= set(names.split(","))
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing silently wrong (#20): stored class names, huge and thin images
+# --------------------------------------------------------------------------------------------
+def test_cli_classes_must_repeat_the_names_a_checkpoint_stores(tmp_path, tiny_state, shapes_png, capsys):
+    ckpt = tmp_path / "last.pt"
+    save_atomic({"model": tiny_state, "iteration": 5, "class_names": ["a", "b", "c", "d", "e"]}, ckpt)
+    png, _ = shapes_png
+    out = tmp_path / "d.png"
+    assert main([str(png), "--checkpoint", str(ckpt), "--classes", "e,d,c,b,a", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "e, d, c, b, a" in err and "a, b, c, d, e" in err and not out.exists()
+    assert main([str(png), "--checkpoint", str(ckpt), "--classes", "a,b,c,d,e", "--output", str(out),
+                 "--device", "cpu"]) == 0  # fmt: skip
+
+
+def test_resolve_class_names_rules():
+    from ssd_tutorial.detect import resolve_class_names
+
+    assert resolve_class_names(None, ["x", "y"], 3, "c.pt") == ["x", "y"]
+    assert resolve_class_names(None, None, 6, "c.pt") == list(SHAPES_CLASSES)
+    assert resolve_class_names(["p", "q"], None, 3, "c.pt") == ["p", "q"]  # no stored names: a count check
+    with pytest.raises(ValueError, match="differ from those stored in c.pt"):
+        resolve_class_names(["y", "x"], ["x", "y"], 3, "c.pt")
+    with pytest.raises(ValueError, match=r"1 classes given \(p\), but the weights from c.pt have 2"):
+        resolve_class_names(["p"], None, 3, "c.pt")
+
+
+def test_max_pixels_refuses_before_decoding(tmp_path, tiny_state, shapes_png, monkeypatch, capsys):
+    import ssd_tutorial.detect as detect
+
+    png, _ = shapes_png  # 300 x 300 = 90 000 pixels
+    ckpt = tmp_path / "plain.pt"
+    torch.save(tiny_state, ckpt)
+
+    def no_decoding(path, *args, **kwargs):
+        raise AssertionError(f"{path} was decoded")
+
+    monkeypatch.setattr(detect, "read_image", no_decoding)
+    with pytest.raises(ValueError, match=r"shapes\.png: 300 x 300 .*--max-pixels \(now 50000\)"):
+        read_image_file(png, max_pixels=50_000)
+    out = tmp_path / "d.png"
+    assert main([str(png), "--checkpoint", str(ckpt), "--max-pixels", "50000", "--output", str(out)]) == 2
+    assert "--max-pixels" in capsys.readouterr().err and not out.exists()
+    monkeypatch.undo()
+    assert read_image_file(png, max_pixels=90_000).shape == (3, 300, 300)  # at the limit: read
+
+
+@pytest.mark.parametrize("height, width", [(2, 5000), (600, 2)])
+def test_very_thin_images_are_drawn_at_a_sane_size(tmp_path, height, width):
+    from ssd_tutorial.detect import save_detections_figure
+
+    image = torch.full((3, height, width), 200, dtype=torch.uint8)
+    detections = {"boxes": torch.tensor([[0.0, 0.0, width / 2, height / 2]]), "scores": torch.tensor([0.9]),
+                  "labels": torch.tensor([1])}  # fmt: skip
+    out = save_detections_figure(image, detections, SHAPES_CLASSES, tmp_path / "thin.png")
+    with Image.open(out) as drawing:
+        assert drawing.size[0] == 600 and 100 <= drawing.size[1] <= 2400

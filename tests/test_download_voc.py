@@ -199,15 +199,36 @@ def _device(name: str) -> tarfile.TarInfo:
         (_device("VOCdevkit/dev"), "refusing special member"),
     ],
 )
-def test_malicious_archive_is_refused(tmp_path: Path, member: tarfile.TarInfo, message: str) -> None:
+def test_malicious_archive_is_refused(tmp_path: Path, member: tarfile.TarInfo, message: str, capsys) -> None:
     data = _tar_with(member)
     out = tmp_path / "out"
     with _Server({FILENAME: data}) as server:
+        assert download_voc.main(_argv(server, out, data)) == 2
+        assert message in capsys.readouterr().err
         with pytest.raises(ValueError, match=message):
-            download_voc.main(_argv(server, out, data))
+            download_voc.main([*_argv(server, out, data), "--debug"])
     assert not (tmp_path / "evil.txt").exists()
     assert not (out / "VOCdevkit" / "fine.txt").exists()  # nothing extracted at all
     assert not (out / ".voc2007_trainval.extracted").exists()
+
+
+@pytest.mark.parametrize("kind", ["not a tar", "truncated"])
+def test_unreadable_archive_is_named_and_moved_aside(tmp_path: Path, kind: str, capsys) -> None:
+    """An archive whose MD5 matched (as given) but that does not read as a tar: the error names it
+    and it is renamed <name>.bad, so that the rerun downloads it again instead of failing again."""
+    good = _voc_tar(tmp_path)
+    bad = b"<html>not a tar archive</html>" * 50 if kind == "not a tar" else good[: len(good) // 2]
+    out = tmp_path / "out"
+    with _Server({FILENAME: bad}) as server:
+        assert download_voc.main(_argv(server, out, bad)) == 2
+    err = capsys.readouterr().err
+    assert f"{FILENAME}: not a readable tar archive" in err and f"moved it to {FILENAME}.bad" in err
+    assert err.splitlines()[-1].startswith("error: ")
+    assert (out / "downloads" / f"{FILENAME}.bad").read_bytes() == bad
+    assert not (out / "downloads" / FILENAME).exists() and not (out / ".voc2007_trainval.extracted").exists()
+    with _Server({FILENAME: good}) as server:
+        assert download_voc.main(_argv(server, out, good)) == 0
+    assert len(VOCDataset(out / "VOCdevkit" / "VOC2007", "trainval")) == 3
 
 
 def test_bad_md5_flag_is_refused(tmp_path: Path) -> None:

@@ -355,3 +355,54 @@ def test_evaluate_cli_bad_checkpoints(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt"):
         load_model(tmp_path / "other.pt")
+
+
+def test_evaluate_cli_uses_and_checks_the_checkpoints_class_names(tmp_path: Path, capsys) -> None:
+    """A checkpoint that stores its class names is scored with them; --classes in another order,
+    or the shapes dataset's names, are refused (listing both), not scored differently."""
+    import json
+
+    from ssd_tutorial.checkpoint import save_atomic
+    from ssd_tutorial.data import ShapesDataset, write_voc_split
+    from ssd_tutorial.evaluate import main
+
+    names = ["a", "b", "c", "d", "e"]
+    root = write_voc_split(ShapesDataset(2, image_size=64, seed=1), tmp_path / "voc", "test", names)
+    ckpt = tmp_path / "last.pt"
+    save_atomic({"model": _tiny_state_dict(6), "iteration": 3, "class_names": names}, ckpt)
+    common = ["--checkpoint", str(ckpt), "--device", "cpu", "--no-coco", "--output-dir", str(tmp_path / "out")]
+    voc = [*common, "--dataset", "voc", "--root", str(root)]
+    assert main(voc) == 0  # without --classes: the stored names, not VOC's
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert sorted([*summary["ap50_11point"], *summary["missing_classes"]]) == names
+    assert main([*voc, "--classes", "e,d,c,b,a"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "e, d, c, b, a" in err and "a, b, c, d, e" in err
+    assert main([*common, "--dataset", "shapes", "--num-images", "1"]) == 2
+    assert "ellipse" in capsys.readouterr().err
+    plain = tmp_path / "plain.pt"
+    torch.save(_tiny_state_dict(6), plain)  # no stored names: --classes needs the right count
+    assert main([*voc, "--checkpoint", str(plain), "--classes", "a,b"]) == 2
+    assert "2 classes given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--batch-size", "0"), ("--max-images", "-1"), ("--max-images", "0")])
+def test_evaluate_cli_refuses_counts_below_one(tmp_path: Path, flag: str, value: str, capsys) -> None:
+    from ssd_tutorial.evaluate import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "m.pt"), "--output-dir", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2 and f"{flag}: must be >= 1, got {value}" in capsys.readouterr().err
+
+
+def test_collect_detections_refuses_counts_below_one() -> None:
+    from ssd_tutorial.data import ShapesDataset
+    from ssd_tutorial.evaluate import collect_detections
+    from ssd_tutorial.model import tiny_ssd300
+
+    model, dataset = tiny_ssd300(6), ShapesDataset(2)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        collect_detections(model, dataset, batch_size=0)
+    with pytest.raises(ValueError, match="max_images must be >= 1"):
+        collect_detections(model, dataset, max_images=-1)

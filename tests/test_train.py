@@ -261,6 +261,8 @@ def test_repeated_nonfinite_losses_abort_with_a_clear_message(tmp_path, monkeypa
     monkeypatch.setattr(train_module, "compute_loss", nan_loss)
     with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
         train(tiny_cfg(max_nonfinite=3), tmp_path, progress=False)
+    # no checkpoint of the diverged state: the one to go back to stays the newest
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
 
 
 # -- several processes -----------------------------------------------------------------------
@@ -442,3 +444,121 @@ def test_caffe_xavier_init_has_fan_in_variance() -> None:
     fan_out = torch_xavier.shape[0] * torch_xavier[0, 0].numel()
     fan_in = torch_xavier[0].numel()
     assert torch_xavier.var().item() == pytest.approx(2.0 / (fan_in + fan_out), rel=0.06)
+
+
+# --------------------------------------------------------------------------------------------
+# Nothing lost, nothing silently wrong (#20)
+# --------------------------------------------------------------------------------------------
+def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    from ssd_tutorial.train import main
+
+    train(tiny_cfg(max_iters=2), tmp_path, progress=False)
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"holds a run .*--resume.*--overwrite"):
+        train(tiny_cfg(), tmp_path, progress=False)
+    common = ["--config", "shapes_cpu", "--output-dir", str(tmp_path), "--no-progress", *CLI_OVERRIDES]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds a run" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # nothing touched
+    # --overwrite: the old run's files go (checkpoint_0000002.pt with them), nothing else does
+    assert main([*common, "--overwrite", "--set", "batch_size=2", "--set", "max_iters=1"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_0000001.pt"]
+    assert sorted(losses(tmp_path)) == [1] and (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(tiny_cfg(), tmp_path, resume=True, overwrite=True, progress=False)
+
+
+def test_resume_after_last_pt_is_truncated_in_place(reference_run, tmp_path):
+    """last.pt cut short where it lies: the numbered checkpoint beside it is another file and
+    still reads, and --resume continues from it, exactly."""
+    ref_dir, _ = reference_run
+    train(tiny_cfg(), tmp_path, max_iters=3, progress=False)  # checkpoints 2 and 3, last.pt = 3
+    last, newest = tmp_path / "last.pt", tmp_path / "checkpoint_0000003.pt"
+    assert not os.path.samefile(last, newest)
+    with open(last, "r+b") as f:
+        f.truncate(4096)
+    assert load_checkpoint(newest)["iteration"] == 3
+    with pytest.warns(UserWarning, match=r"checkpoint_0000003\.pt.*last\.pt.*truncated"):
+        train(tiny_cfg(), tmp_path, resume=True, progress=False)
+    assert losses(tmp_path) == losses(ref_dir)
+    ref, got = final_params(ref_dir), final_params(tmp_path)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_load_latest_checkpoint_passes_over_every_unreadable_file(tmp_path):
+    from ssd_tutorial.checkpoint import CheckpointError, load_latest_checkpoint
+
+    save_atomic({"iteration": 1}, tmp_path / "checkpoint_0000001.pt")
+    save_atomic({"iteration": 2}, tmp_path / "checkpoint_0000002.pt")
+    (tmp_path / "checkpoint_0000002.pt").write_bytes((tmp_path / "checkpoint_0000002.pt").read_bytes()[:40])
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match=r"checkpoint_0000001\.pt.*last\.pt.*checkpoint_0000002\.pt"):
+        path, state = load_latest_checkpoint(tmp_path)
+    assert path.name == "checkpoint_0000001.pt" and state == {"iteration": 1}
+    (tmp_path / "checkpoint_0000001.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint(.|\n)*last\.pt(.|\n)*checkpoint_0000002"):
+        load_latest_checkpoint(tmp_path)
+
+
+def test_a_write_that_reads_back_differently_keeps_the_old_file(tmp_path, monkeypatch):
+    import ssd_tutorial.checkpoint as checkpoint
+
+    path = save_atomic({"a": torch.ones(2)}, tmp_path / "c.pt")
+    monkeypatch.setattr(checkpoint, "_sha256_of_file", lambda p: b"what a failing disk gave back")
+    with pytest.raises(OSError, match="read back differs"):
+        save_atomic({"a": torch.zeros(2)}, path)
+    assert torch.equal(load_checkpoint(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def _voc_run_cfg(tmp_path):
+    from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset, write_voc_split
+
+    root = write_voc_split(ShapesDataset(16, image_size=64, seed=1), tmp_path / "voc", "trainval", SHAPES_CLASSES)
+    cfg = tiny_cfg(dataset="voc", voc_roots=(str(root),), class_names=SHAPES_CLASSES, val_root="", checkpoint_every=100)
+    return root, cfg
+
+
+def test_a_bad_image_mid_run_names_the_file_and_keeps_the_iterations_done(tmp_path, capsys):
+    root, cfg = _voc_run_cfg(tmp_path)
+    ids = (root / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    index = ResumableBatchSampler(len(ids), cfg.batch_size, cfg.seed).batch(2)[0][0]  # read by iteration 3
+    image_file = root / "JPEGImages" / f"{ids[index]}.jpg"
+    good = image_file.read_bytes()
+    image_file.write_bytes(good[:200])  # a JPEG cut short
+    with pytest.raises(ValueError, match=rf"{ids[index]}\.jpg"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
+    assert "checkpoint written at iteration 2" in capsys.readouterr().err
+    image_file.write_bytes(good)  # fixed: resume, and the run is the one never interrupted
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    train(cfg, tmp_path / "straight", progress=False)
+    assert losses(tmp_path / "run") == losses(tmp_path / "straight")
+    ref, got = final_params(tmp_path / "straight"), final_params(tmp_path / "run")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    from ssd_tutorial.train import main
+
+    common = ["--output-dir", str(tmp_path), "--no-progress"]
+    for argv, message in [
+        (["--config", "nope"], "error: unknown config 'nope'"),
+        (["--set", "lr=nan"], "error: lr must be a finite number, got nan"),
+        (["--set", "eval_every=-1"], "error: eval_every must be >= 0, got -1"),
+        (["--resume"], "error: --resume: no checkpoint"),
+    ]:
+        assert main([*common, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        main([*common, "--set", "lr=nan", "--debug"])
+
+
+def test_cli_error_in_a_subprocess_is_one_line_without_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "ssd_tutorial.train", "--output-dir", str(tmp_path), "--set", "lr=inf"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr == "error: lr must be a finite number, got inf\n"

@@ -1,0 +1,591 @@
+"""Published SSD300 weights, loaded into this package's :class:`~ssd_tutorial.model.SSD300`.
+
+Two trained detectors, each with its default boxes, its labels and its input transform, so that
+``Predictor`` / ``python -m ssd_tutorial.detect`` run them exactly as their authors did:
+
+========================  ===================================================================
+``load_pretrained(name)``  what it is
+========================  ===================================================================
+``"torchvision-coco"``    torchvision's ``ssd300_vgg16`` with ``SSD300_VGG16_Weights.COCO_V1``
+                          (25.1 box AP on COCO val2017; 91 outputs: background + torchvision's
+                          COCO label ids 1..90, the unused ids named ``"N/A"``).  Downloaded
+                          through torchvision's weights API, hash-checked.
+``"ssd-pytorch-voc"``     amdegroot/ssd.pytorch's ``ssd300_mAP_77.43_v2.pth`` (77.43 % VOC2007
+                          test mAP as its README reports; 21 outputs: background + the 20 VOC
+                          classes in ``data.VOC_CLASSES`` order, the same as ssd.pytorch's).
+a path                    a local file of either layout (torchvision's keys ``backbone.features.*``,
+                          ``head.*``, or ssd.pytorch's ``vgg.*``, ``L2Norm.weight``, ``extras.*``,
+                          ``loc.*``, ``conf.*``), told apart by its keys.  Class names: COCO for
+                          91 outputs of the torchvision layout, VOC for 21 of ssd.pytorch's,
+                          else numbers.
+========================  ===================================================================
+
+A third file, ``"ssd-pytorch-vgg16-reducedfc"`` (ssd.pytorch's ImageNet backbone,
+``vgg16_reducedfc.pth``), is a starting point for training rather than a detector:
+``fetch_published("ssd-pytorch-vgg16-reducedfc")`` returns its path, which
+``SSD300(backbone_weights=path)`` (and so a training config's ``backbone_weights``) accepts.
+
+Files are cached where torch.hub keeps checkpoints (``published_file(name)``:
+``$TORCH_HOME/hub/checkpoints/<file>``, by default ``~/.cache/torch/hub/checkpoints/``).  Offline,
+a missing file gives a RuntimeError that names the URL and the path to put the file at by hand.
+Every file is read with ``weights_only=True`` (no pickled code runs).
+
+Checksums: torchvision's file name carries the first 8 hex digits of its SHA-256
+(``ssd300_vgg16_coco-b556d3b4.pth``), checked when torch.hub downloads it and again here on the
+cached copy.  amdegroot publishes no checksum for its files, so none is checked unless you pass
+``expected_sha256`` (``sha256_of(path)`` computes one for a copy you trust); what is always
+checked is the content: every expected key present, every shape right, nothing left over.
+
+Building blocks: :func:`convert_torchvision_ssd300` and :func:`convert_ssd_pytorch` (their state
+dict -> ours), :func:`detect_layout`, :func:`set_input_transform`,
+:func:`load_ssd_pytorch_vgg16_reducedfc`, :func:`detector_from_state_dict`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from ssd_tutorial.data import VOC_CLASSES
+from ssd_tutorial.default_boxes import (
+    SSD_PYTORCH_VOC,
+    TORCHVISION_COCO,
+    DefaultBoxConfig,
+    boxes_per_cell,
+    default_boxes,
+)
+from ssd_tutorial.model import (
+    _CONV_NAMES,
+    _SSD_PYTORCH_FC_INDICES,
+    _TORCHVISION_CONV_INDICES,
+    SSD300,
+    VGG16_LAYERS,
+)
+
+__all__ = [
+    "PublishedWeights",
+    "PUBLISHED",
+    "PretrainedDetector",
+    "LAYOUTS",
+    "TORCHVISION_MEAN_255",
+    "SSD_PYTORCH_MEAN_RGB",
+    "SSD_PYTORCH_COCO",
+    "coco_categories",
+    "detect_layout",
+    "convert_torchvision_ssd300",
+    "convert_ssd_pytorch",
+    "set_input_transform",
+    "published_file",
+    "sha256_of",
+    "fetch_published",
+    "load_ssd_pytorch_vgg16_reducedfc",
+    "detector_from_state_dict",
+    "load_pretrained",
+]
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One published file: where it comes from, what it holds, and how to check it."""
+
+    name: str
+    url: str
+    layout: str  # "torchvision", "ssd.pytorch" or "ssd.pytorch-vgg"
+    description: str
+
+
+PUBLISHED: dict[str, PublishedWeights] = {
+    w.name: w
+    for w in (
+        PublishedWeights(
+            "torchvision-coco",
+            # torchvision.models.detection.SSD300_VGG16_Weights.COCO_V1.url (torchvision 0.29)
+            "https://download.pytorch.org/models/ssd300_vgg16_coco-b556d3b4.pth",
+            "torchvision",
+            "torchvision ssd300_vgg16, SSD300_VGG16_Weights.COCO_V1 (COCO val2017 box AP 25.1)",
+        ),
+        PublishedWeights(
+            "ssd-pytorch-voc",
+            # amdegroot/ssd.pytorch README.md, "Use a pre-trained SSD network for detection"
+            "https://s3.amazonaws.com/amdegroot-models/ssd300_mAP_77.43_v2.pth",
+            "ssd.pytorch",
+            "amdegroot/ssd.pytorch ssd300_mAP_77.43_v2.pth (VOC07+12 trainval, VOC2007 test mAP 77.43)",
+        ),
+        PublishedWeights(
+            "ssd-pytorch-vgg16-reducedfc",
+            # amdegroot/ssd.pytorch README.md, "Training SSD"
+            "https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth",
+            "ssd.pytorch-vgg",
+            "amdegroot/ssd.pytorch vgg16_reducedfc.pth (ImageNet VGG16, fc6/fc7 reduced; a backbone)",
+        ),
+    )
+}
+
+LAYOUTS = ("torchvision", "ssd.pytorch")
+
+# What each network wants as input, per RGB channel on the 0..255 scale.
+# torchvision ssd300_vgg16: image_mean [0.48235, 0.45882, 0.40784], image_std [1/255] * 3 on 0..1
+# RGB ("undo the 0-1 scaling of toTensor"), i.e. 255 * rgb - 255 * image_mean.
+TORCHVISION_MEAN_255 = tuple(255.0 * m for m in (0.48235, 0.45882, 0.40784))
+# ssd.pytorch: what its network sees is RGB minus (123, 117, 104) -- not BGR.  data/voc0712.py,
+# VOCDetection.pull_item: cv2.imread gives BGR (l.126), the transform subtracts MEANS = (104, 117,
+# 123) from the B, G, R channels (data/config.py l.11; utils/augmentations.py SubtractMeans for
+# training, data/__init__.py base_transform for testing), and then ``img = img[:, :, (2, 1, 0)]
+# # to rgb`` (l.136) flips the channels before the tensor is made.  eval.py, which measures the
+# mAP, goes through that same pull_item (l.379, BaseTransform(300, (104, 117, 123)) l.430), and
+# demo/demo.ipynb flips too (``x = x[:, :, ::-1]``).  "BGR input with mean (104, 117, 123)" is
+# the step before the flip.  (test.py l.44-46 feeds pull_image's BGR without the flip: that
+# script disagrees with training, so we follow training and eval.py.)  No channel swap at load.
+SSD_PYTORCH_MEAN_RGB = (123.0, 117.0, 104.0)
+
+# ssd.pytorch builds the ``coco`` priors for any class count but 21 (ssd.py: ``self.cfg = (coco,
+# voc)[num_classes == 21]``): torchvision's sizes (data/config.py coco: min 21, 45, ..., max ...,
+# 315), clipped as ssd.pytorch clips (cx, cy, w, h all clamped).
+SSD_PYTORCH_COCO = DefaultBoxConfig(**{**TORCHVISION_COCO.__dict__, "clip_form": "cxcywh"})
+
+
+@dataclass(frozen=True, eq=False)
+class PretrainedDetector:
+    """A loaded detector, as ``python -m ssd_tutorial.detect --weights`` uses it.
+
+    * ``model`` -- :class:`SSD300` in eval mode, taking ImageNet-normalized RGB like every model
+      of this package (its ``input_scale``/``input_shift`` turn that into what the weights want);
+    * ``class_names`` -- without background: label ``i + 1`` is ``class_names[i]``;
+    * ``priors`` -- its default boxes ``[P, 4]`` cxcywh normalized (``None`` would mean
+      ``default_boxes(SSD300_VOC)``; the published weights always bring their own);
+    * ``source`` -- where the weights came from (a name and URL, or a path);
+    * ``prior_config`` -- the layout ``priors`` were made from.
+    """
+
+    model: SSD300
+    class_names: tuple[str, ...]
+    priors: Tensor | None
+    source: str
+    prior_config: DefaultBoxConfig
+
+
+def coco_categories() -> list[str]:
+    """torchvision's COCO label names, index = label id: ``[0]`` is ``"__background__"`` and the
+    ids COCO leaves unused are ``"N/A"`` (91 entries; ``SSD300_VGG16_Weights.COCO_V1.meta``)."""
+    from torchvision.models.detection import SSD300_VGG16_Weights
+
+    return list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
+
+
+# ----------------------------------------------------------------------------- key layouts
+def _torchvision_key_map() -> dict[str, str]:
+    """torchvision ``ssd300_vgg16`` state-dict key -> ours, for the 71 tensors.
+
+    torchvision (ssd.py, SSDFeatureExtractorVGG): ``backbone.features`` = vgg16.features up to
+    conv4_3 (indices as in torchvision's VGG); ``backbone.scale_weight`` = the L2Norm scale;
+    ``backbone.extra.0`` = [pool4, conv5_1, relu, conv5_2, relu, conv5_3, relu, Sequential(pool5,
+    fc6, relu, fc7, relu)]; ``backbone.extra.1..4`` = [1x1 conv, relu, 3x3 conv, relu] for
+    conv8..conv11; ``head.regression_head`` / ``head.classification_head``: ``module_list.k``,
+    one 3x3 conv per source map, channels ``a * K + j`` for box a, value j -- as ours.
+    """
+    names: dict[str, str] = {"backbone.scale_weight": "l2norm.weight"}
+    for index, name in zip(_TORCHVISION_CONV_INDICES[:10], _CONV_NAMES[:10]):
+        names[f"backbone.features.{index}"] = f"backbone.{name}"
+    for position, name in zip((1, 3, 5), _CONV_NAMES[10:]):
+        names[f"backbone.extra.0.{position}"] = f"fc.{name}"
+    names["backbone.extra.0.7.1"] = "fc.fc6"
+    names["backbone.extra.0.7.3"] = "fc.fc7"
+    for k in range(4):
+        names[f"backbone.extra.{k + 1}.0"] = f"extras.{k}.conv{k + 8}_1"
+        names[f"backbone.extra.{k + 1}.2"] = f"extras.{k}.conv{k + 8}_2"
+    for k in range(6):
+        names[f"head.regression_head.module_list.{k}"] = f"loc_heads.{k}"
+        names[f"head.classification_head.module_list.{k}"] = f"conf_heads.{k}"
+    return _with_parts(names)
+
+
+def _ssd_pytorch_key_map() -> dict[str, str]:
+    """ssd.pytorch ``SSD`` state-dict key -> ours, for the 71 tensors.
+
+    ssd.pytorch (ssd.py): ``vgg`` = nn.ModuleList of vgg() (convs at 0, 2, 5, ..., 28, pool5 at
+    30, conv6 = our fc6 at 31, conv7 = our fc7 at 33); ``L2Norm.weight``; ``extras`` = the 8
+    convs of add_extras() (conv8_1, conv8_2, ..., conv11_2; the ReLUs are F.relu in forward);
+    ``loc.k`` / ``conf.k``: one 3x3 conv per source map, outputs permuted to channels-last and
+    flattened as ours.
+    """
+    names: dict[str, str] = {"L2Norm.weight": "l2norm.weight"}
+    for index, name in zip(_TORCHVISION_CONV_INDICES, _CONV_NAMES):
+        module = "fc" if name.startswith("conv5") else "backbone"
+        names[f"vgg.{index}"] = f"{module}.{name}"
+    for name, index in _SSD_PYTORCH_FC_INDICES.items():
+        names[f"vgg.{index}"] = f"fc.{name}"
+    for j in range(8):
+        names[f"extras.{j}"] = f"extras.{j // 2}.conv{j // 2 + 8}_{j % 2 + 1}"
+    for k in range(6):
+        names[f"loc.{k}"] = f"loc_heads.{k}"
+        names[f"conf.{k}"] = f"conf_heads.{k}"
+    return _with_parts(names)
+
+
+def _with_parts(prefixes: dict[str, str]) -> dict[str, str]:
+    """Module-name map -> full-key map (``.weight`` and ``.bias``; the L2Norm scale is one key)."""
+    full: dict[str, str] = {}
+    for theirs, ours in prefixes.items():
+        if ours == "l2norm.weight":
+            full[theirs] = ours
+            continue
+        for part in ("weight", "bias"):
+            full[f"{theirs}.{part}"] = f"{ours}.{part}"
+    return full
+
+
+_KEY_MAPS = {"torchvision": _torchvision_key_map, "ssd.pytorch": _ssd_pytorch_key_map}
+# keys that identify each layout
+_SIGNATURES = {
+    "torchvision": ("backbone.features.0.weight", "head.classification_head.module_list.0.weight"),
+    "ssd.pytorch": ("vgg.0.weight", "L2Norm.weight", "conf.0.weight"),
+}
+
+
+def detect_layout(state_dict: Mapping[str, object]) -> str | None:
+    """``"torchvision"``, ``"ssd.pytorch"`` or None, from the keys that only that layout has."""
+    for layout, keys in _SIGNATURES.items():
+        if all(k in state_dict for k in keys):
+            return layout
+    return None
+
+
+def _rename(state_dict: Mapping[str, Tensor], layout: str, source: str) -> dict[str, Tensor]:
+    """Their keys -> ours, strictly: a missing or an unexpected key is a ValueError naming it."""
+    key_map = _KEY_MAPS[layout]()
+    missing = [k for k in key_map if k not in state_dict]
+    extra = [k for k in state_dict if k not in key_map]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+        if extra:
+            parts.append(f"unexpected {extra[:4]}{' ...' if len(extra) > 4 else ''}")
+        raise ValueError(f"{source}: not a complete {layout} SSD300 state dict: {'; '.join(parts)}")
+    return {ours: state_dict[theirs] for theirs, ours in key_map.items()}
+
+
+def convert_torchvision_ssd300(state_dict: Mapping[str, Tensor], source: str = "state dict") -> dict[str, Tensor]:
+    """torchvision ``ssd300_vgg16`` state dict -> an :class:`SSD300` state dict (without the
+    ``input_scale``/``input_shift`` buffers: see :func:`set_input_transform`).
+
+    The tensors are the same objects, renamed; no layout change is needed: both heads order
+    their channels box by box, then value by value, and both flatten maps row-major.  Raises
+    ValueError naming any missing or unexpected key.
+    """
+    return _rename(state_dict, "torchvision", source)
+
+
+def convert_ssd_pytorch(state_dict: Mapping[str, Tensor], source: str = "state dict") -> dict[str, Tensor]:
+    """amdegroot/ssd.pytorch ``SSD`` state dict -> an :class:`SSD300` state dict (without the
+    input buffers).  Same tensors renamed; ValueError naming any missing or unexpected key."""
+    return _rename(state_dict, "ssd.pytorch", source)
+
+
+def _load_converted(model: SSD300, converted: dict[str, Tensor], layout: str, source: str) -> None:
+    """Load ``converted`` into ``model`` after checking every shape (errors name their key and ours)."""
+    theirs_of = {ours: theirs for theirs, ours in _KEY_MAPS[layout]().items()}
+    own = model.state_dict()
+    for key, value in converted.items():
+        if not isinstance(value, Tensor):
+            raise ValueError(f"{source}: {theirs_of[key]} is a {type(value).__name__}, not a tensor")
+        if value.shape != own[key].shape:
+            raise ValueError(
+                f"{source}: {theirs_of[key]} has shape {list(value.shape)}, SSD300 expects "
+                f"{list(own[key].shape)} (for our {key})"
+            )
+    model.load_state_dict(converted, strict=False)
+    not_loaded = [k for k in own if k not in converted and k not in ("input_scale", "input_shift")]
+    if not_loaded:  # cannot happen with a complete key map; a guard against editing one
+        raise ValueError(f"{source}: nothing for {not_loaded[:4]}")
+
+
+def set_input_transform(model: SSD300, mean_255: Sequence[float], scale: float = 1.0) -> None:
+    """Make ``model`` feed its weights ``(rgb_255 - mean_255) * scale`` while it takes, like every
+    model of this package, ImageNet-normalized RGB ``x = (rgb_255 / 255 - mean) / std``.
+
+    From ``rgb_255 = 255 (x std + mean)``: ``input_scale = 255 std scale`` and
+    ``input_shift = (255 mean - mean_255) scale``, per channel, applied before conv1_1.
+    """
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    target = torch.tensor([float(m) for m in mean_255], dtype=torch.float64).view(1, 3, 1, 1)
+    model.input_scale.copy_(255.0 * std * scale)
+    model.input_shift.copy_((255.0 * mean - target) * scale)
+
+
+def _num_classes(state_dict: Mapping[str, Tensor], layout: str, source: str) -> int:
+    """Classes (with background) from the first conf head: ``[4 * C, 512, 3, 3]``."""
+    key = "head.classification_head.module_list.0.weight" if layout == "torchvision" else "conf.0.weight"
+    weight = state_dict[key]
+    anchors = boxes_per_cell(TORCHVISION_COCO)[0]  # 4 boxes per cell on conv4_3 in both layouts
+    if not isinstance(weight, Tensor) or weight.ndim != 4 or weight.shape[0] % anchors or weight.shape[0] < 2 * anchors:
+        shape = list(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"{source}: {key} has shape {shape}, expected [{anchors} * classes, 512, 3, 3]")
+    return weight.shape[0] // anchors
+
+
+def detector_from_state_dict(
+    state_dict: Mapping[str, Tensor], source: str, device: str | torch.device = "cpu"
+) -> PretrainedDetector:
+    """A :class:`PretrainedDetector` from a state dict of either layout (:func:`detect_layout`).
+
+    The class count comes from the conf head; the default boxes, labels and input transform
+    from the layout: torchvision -> ``TORCHVISION_COCO`` boxes, COCO names for 91 outputs,
+    ``rgb - 255 (0.48235, 0.45882, 0.40784)``; ssd.pytorch -> ``SSD_PYTORCH_VOC`` boxes and VOC
+    names for 21 outputs (``SSD_PYTORCH_COCO`` boxes otherwise, as ssd.pytorch does),
+    ``rgb - (123, 117, 104)``.
+    """
+    layout = detect_layout(state_dict)
+    if layout is None:
+        some = sorted(state_dict)[:5]
+        raise ValueError(
+            f"{source}: neither a torchvision ssd300_vgg16 nor an ssd.pytorch SSD300 state dict "
+            f"(expected {_SIGNATURES['torchvision'][0]!r} or {_SIGNATURES['ssd.pytorch'][0]!r} ...), "
+            f"got keys {some}{' ...' if len(state_dict) > 5 else ''}; a checkpoint of this package "
+            "goes to --checkpoint (detect) / model_from_checkpoint instead"
+        )
+    num_classes = _num_classes(state_dict, layout, source)
+    if layout == "torchvision":
+        converted = convert_torchvision_ssd300(state_dict, source)
+        prior_config = TORCHVISION_COCO
+        categories = coco_categories()
+        names = categories[1:] if num_classes == len(categories) else None
+        mean_255 = TORCHVISION_MEAN_255
+    else:
+        converted = convert_ssd_pytorch(state_dict, source)
+        voc = num_classes == len(VOC_CLASSES) + 1
+        prior_config = SSD_PYTORCH_VOC if voc else SSD_PYTORCH_COCO
+        names = list(VOC_CLASSES) if voc else None
+        mean_255 = SSD_PYTORCH_MEAN_RGB
+    if names is None:
+        names = [str(k) for k in range(1, num_classes)]
+    with torch.device("meta"):  # no time spent on an init that the weights overwrite
+        model = SSD300(num_classes=num_classes, prior_config=prior_config)
+    model = model.to_empty(device="cpu")
+    _load_converted(model, converted, layout, source)
+    with torch.no_grad():
+        set_input_transform(model, mean_255)
+    return PretrainedDetector(
+        model=model.to(device).eval(),
+        class_names=tuple(names),
+        priors=default_boxes(prior_config),
+        source=source,
+        prior_config=prior_config,
+    )
+
+
+# ----------------------------------------------------------------------------- files
+def published_file(name: str) -> Path:
+    """Where torch.hub keeps (or will keep) the file of published weights ``name``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_published(name).url)
+
+
+def sha256_of(path: str | Path) -> str:
+    """SHA-256 of a file, hex (to pin a copy you trust with ``expected_sha256``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _published(name: str) -> PublishedWeights:
+    if name not in PUBLISHED:
+        raise ValueError(f"unknown published weights {name!r}; known: {', '.join(PUBLISHED)}")
+    return PUBLISHED[name]
+
+
+def _offline_message(weights: PublishedWeights, err: BaseException) -> str:
+    path = published_file(weights.name)
+    return (
+        f"could not download {weights.name!r} from {weights.url} ({type(err).__name__}: {err}). "
+        f"Without a network: download that URL on a machine with internet and put the file at\n"
+        f"  {path}\n"
+        f"(torch.hub's checkpoints folder; TORCH_HOME moves it), or pass the file's path instead of "
+        f"the name (--weights /path/to/{path.name})."
+    )
+
+
+def _check_file_hash(weights: PublishedWeights, path: Path, expected_sha256: str | None) -> None:
+    """torchvision's hash prefix from the file name (re-checked: torch.hub checks only downloads),
+    and ``expected_sha256`` when given."""
+    digest: str | None = None
+    match = re.search(r"-([a-f0-9]{8,})\.", path.name)  # torch.hub's HASH_REGEX convention
+    if weights.layout == "torchvision" and match:
+        digest = sha256_of(path)
+        if not digest.startswith(match.group(1)):
+            raise RuntimeError(
+                f"{path}: SHA-256 {digest[:16]}... does not start with {match.group(1)} as its name says "
+                f"(a corrupt or partial copy?); delete it to download again"
+            )
+    if expected_sha256 is not None:
+        digest = digest or sha256_of(path)
+        if digest != expected_sha256.lower():
+            raise RuntimeError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
+
+
+def _download_state_dict(name: str, progress: bool = True) -> dict[str, Tensor]:
+    """The state dict of published weights ``name``: from torch.hub's cache, or downloaded into it.
+
+    The one place that touches the network (tests replace it).  torchvision's file goes
+    through its weights API, which checks the hash prefix of the file name when downloading;
+    amdegroot's through ``torch.hub.load_state_dict_from_url``.  Both load with ``weights_only=True``.
+    """
+    weights = _published(name)
+    if weights.layout == "torchvision":
+        from torchvision.models.detection import SSD300_VGG16_Weights
+
+        return SSD300_VGG16_Weights.COCO_V1.get_state_dict(
+            progress=progress, check_hash=True, weights_only=True, map_location="cpu"
+        )
+    return torch.hub.load_state_dict_from_url(
+        weights.url,
+        model_dir=str(published_file(name).parent),
+        map_location="cpu",
+        progress=progress,
+        check_hash=False,  # no hash in amdegroot's file names
+        weights_only=True,
+    )
+
+
+def _fetch_state_dict(name: str, progress: bool, expected_sha256: str | None) -> dict[str, Tensor]:
+    """:func:`_download_state_dict` with its failures explained, and the cached file's hash checked."""
+    weights = _published(name)
+    path = published_file(name)
+    had_file = path.is_file()
+    try:
+        state = _download_state_dict(name, progress)
+    except Exception as err:
+        if had_file:  # the cached copy itself is unreadable: no network would help
+            raise RuntimeError(
+                f"cannot read the cached {name!r} weights {path} ({type(err).__name__}: {err}); "
+                f"delete it to download again from {weights.url}"
+            ) from err
+        raise RuntimeError(_offline_message(weights, err)) from err
+    if path.is_file():  # absent only when a test replaced the download
+        _check_file_hash(weights, path, expected_sha256)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise RuntimeError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return _strip_module_prefix(state)
+
+
+def _strip_module_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Keys saved from an ``nn.DataParallel`` wrapper start with ``module.``; drop it."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _vgg16_reducedfc_shapes() -> dict[str, tuple[int, ...]]:
+    """Key -> shape of ssd.pytorch's ``vgg`` ModuleList (vgg16_reducedfc.pth), from VGG16_LAYERS."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    channels = [v for v in VGG16_LAYERS if isinstance(v, int)]
+    c_in = 3
+    for index, c_out in zip(_TORCHVISION_CONV_INDICES, channels):
+        shapes[f"{index}.weight"], shapes[f"{index}.bias"] = (c_out, c_in, 3, 3), (c_out,)
+        c_in = c_out
+    fc6, fc7 = _SSD_PYTORCH_FC_INDICES["fc6"], _SSD_PYTORCH_FC_INDICES["fc7"]
+    shapes[f"{fc6}.weight"], shapes[f"{fc6}.bias"] = (1024, 512, 3, 3), (1024,)  # conv6: 3x3, dilation 6
+    shapes[f"{fc7}.weight"], shapes[f"{fc7}.bias"] = (1024, 1024, 1, 1), (1024,)  # conv7: 1x1
+    return shapes
+
+
+def load_ssd_pytorch_vgg16_reducedfc(
+    path: str | Path | None = None, *, progress: bool = True, expected_sha256: str | None = None
+) -> dict[str, Tensor]:
+    """ssd.pytorch's ``vgg16_reducedfc.pth`` state dict (``"0.weight"`` ... ``"33.bias"``), checked
+    strictly: exactly the 30 keys of its ``vgg`` ModuleList with their shapes.
+
+    ``path`` None: the cached or downloaded published file.  ``SSD300(backbone_weights=path)``
+    reads the same file (as Caffe-style weights: RGB on 0..255 minus the mean, the input
+    ssd.pytorch trains it with); this function is for checking a copy, and for
+    :func:`fetch_published`.
+    """
+    source: str
+    if path is None:
+        state = _fetch_state_dict("ssd-pytorch-vgg16-reducedfc", progress, expected_sha256)
+        source = str(published_file("ssd-pytorch-vgg16-reducedfc"))
+    else:
+        from ssd_tutorial.checkpoint import load_checkpoint
+
+        state = _strip_module_prefix(load_checkpoint(path))
+        source = str(path)
+        if expected_sha256 is not None and sha256_of(path) != expected_sha256.lower():
+            raise RuntimeError(f"{path}: SHA-256 {sha256_of(path)} differs from the expected {expected_sha256}")
+    expected = _vgg16_reducedfc_shapes()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        raise ValueError(
+            f"{source}: not ssd.pytorch's vgg16_reducedfc layout: missing {missing[:4]}, unexpected {extra[:4]}"
+        )
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise ValueError(f"{source}: {key} has shape {list(state[key].shape)}, expected {list(shape)}")
+    return state
+
+
+def fetch_published(name: str, *, progress: bool = True, expected_sha256: str | None = None) -> Path:
+    """Make sure the file of published weights ``name`` is in torch.hub's cache (downloading it
+    if needed, checking it as :func:`load_pretrained` does) and return its path.
+
+    ``fetch_published("ssd-pytorch-vgg16-reducedfc")`` is the way to ssd.pytorch's backbone for
+    ``SSD300(backbone_weights=...)``.
+    """
+    weights = _published(name)
+    if weights.layout == "ssd.pytorch-vgg":
+        load_ssd_pytorch_vgg16_reducedfc(progress=progress, expected_sha256=expected_sha256)
+    else:
+        state = _fetch_state_dict(name, progress, expected_sha256)
+        _rename(state, weights.layout, str(published_file(name)))
+    return published_file(name)
+
+
+def load_pretrained(
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    progress: bool = True,
+    expected_sha256: str | None = None,
+) -> PretrainedDetector:
+    """Published weights by name (``"torchvision-coco"``, ``"ssd-pytorch-voc"``) or a local file of
+    either layout -> :class:`PretrainedDetector` (model in eval mode on ``device``).
+
+    Names are downloaded once into torch.hub's cache (offline: RuntimeError naming the URL and
+    the path to put the file at).  Files are read with ``weights_only=True``.  A file of neither
+    layout: ValueError naming it and some of its keys.
+    """
+    if isinstance(name_or_path, str) and name_or_path in PUBLISHED:
+        weights = PUBLISHED[name_or_path]
+        if weights.layout not in LAYOUTS:
+            raise ValueError(
+                f"{name_or_path!r} is a backbone, not a detector: pass "
+                f"backbone_weights=fetch_published({name_or_path!r}) to SSD300 / the training config"
+            )
+        state = _fetch_state_dict(name_or_path, progress, expected_sha256)
+        source = f"{weights.name} ({weights.description}; {weights.url})"
+        return detector_from_state_dict(state, source, device)
+    path = Path(name_or_path)
+    if not path.is_file():
+        detectors = ", ".join(n for n, w in PUBLISHED.items() if w.layout in LAYOUTS)
+        raise FileNotFoundError(f"weights {str(name_or_path)!r}: neither published weights ({detectors}) nor a file")
+    from ssd_tutorial.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)  # weights_only=True; RuntimeError for pickled objects
+    if expected_sha256 is not None and sha256_of(path) != expected_sha256.lower():
+        raise RuntimeError(f"{path}: SHA-256 {sha256_of(path)} differs from the expected {expected_sha256}")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return detector_from_state_dict(_strip_module_prefix(state), str(path), device)
