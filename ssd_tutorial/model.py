@@ -107,9 +107,9 @@ class SSD300(nn.Module):
         backbone_weights: ``None`` (Xavier init everywhere, train from scratch), ``"imagenet"``
             (torchvision's ``VGG16_Weights.IMAGENET1K_V1``, downloaded or from the torch hub
             cache: conv1_1 .. conv5_3, and fc6/fc7 subsampled from its classifier as in the
-            paper), ``"imagenet_features"`` (``IMAGENET1K_FEATURES``: the convs only), or a path to a local state dict of a torchvision ``vgg16`` (``features.N.*``
-            keys, optionally ``classifier.*``), of this model's backbone (``backbone.*``,
-            ``fc.*``), or ssd.pytorch's ``vgg16_reducedfc.pth`` (``N.*`` keys, convs and the
+            paper), ``"imagenet_features"`` (``IMAGENET1K_FEATURES``: the convs only), or a path
+            to a local state dict of a torchvision ``vgg16`` (``features.N.*`` keys, optionally
+            ``classifier.*``), of this model's backbone (``backbone.*``, ``fc.*``), or ssd.pytorch's ``vgg16_reducedfc.pth`` (``N.*`` keys, convs and the
             reduced fc6/fc7 at 31/33; see :func:`ssd_tutorial.pretrained.fetch_published`).
         width_mult: multiplies every channel count; ``TINY_WIDTH`` (0.125) is the CPU preset.
             Pretrained weights need ``width_mult = 1``.

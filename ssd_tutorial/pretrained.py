@@ -1,24 +1,20 @@
 """Published SSD300 weights, loaded into this package's :class:`~ssd_tutorial.model.SSD300`.
 
 Two trained detectors, each with its default boxes, its labels and its input transform, so that
-``Predictor`` / ``python -m ssd_tutorial.detect`` run them exactly as their authors did:
+``Predictor`` / ``python -m ssd_tutorial.detect`` run them the way their authors did, as far as this
+pipeline allows (see "Running them" below):
 
-========================  ===================================================================
-``load_pretrained(name)``  what it is
-========================  ===================================================================
-``"torchvision-coco"``    torchvision's ``ssd300_vgg16`` with ``SSD300_VGG16_Weights.COCO_V1``
-                          (25.1 box AP on COCO val2017; 91 outputs: background + torchvision's
-                          COCO label ids 1..90, the unused ids named ``"N/A"``).  Downloaded
-                          through torchvision's weights API, hash-checked.
-``"ssd-pytorch-voc"``     amdegroot/ssd.pytorch's ``ssd300_mAP_77.43_v2.pth`` (77.43 % VOC2007
-                          test mAP as its README reports; 21 outputs: background + the 20 VOC
-                          classes in ``data.VOC_CLASSES`` order, the same as ssd.pytorch's).
-a path                    a local file of either layout (torchvision's keys ``backbone.features.*``,
-                          ``head.*``, or ssd.pytorch's ``vgg.*``, ``L2Norm.weight``, ``extras.*``,
-                          ``loc.*``, ``conf.*``), told apart by its keys.  Class names: COCO for
-                          91 outputs of the torchvision layout, VOC for 21 of ssd.pytorch's,
-                          else numbers.
-========================  ===================================================================
+* ``load_pretrained("torchvision-coco")`` -- torchvision's ``ssd300_vgg16`` with
+  ``SSD300_VGG16_Weights.COCO_V1`` (25.1 box AP on COCO val2017; 91 outputs: background +
+  torchvision's COCO label ids 1..90, the unused ids named ``"N/A"``).  Downloaded through
+  torchvision's weights API, hash-checked.
+* ``load_pretrained("ssd-pytorch-voc")`` -- amdegroot/ssd.pytorch's ``ssd300_mAP_77.43_v2.pth``
+  (77.43 % VOC2007 test mAP as its README reports; 21 outputs: background + the 20 VOC classes
+  in ``data.VOC_CLASSES`` order, which is ssd.pytorch's).
+* ``load_pretrained(path)`` -- a local file of either layout (torchvision's keys
+  ``backbone.features.*``, ``head.*``; or ssd.pytorch's ``vgg.*``, ``L2Norm.weight``,
+  ``extras.*``, ``loc.*``, ``conf.*``), told apart by its keys.  Class names: COCO for 91
+  outputs of the torchvision layout, VOC for 21 of ssd.pytorch's, else numbers.
 
 A third file, ``"ssd-pytorch-vgg16-reducedfc"`` (ssd.pytorch's ImageNet backbone,
 ``vgg16_reducedfc.pth``), is a starting point for training rather than a detector:
@@ -35,6 +31,26 @@ Checksums: torchvision's file name carries the first 8 hex digits of its SHA-256
 cached copy.  amdegroot publishes no checksum for its files, so none is checked unless you pass
 ``expected_sha256`` (``sha256_of(path)`` computes one for a copy you trust); what is always
 checked is the content: every expected key present, every shape right, nothing left over.
+
+Running them: ``Predictor(loaded.model, priors=loaded.priors)``, as detect.py does.  Its steps are
+torchvision's postprocess (softmax, score > 0.01 per class, best 400 per class, class-wise NMS
+at 0.45, best 200 per image, boxes clipped to the image and scaled to its size), so the COCO
+weights give torchvision's own detections (tests/test_pretrained.py: same labels, boxes within
+2e-4 px, scores within 1e-6).  Differences that remain are float-level (we decode in normalized
+coordinates and run NMS in float64), plus two:
+
+* torchvision clamps the decoded log-size offsets at log(1000 / 16); we do not.  Only boxes
+  more than 62 times their default box differ, and clipping to the image makes them equal
+  unless the centre is far outside it.
+* images that are not 300 x 300: we resize the uint8 image bilinearly (rounded to whole grey
+  levels), torchvision resizes the float image, so scores differ by about 1e-3 and a detection
+  near a threshold may appear in one and not the other.
+
+For ssd.pytorch, the input (RGB minus its mean), the default boxes (its ``PriorBox``) and the
+classes are its own.  The postprocessing is ours, which departs from its ``Detect`` in two
+places: it keeps 200 candidates per class before NMS where we keep 400, and it does not clip
+the boxes.  Its resize is OpenCV's ``INTER_LINEAR`` on uint8, close to ours but not
+bit-identical.
 
 Building blocks: :func:`convert_torchvision_ssd300` and :func:`convert_ssd_pytorch` (their state
 dict -> ours), :func:`detect_layout`, :func:`set_input_transform`,
