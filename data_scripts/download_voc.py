@@ -20,7 +20,6 @@ Afterwards ``data/VOCdevkit/VOC2007`` and ``data/VOCdevkit/VOC2012`` hold the VO
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tarfile
@@ -30,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from ssd_tutorial.cli import USER_ERRORS, add_debug_flag, run_main
+from ssd_tutorial.files import file_digest
 
 CHUNK = 1 << 20  # bytes per read
 
@@ -78,11 +78,7 @@ ARCHIVES: dict[str, Archive] = {
 
 def md5sum(path: Path) -> str:
     """Hex MD5 of a file, read in chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5", CHUNK).hexdigest()
 
 
 def download(url: str, dest: Path, md5: str, progress: bool = True, timeout: float = 60.0) -> Path:

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssd_tutorial.files import file_digest
+
 __all__ = [
     "CHECKPOINT_PATTERN",
     "LAST",
@@ -68,11 +70,7 @@ def _serialize(obj: dict[str, Any]) -> bytes:
 
 
 def _sha256_of_file(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.digest()
+    return file_digest(path, "sha256", CHUNK).digest()
 
 
 def _write_verified(data: bytes, path: Path) -> Path:

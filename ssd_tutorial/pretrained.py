@@ -58,7 +58,6 @@ dict -> ours), :func:`detect_layout`, :func:`set_input_transform`,
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -77,6 +76,7 @@ from ssd_tutorial.default_boxes import (
     boxes_per_cell,
     default_boxes,
 )
+from ssd_tutorial.files import file_digest
 from ssd_tutorial.model import (
     _CONV_NAMES,
     _SSD_PYTORCH_FC_INDICES,
@@ -406,11 +406,7 @@ def published_file(name: str) -> Path:
 
 def sha256_of(path: str | Path) -> str:
     """SHA-256 of a file, hex (to pin a copy you trust with ``expected_sha256``)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256").hexdigest()
 
 
 def _published(name: str) -> PublishedWeights:
@@ -536,8 +532,8 @@ def load_ssd_pytorch_vgg16_reducedfc(
 
         state = _strip_module_prefix(load_checkpoint(path))
         source = str(path)
-        if expected_sha256 is not None and sha256_of(path) != expected_sha256.lower():
-            raise RuntimeError(f"{path}: SHA-256 {sha256_of(path)} differs from the expected {expected_sha256}")
+        if expected_sha256 is not None and (got := sha256_of(path)) != expected_sha256.lower():
+            raise RuntimeError(f"{path}: SHA-256 {got} differs from the expected {expected_sha256}")
     expected = _vgg16_reducedfc_shapes()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
