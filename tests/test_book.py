@@ -71,29 +71,11 @@ def test_first_cell_is_the_colab_install_cell(notebook):
     )
 
 
-def _skipped(cell) -> bool:
-    """A cell that needs what the build machines lack (internet, the reader's photo): tagged
-    ``skip-execution`` (nbclient leaves it) and ``nbval-skip`` (the tests leave it)."""
-    return "skip-execution" in cell.metadata.get("tags", [])
-
-
 def test_every_code_cell_was_executed_in_order(notebook):
-    counts = [c.execution_count for c in _code_cells(notebook) if not _skipped(c)]
+    counts = [c.execution_count for c in _code_cells(notebook)]
     assert None not in counts, f"{notebook.metadata['_path']}: unexecuted code cells"
     # one fresh run from top to bottom numbers the cells 1, 2, 3, ...
     assert counts == list(range(1, len(counts) + 1)), f"{notebook.metadata['_path']}: counts {counts}"
-
-
-def test_cells_not_run_are_skipped_by_nbval_have_no_output_and_say_so(notebook):
-    cells = notebook.cells
-    for i, cell in enumerate(cells):
-        if cell.cell_type != "code" or not _skipped(cell):
-            continue
-        path = notebook.metadata["_path"]
-        assert "nbval-skip" in cell.metadata.get("tags", []), f"{path} cell {i}: skip-execution without nbval-skip"
-        assert not cell.get("outputs") and cell.execution_count is None, f"{path} cell {i}: an output it did not produce"
-        note = "".join(c.source for c in cells[max(0, i - 2) : i] if c.cell_type == "markdown")
-        assert "not run" in note, f"{path} cell {i}: the page must say that this cell is not run"
 
 
 def test_no_error_outputs(notebook):
