@@ -110,6 +110,11 @@ def _listed(names: Sequence[str]) -> str:
     return ", ".join(names[:25]) + (" ..." if len(names) > 25 else "")
 
 
+def split_class_names(text: str) -> list[str]:
+    """``--classes "a, b,c"`` -> ``["a", "b", "c"]`` (blank entries dropped)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def resolve_class_names(
     given: Sequence[str] | None, stored: Sequence[str] | None, num_classes: int, source: str | Path
 ) -> list[str]:
@@ -276,8 +281,7 @@ def _check_classes(given: str | None, names: list[str], stored: bool, source: st
     weights store them, else the same count (see :func:`resolve_class_names`)."""
     if given is None:
         return names
-    wanted = [n.strip() for n in given.split(",") if n.strip()]
-    return resolve_class_names(wanted, names if stored else None, len(names) + 1, source)
+    return resolve_class_names(split_class_names(given), names if stored else None, len(names) + 1, source)
 
 
 def _records(detections: dict[str, Tensor], names: Sequence[str]) -> list[dict[str, Any]]:

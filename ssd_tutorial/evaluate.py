@@ -164,14 +164,14 @@ def _class_names(args: argparse.Namespace, stored: list[str] | None, num_classes
     """The names to evaluate with: the dataset's (shapes) or --classes, checked against the
     checkpoint's; without either, the checkpoint's stored names or the defaults by class count."""
     from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
-    from ssd_tutorial.detect import resolve_class_names
+    from ssd_tutorial.detect import resolve_class_names, split_class_names
 
     if args.dataset == "shapes":
         if args.classes:
             raise ValueError("--classes is for --dataset voc (the shapes dataset has its own classes)")
         given: Sequence[str] | None = SHAPES_CLASSES
     else:
-        given = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+        given = split_class_names(args.classes) if args.classes else None
         if given is None and stored is None and num_classes - 1 not in (len(VOC_CLASSES), len(SHAPES_CLASSES)):
             raise ValueError(
                 f"{args.checkpoint} stores no class names and its {num_classes - 1} classes are neither VOC's "
