@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ __all__ = [
     "collect_images",
     "model_from_checkpoint",
     "model_and_stored_names",
+    "StoredDetector",
+    "load_stored_detector",
     "default_class_names",
     "resolve_class_names",
     "read_image_file",
@@ -62,28 +65,58 @@ def _width_and_classes(state_dict: dict[str, Tensor], path: str | Path) -> tuple
     return l2norm.shape[0] / 512, conf_head.shape[0] // boxes_per_cell(SSD300_VOC)[0]
 
 
+@dataclass(frozen=True, eq=False)
+class StoredDetector:
+    """What a checkpoint of this package holds, loaded (see :func:`load_stored_detector`).
+
+    ``names`` exclude background (``names[label - 1]`` names label ``label``; None: a plain state
+    dict stores none); ``priors`` ``[P, 4]`` cxcywh normalized, or None for SSD300's own layout;
+    ``category_ids`` the COCO ids of labels 1..C when it was trained on a COCO JSON, else None.
+    """
+
+    model: nn.Module
+    names: list[str] | None
+    priors: Tensor | None
+    category_ids: list[int] | None
+
+
+def load_stored_detector(path: str | Path, device: str | torch.device = "cpu") -> StoredDetector:
+    """Load ``path`` (training checkpoint or plain state dict): the model in eval mode on ``device``,
+    with what the checkpoint says of its classes and default boxes."""
+    from ssd_tutorial.checkpoint import load_checkpoint
+    from ssd_tutorial.default_boxes import SSD300_VOC, default_boxes
+    from ssd_tutorial.model import SSD300
+    from ssd_tutorial.train import stored_prior_config
+
+    state = load_checkpoint(path, map_location="cpu")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a dict (state dict or training checkpoint), got {type(state).__name__}")
+    names: list[str] | None = None
+    priors, category_ids = None, None
+    if "model" in state and isinstance(state["model"], dict):
+        names = list(state.get("class_names", [])) or None
+        category_ids = [int(c) for c in state["category_ids"]] if state.get("category_ids") else None
+        prior_config = stored_prior_config(state)
+        priors = None if prior_config == SSD300_VOC else default_boxes(prior_config)
+        state = state["model"]
+    width, num_classes = _width_and_classes(state, path)
+    if names is not None and len(names) != num_classes - 1:
+        raise ValueError(f"{path}: {len(names)} class names for a model of {num_classes - 1} classes (+ background)")
+    if category_ids is not None and len(category_ids) != len(names or []):
+        raise ValueError(f"{path}: {len(category_ids)} category ids for {len(names or [])} class names")
+    model = SSD300(num_classes=num_classes, backbone_weights=None, width_mult=width)
+    model.load_state_dict(state)
+    return StoredDetector(model.to(device).eval(), names, priors, category_ids)
+
+
 def model_and_stored_names(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str] | None]:
     """Load ``path`` (training checkpoint or plain state dict) -> (SSD300 in eval mode, class names
     stored in it, or None for a plain state dict, which stores none).
 
     Class names exclude background: ``names[label - 1]`` names label ``label``.
     """
-    from ssd_tutorial.checkpoint import load_checkpoint
-    from ssd_tutorial.model import SSD300
-
-    state = load_checkpoint(path, map_location="cpu")
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict (state dict or training checkpoint), got {type(state).__name__}")
-    names: list[str] | None = None
-    if "model" in state and isinstance(state["model"], dict):
-        names = list(state.get("class_names", [])) or None
-        state = state["model"]
-    width, num_classes = _width_and_classes(state, path)
-    if names is not None and len(names) != num_classes - 1:
-        raise ValueError(f"{path}: {len(names)} class names for a model of {num_classes - 1} classes (+ background)")
-    model = SSD300(num_classes=num_classes, backbone_weights=None, width_mult=width)
-    model.load_state_dict(state)
-    return model.to(device).eval(), names
+    stored = load_stored_detector(path, device)
+    return stored.model, stored.names
 
 
 def default_class_names(num_classes: int) -> list[str]:
@@ -262,18 +295,20 @@ def _output_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def _load_detector(args: argparse.Namespace, device: str) -> tuple[nn.Module, list[str], bool, Tensor | None, str]:
+def _load_detector(
+    args: argparse.Namespace, device: str
+) -> tuple[nn.Module, list[str], bool, Tensor | None, str, list[int] | None]:
     """(model, class names, whether the weights store those names, priors or None for SSD300's,
-    description) from --checkpoint or --weights."""
+    description, COCO category ids or None) from --checkpoint or --weights."""
     if args.checkpoint is not None:
-        model, stored = model_and_stored_names(args.checkpoint, device)
-        names = stored if stored is not None else default_class_names(model.num_classes)
-        return model, names, stored is not None, None, str(args.checkpoint)
+        stored = load_stored_detector(args.checkpoint, device)
+        names = stored.names if stored.names is not None else default_class_names(stored.model.num_classes)
+        return stored.model, names, stored.names is not None, stored.priors, str(args.checkpoint), stored.category_ids
     from ssd_tutorial.pretrained import load_pretrained
 
     loaded = load_pretrained(args.weights, device=device)
     # Published weights' names are a dataset's list (COCO's, VOC's), which --classes may rename.
-    return loaded.model, list(loaded.class_names), False, loaded.priors, loaded.source
+    return loaded.model, list(loaded.class_names), False, loaded.priors, loaded.source, None
 
 
 def _check_classes(given: str | None, names: list[str], stored: bool, source: str) -> list[str]:
@@ -284,11 +319,17 @@ def _check_classes(given: str | None, names: list[str], stored: bool, source: st
     return resolve_class_names(split_class_names(given), names if stored else None, len(names) + 1, source)
 
 
-def _records(detections: dict[str, Tensor], names: Sequence[str]) -> list[dict[str, Any]]:
+def _records(
+    detections: dict[str, Tensor], names: Sequence[str], category_ids: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """One dict per detection; with ``category_ids`` (a model trained on a COCO JSON) also the
+    ``category_id`` of that file, which is not the label when the file's ids have gaps."""
     return [
-        {"label": names[l - 1], "label_id": l, "score": round(s, 4), "box_xyxy_px": [round(v, 1) for v in b]}
+        {"label": names[l - 1], "label_id": l,
+         **({"category_id": category_ids[l - 1]} if category_ids is not None else {}),
+         "score": round(s, 4), "box_xyxy_px": [round(v, 1) for v in b]}
         for b, s, l in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["labels"].tolist())
-    ]
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +360,7 @@ def _main(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         files = collect_images(args.inputs)
-        model, names, stored, priors, weights_source = _load_detector(args, device)
+        model, names, stored, priors, weights_source, category_ids = _load_detector(args, device)
         names = _check_classes(args.classes, names, stored, weights_source)
     except RuntimeError as error:  # published weights that cannot be fetched or verified: their message says why
         if args.debug:
@@ -356,7 +397,7 @@ def _main(args: argparse.Namespace) -> int:
             det = {k: det[k].cpu() for k in ("boxes", "scores", "labels")}
             save_detections_figure(image, det, names, drawing)
             results.append({"image": str(path), "output": str(drawing), "width": int(image.shape[2]),
-                            "height": int(image.shape[1]), "detections": _records(det, names)})  # fmt: skip
+                            "height": int(image.shape[1]), "detections": _records(det, names, category_ids)})  # fmt: skip
     if to_file:
         print(json.dumps(results[0]))
         return 0

@@ -105,11 +105,12 @@ def evaluate_checkpoint(
     the checkpoint stores, in order, or, for a plain state dict, as many as its classes (see
     :func:`ssd_tutorial.detect.resolve_class_names`).  None: the checkpoint's own.
     """
-    from ssd_tutorial.detect import model_and_stored_names, resolve_class_names
+    from ssd_tutorial.detect import load_stored_detector, resolve_class_names
 
-    model, stored = model_and_stored_names(checkpoint, device)
-    names = resolve_class_names(class_names, stored, model.num_classes, checkpoint)
-    return _evaluate(model, Path(checkpoint).name, dataset, names, output_dir, device, batch_size, max_images, coco)
+    stored = load_stored_detector(checkpoint, device)
+    names = resolve_class_names(class_names, stored.names, stored.model.num_classes, checkpoint)
+    return _evaluate(stored.model, Path(checkpoint).name, dataset, names, output_dir, device, batch_size,
+                     max_images, coco, priors=stored.priors)
 
 
 def _evaluate(
@@ -122,13 +123,15 @@ def _evaluate(
     batch_size: int,
     max_images: int | None,
     coco: bool,
+    priors: Tensor | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_checkpoint` for a loaded model whose class names were checked."""
+    """:func:`evaluate_checkpoint` for a loaded model whose class names were checked (``priors``:
+    its default boxes, None for SSD300's)."""
     from matplotlib.figure import Figure
 
     start = time.perf_counter()
     with torch.inference_mode():
-        detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device)
+        detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, priors=priors)
     seconds = time.perf_counter() - start
     voc07 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=True)
     voc12 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=False)
@@ -196,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate an SSD300 checkpoint (VOC AP50 and COCO AP).")
     parser.add_argument("--checkpoint", required=True, help="state dict or training checkpoint (.pt)")
     parser.add_argument("--dataset", choices=("shapes", "voc"), default="shapes")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="your own data instead of --dataset: a VOC-layout folder or a COCO-format .json "
+                             "(every image of it; classes and COCO category ids checked against the checkpoint's)")
+    parser.add_argument("--images", default=None, help="--data x.json: the images folder (default: the JSON's)")
     parser.add_argument("--root", help="VOC-layout folder (--dataset voc)")
     parser.add_argument("--split", default="test", help="ImageSets/Main/<split>.txt (--dataset voc)")
     parser.add_argument("--classes", help="comma-separated class names (--dataset voc; default: the checkpoint's)")
@@ -212,14 +219,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: _main(args), args.debug)
 
 
-def _main(args: argparse.Namespace) -> int:
-    from ssd_tutorial.detect import model_and_stored_names
+def _own_data(args: argparse.Namespace, stored: Any) -> tuple[Any, list[str]]:
+    """--data: the dataset, read with the checkpoint's class names (in its order), and the names."""
+    from ssd_tutorial.detect import resolve_class_names, split_class_names
+    from ssd_tutorial.own_data import category_ids_of, class_names_of, open_data
 
-    model, stored = model_and_stored_names(args.checkpoint, args.device)
-    names = _class_names(args, stored, model.num_classes)
-    dataset = _build_dataset(args, names)
-    summary = _evaluate(model, Path(args.checkpoint).name, dataset, names, args.output_dir, args.device,
-                        args.batch_size, args.max_images, coco=not args.no_coco)
+    given = split_class_names(args.classes) if args.classes else stored.names
+    names = resolve_class_names(given, stored.names, stored.model.num_classes, args.checkpoint) if given else None
+    dataset = open_data(args.data, args.images, names)
+    names = list(class_names_of(dataset))
+    resolve_class_names(names, stored.names, stored.model.num_classes, args.checkpoint)
+    ids = category_ids_of(dataset)
+    if stored.category_ids is not None and ids is not None and list(ids) != stored.category_ids:
+        raise ValueError(
+            f"{args.data}: category ids {list(ids)} for {names}, but {args.checkpoint} was trained with "
+            f"{stored.category_ids}: the same names under other ids"
+        )
+    return dataset, names
+
+
+def _main(args: argparse.Namespace) -> int:
+    from ssd_tutorial.detect import load_stored_detector
+
+    stored = load_stored_detector(args.checkpoint, args.device)
+    if args.data is not None:
+        dataset, names = _own_data(args, stored)
+    else:
+        names = _class_names(args, stored.names, stored.model.num_classes)
+        dataset = _build_dataset(args, names)
+    summary = _evaluate(stored.model, Path(args.checkpoint).name, dataset, names, args.output_dir, args.device,
+                        args.batch_size, args.max_images, coco=not args.no_coco, priors=stored.priors)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("ap50")}, indent=2))
     print(f"wrote {Path(args.output_dir) / 'evaluation.json'}")
     return 0

@@ -22,6 +22,7 @@ WHOLE global batch, so W processes compute the same step as one (up to float sum
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -298,12 +299,19 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     return model
 
 
-def class_names_for(cfg: TrainConfig) -> tuple[str, ...]:
-    """Class names (without background) of the config's dataset."""
+def class_names_for(cfg: TrainConfig, train_set: Dataset | None = None) -> tuple[str, ...]:
+    """Class names (without background) of the config's dataset; for dataset "files", those
+    ``train_set`` found in its data (see :func:`ssd_tutorial.own_data.open_data`)."""
     from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
 
     if cfg.dataset == "shapes":
         return tuple(SHAPES_CLASSES)
+    if cfg.dataset == "files":
+        from ssd_tutorial.own_data import class_names_of
+
+        if train_set is None:
+            raise ValueError("dataset 'files' takes its class names from the data: pass train_set")
+        return class_names_of(train_set)
     return tuple(cfg.class_names) if cfg.class_names else tuple(VOC_CLASSES)
 
 
@@ -319,6 +327,8 @@ def build_datasets(cfg: TrainConfig, train_transform: Any = None) -> tuple[Datas
     """
     from ssd_tutorial.data import ShapesDataset, VOCDataset
 
+    if cfg.dataset == "files":
+        return own_datasets(cfg, train_transform)
     if cfg.dataset == "shapes":
         train_set = ShapesDataset(cfg.shapes_train_images, cfg.image_size, cfg.shapes_train_seed, train_transform)
         val_set = ShapesDataset(cfg.shapes_val_images, cfg.image_size, cfg.shapes_val_seed) if cfg.shapes_val_images else None
@@ -437,6 +447,98 @@ def _check_new_run(folder: Path, overwrite: bool) -> None:
         )
 
 
+def _set_transform(dataset: Dataset, transform: Any) -> None:
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    dataset.transform = transform
+
+
+def own_datasets(cfg: TrainConfig, train_transform: Any = None, log: Any = print) -> tuple[Dataset, Dataset]:
+    """(train, val) of dataset "files": ``cfg.data`` (a VOC-layout folder or a COCO JSON), its
+    validation set ``cfg.val_data``, or for a VOC folder its ImageSets/Main/train.txt and val.txt,
+    or else a seeded ``cfg.val_fraction`` of it.  Both are checked up front
+    (:func:`ssd_tutorial.own_data.check_dataset`): every bad file is listed in one error, or with
+    ``cfg.skip_bad`` left out and counted.  Val classes must be the train set's.
+    """
+    from ssd_tutorial.own_data import DatasetError, check_dataset, class_names_of, open_data, split_train_val
+
+    names = tuple(cfg.class_names) or None
+    images = _resolve(cfg.images) if cfg.images else None
+    data = _resolve(cfg.data)
+    split_files = data / "ImageSets" / "Main"
+    if cfg.val_data:
+        train_set = open_data(data, images, names)
+        names = names or class_names_of(train_set)
+        val_images = _resolve(cfg.val_images) if cfg.val_images else None
+        val_set = open_data(_resolve(cfg.val_data), val_images, names)
+        how = f"validation: {cfg.val_data}"
+    elif data.is_dir() and (split_files / "train.txt").is_file() and (split_files / "val.txt").is_file():
+        train_set = open_data(data, None, names, split="train")
+        val_set = open_data(data, None, names or class_names_of(train_set), split="val")
+        how = "ImageSets/Main/train.txt and val.txt"
+    else:
+        train_set, val_set = split_train_val(open_data(data, images, names), cfg.val_fraction, cfg.seed)
+        how = f"a seeded split holding out {len(val_set)} images (val_fraction {cfg.val_fraction}, seed {cfg.seed})"
+    if class_names_of(val_set) != class_names_of(train_set):  # a VOC val folder's names are discovered anew
+        raise ValueError(
+            f"{cfg.val_data}: classes {list(class_names_of(val_set))} differ from the training data's "
+            f"{list(class_names_of(train_set))}"
+        )
+    # Both sets checked before either error is raised: one report lists every bad file.
+    problems, total, checked = [], 0, []
+    for dataset, name in ((train_set, f"training data {cfg.data}"), (val_set, f"validation data ({how})")):
+        total += len(dataset)
+        try:
+            checked.append(check_dataset(dataset, cfg.skip_bad, name))
+        except DatasetError as error:
+            problems += error.problems
+    if problems:
+        raise DatasetError(problems, total)
+    (train_set, train_check), (val_set, val_check) = checked
+    log(f"data {cfg.data}: classes {', '.join(class_names_of(train_set))}; {how}")
+    for check, name in ((train_check, "train"), (val_check, "val")):
+        log(check.summary(name) + (": skipped (--skip-bad)" if check.problems else ""))
+        for problem in check.problems:
+            log(f"  skipped: {problem}")
+    _set_transform(train_set, train_transform)
+    return train_set, val_set
+
+
+def initial_weights(source: str) -> tuple[dict[str, Tensor], Any, str]:
+    """The detector to fine-tune from: ``(state dict, DefaultBoxConfig its boxes follow, description)``.
+
+    ``source``: a published detector's name (see :mod:`ssd_tutorial.pretrained`), or a path to a
+    checkpoint of this package (training checkpoint or plain state dict), or published weights
+    on disk.  Read with ``weights_only=True``.
+    """
+    from ssd_tutorial.checkpoint import load_checkpoint
+    from ssd_tutorial.default_boxes import SSD300_VOC
+    from ssd_tutorial.pretrained import PUBLISHED, load_pretrained
+
+    path = _resolve(source)
+    if source not in PUBLISHED and path.is_file():
+        state = load_checkpoint(path)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a training checkpoint
+            return state["model"], stored_prior_config(state), f"{source} (iteration {state.get('iteration')})"
+        if isinstance(state, dict) and "conf_heads.0.weight" in state:  # this package's state dict
+            return state, SSD300_VOC, source
+    detector = load_pretrained(source, progress=False)  # other layouts, and names
+    return detector.model.state_dict(), detector.prior_config, detector.source
+
+
+def stored_prior_config(state: dict[str, Any]) -> Any:
+    """The default-box layout a checkpoint's model was trained with (SSD300_VOC when it says none)."""
+    from ssd_tutorial.default_boxes import SSD300_VOC, DefaultBoxConfig
+
+    saved = state.get("prior_config")
+    if not saved:
+        return SSD300_VOC
+    return DefaultBoxConfig(**{
+        k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+        for k, v in saved.items()
+    })
+
+
 # ------------------------------------------------------------------------------------------
 # The trainer
 # ------------------------------------------------------------------------------------------
@@ -458,8 +560,9 @@ class Trainer:
         progress: bool = True,
         overwrite: bool = False,
     ) -> None:
-        from ssd_tutorial.default_boxes import default_boxes
+        from ssd_tutorial.default_boxes import SSD300_VOC, default_boxes
         from ssd_tutorial.loss import MultiboxLoss
+        from ssd_tutorial.own_data import transfer_weights
 
         self.cfg = cfg
         self.output_dir = Path(output_dir)
@@ -481,16 +584,34 @@ class Trainer:
         self.progress = progress and self.is_main
         self.amp_dtype = self._amp_dtype()
 
+        # The data first: for your own data it names the classes (and is checked before any model).
+        # Batched augmentation on the training device (ssd_tutorial.gpu_augmentation) instead of
+        # SSDAugmentation in the DataLoader workers; meant for CUDA, works on any device.
+        self.gpu_augment = cfg.augment_on_gpu and cfg.augment
+        self.train_set, self.val_set = build_datasets(cfg, None if self.gpu_augment else self._cpu_transform())
+        from ssd_tutorial.own_data import category_ids_of
+
+        self.category_ids = category_ids_of(self.train_set) if cfg.dataset == "files" else None
+
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.class_names = class_names_for(cfg)
+        self.class_names = class_names_for(cfg, self.train_set)
         self.num_classes = len(self.class_names) + 1
-        model = build_model(cfg, self.num_classes).to(self.device)
+        model = build_model(cfg, self.num_classes)
+        self.prior_config = SSD300_VOC
+        if cfg.weights:
+            state, self.prior_config, source = initial_weights(cfg.weights)
+            _, kept = transfer_weights(model, state)
+            if self.is_main:
+                fresh = sorted({k.split(".")[0] for k in kept})
+                print(f"fine-tuning from {source}: {len(kept)} tensors kept as initialized"
+                      + (f" ({', '.join(fresh)}: another class count)" if kept else ""), file=sys.stderr)
+        model = model.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.priors = default_boxes().to(self.device)  # [8732, 4] cxcywh normalized
+        self.priors = default_boxes(self.prior_config).to(self.device)  # [8732, 4] cxcywh normalized
         self.loss_fn = MultiboxLoss(self.priors, cfg.neg_pos_ratio, cfg.alpha, cfg.iou_threshold).to(self.device)
         self.optimizer = build_optimizer(cfg, model, self.device)
         self.scheduler = build_scheduler(cfg, self.optimizer)
@@ -516,11 +637,6 @@ class Trainer:
             )
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
-
-        # Batched augmentation on the training device (ssd_tutorial.gpu_augmentation) instead of
-        # SSDAugmentation in the DataLoader workers; meant for CUDA, works on any device.
-        self.gpu_augment = cfg.augment_on_gpu and cfg.augment
-        self.train_set, self.val_set = build_datasets(cfg, None if self.gpu_augment else self._cpu_transform())
 
         if self.is_main:
             if overwrite:
@@ -604,6 +720,9 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
+            "prior_config": {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in dataclasses.asdict(self.prior_config).items()},
+            **({"category_ids": list(self.category_ids)} if self.category_ids is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -713,7 +832,7 @@ class Trainer:
             return None
         return evaluate_model(
             _unwrap(self.model), self.val_set, self.class_names, self.device,
-            max_images=self.cfg.eval_images, size=self.cfg.image_size,
+            max_images=self.cfg.eval_images, size=self.cfg.image_size, priors=self.priors,
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -913,6 +1032,7 @@ def evaluate_model(
     size: int = 300,
     batch_size: int = 32,
     use_07_metric: bool = True,
+    priors: Tensor | None = None,
 ) -> dict[str, Any]:
     """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class: float}}``.
 
@@ -921,7 +1041,8 @@ def evaluate_model(
     from ssd_tutorial.evaluate import collect_detections  # only needed when a run evaluates
     from ssd_tutorial.evaluation import evaluate_voc
 
-    detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, size=size)
+    detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, size=size,
+                                                   priors=priors)
     return evaluate_voc(detections, ground_truths, list(class_names), iou_threshold=0.5, use_07_metric=use_07_metric)
 
 
@@ -963,6 +1084,14 @@ def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     again.add_argument("--resume", action="store_true", help="continue from last.pt in the output dir")
     again.add_argument("--overwrite", action="store_true",
                        help="the output dir holds a run: delete its checkpoints and metrics, start afresh")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="your own data: a VOC-layout folder or a COCO-format .json (see --images, "
+                             "--val-data, --val-fraction); class names come from it")
+    parser.add_argument("--weights", default=None,
+                        help="start from: imagenet (VGG16 backbone), torchvision-coco, ssd-pytorch-voc, "
+                             "or a checkpoint path; heads for another class count are re-initialized")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="train without the files the up-front data check finds bad")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_debug_flag(parser)
@@ -977,7 +1106,22 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: _main(args, overrides), args.debug, USER_ERRORS + (KeyError, FloatingPointError))
 
 
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    """--data, --weights and --skip-bad as the config overrides they stand for."""
+    extra = []
+    if args.data is not None:
+        extra += ["--dataset", "files", "--data", args.data]
+    if args.weights == "imagenet":
+        extra += ["--backbone_weights", "imagenet"]
+    elif args.weights is not None:
+        extra += ["--weights", args.weights]
+    if args.skip_bad:
+        extra += ["--skip_bad", "true"]
+    return extra
+
+
 def _main(args: argparse.Namespace, overrides: list[str]) -> int:
+    overrides = _flag_overrides(args) + overrides
     cfg = apply_overrides(get_config(args.config), overrides)
     output_dir = Path(args.output_dir or f"runs/{cfg.name}")
     saved = output_dir / "config.json"

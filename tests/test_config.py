@@ -11,7 +11,7 @@ from ssd_tutorial.train import build_scheduler, lr_factor
 
 
 def test_presets_exist_and_paper_recipe():
-    assert sorted(PRESETS) == ["shapes_cpu", "shapes_gpu", "ssd300_voc0712"]
+    assert sorted(PRESETS) == ["finetune", "finetune_cpu", "shapes_cpu", "shapes_gpu", "ssd300_voc0712"]
     voc = PRESETS["ssd300_voc0712"]
     # paper p.7 / released solver: batch 32, SGD 1e-3, momentum 0.9, wd 5e-4, 120k its, drops at 80k/100k.
     assert (voc.batch_size, voc.lr, voc.momentum, voc.weight_decay) == (32, 1e-3, 0.9, 5e-4)
@@ -22,6 +22,17 @@ def test_presets_exist_and_paper_recipe():
     assert (voc.bias_lr_mult, voc.bias_weight_decay, voc.init, voc.optimizer) == (2.0, False, "caffe_xavier", "sgd")
     assert PRESETS["shapes_cpu"].width_mult == 0.125
     assert PRESETS["shapes_gpu"].width_mult == 1.0
+
+
+def test_finetune_presets_read_files_and_keep_their_drops_inside_the_schedule():
+    for name in ("finetune", "finetune_cpu"):
+        cfg = PRESETS[name]
+        assert cfg.dataset == "files" and cfg.data and all(s < cfg.max_iters for s in cfg.lr_steps)
+    assert PRESETS["finetune"].backbone_weights == "imagenet" and PRESETS["finetune_cpu"].width_mult == 0.125
+    with pytest.raises(ValueError, match="go together"):
+        get_config("shapes_cpu", data="mine/")
+    with pytest.raises(ValueError, match="val_fraction"):
+        get_config("finetune", val_fraction=1.0)
 
 
 def test_config_is_frozen():
