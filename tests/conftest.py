@@ -8,7 +8,11 @@ with ``pytest --hypothesis-profile=ci``; ``--hypothesis-seed=N`` replays one set
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -26,3 +30,19 @@ def _seeded_global_rngs() -> None:
     tests ran before them (with -k, -x or another order), so none passes or fails by position."""
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def data_script():
+    """``data_script("make_shapes")``: a script of data_scripts/ imported as a module (the folder
+    is not a package, and the README's test command does not put the repository on sys.path)."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "data_scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+
+    return load

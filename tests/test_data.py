@@ -1,8 +1,6 @@
 """Tests of ssd_tutorial.data: the VOC reader, ShapesDataset, collate, and the VOC writer."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +23,6 @@ from ssd_tutorial.data import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "data_scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 XML_ONE_OBJECT = """<annotation>
@@ -58,8 +48,8 @@ def _write_jpeg(path: Path, image: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 # VOC reader on a folder written by make_shapes.py
 # --------------------------------------------------------------------------------------------
-def test_voc_reader_reads_back_make_shapes_folder(tmp_path: Path) -> None:
-    make_shapes = _load_script("make_shapes")
+def test_voc_reader_reads_back_make_shapes_folder(tmp_path: Path, data_script) -> None:
+    make_shapes = data_script("make_shapes")
     make_shapes.make_shapes(tmp_path, num_images=6, split="train", seed=3)
     source = ShapesDataset(6, seed=3)
     voc = VOCDataset(tmp_path, "train", class_names=SHAPES_CLASSES)
@@ -77,15 +67,15 @@ def test_voc_reader_reads_back_make_shapes_folder(tmp_path: Path) -> None:
         assert (image.float() - ref_image.float()).abs().mean() < 8.0
 
 
-def test_make_shapes_cli_rewrites_split(tmp_path: Path) -> None:
-    make_shapes = _load_script("make_shapes")
+def test_make_shapes_cli_rewrites_split(tmp_path: Path, data_script) -> None:
+    make_shapes = data_script("make_shapes")
     assert make_shapes.main([str(tmp_path), "--num-images", "3", "--split", "val"]) == 0
     assert make_shapes.main([str(tmp_path), "--num-images", "2", "--split", "val"]) == 0
     assert (tmp_path / "ImageSets/Main/val.txt").read_text().split() == ["shapes_0_000000", "shapes_0_000001"]
 
 
-def test_make_shapes_cli_reports_a_bad_value_in_one_line(tmp_path: Path, capsys) -> None:
-    make_shapes = _load_script("make_shapes")
+def test_make_shapes_cli_reports_a_bad_value_in_one_line(tmp_path: Path, capsys, data_script) -> None:
+    make_shapes = data_script("make_shapes")
     assert make_shapes.main([str(tmp_path), "--num-images", "1", "--image-size", "8"]) == 2
     assert capsys.readouterr().err == "error: image_size must be >= 32 px, got 8\n"
     with pytest.raises(ValueError, match="image_size"):

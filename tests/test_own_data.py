@@ -52,8 +52,8 @@ def test_a_voc_folder_and_its_coco_json_give_identical_items(tmp_path):
             assert torch.equal(target_v[key], target_c[key]), key
 
 
-def test_make_shapes_coco_keeps_the_shapes_pixel_edges(tmp_path):
-    from data_scripts.make_shapes import main as make_shapes_main
+def test_make_shapes_coco_keeps_the_shapes_pixel_edges(tmp_path, data_script):
+    make_shapes_main = data_script("make_shapes").main
 
     assert make_shapes_main([str(tmp_path), "--num-images", "3", "--format", "coco", "--category-ids",
                              ",".join(map(str, ODD_IDS))]) == 0  # fmt: skip
