@@ -113,3 +113,48 @@ def test_imports_from_the_package_without_star_imports(notebook):
     code = "\n".join(c.source for c in _code_cells(notebook))
     assert not re.search(r"^\s*from\s+\S+\s+import\s+\*", code, flags=re.M), notebook.metadata["_path"]
     assert "from ssd_tutorial" in code, f"{notebook.metadata['_path']}: uses nothing from the package"
+
+
+# The book's text column is about 700 px wide: 88 characters of code font.  Cells removed from the
+# page (the Colab cell) are not checked; hidden inputs are (the reader can unfold them).
+COLUMN = 88
+
+
+def _long_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if len(line) > COLUMN]
+
+
+def test_code_and_printed_text_fit_the_column(notebook):
+    path = notebook.metadata["_path"]
+    too_long = []
+    for i, cell in enumerate(_code_cells(notebook)):
+        tags = cell.metadata.get("tags", [])
+        if "remove-cell" in tags:
+            continue
+        if "remove-input" not in tags:
+            too_long += [f"cell {i} source: {line}" for line in _long_lines(cell.source)]
+        if "remove-output" in tags:
+            continue
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                too_long += [f"cell {i} prints: {line}" for line in _long_lines(output.text)]
+            elif "text/plain" in output.get("data", {}) and len(output.data) == 1:
+                # a figure's or a Markdown output's text/plain repr is not shown on the page
+                too_long += [f"cell {i} shows: {line}" for line in _long_lines(output.data["text/plain"])]
+    assert not too_long, f"{path}: {len(too_long)} lines over {COLUMN} characters:\n" + "\n".join(too_long)
+
+
+def test_math_is_typeset_by_a_mathjax_copy_shipped_with_the_book():
+    """The built pages load MathJax from _static (sphinx-mathjax-offline), not from a CDN."""
+    import importlib
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert "sphinx-mathjax-offline" in config["sphinx"]["extra_extensions"]
+    mathjax_path = config["sphinx"]["config"]["mathjax_path"]
+    assert "//" not in mathjax_path, f"_config.yml: mathjax_path {mathjax_path!r} points off the book"
+    extension = importlib.import_module("sphinx-mathjax-offline")
+    # the extension copies its static/mathjax folder to _build/html/_static/mathjax
+    shipped = Path(extension.__file__).parent / "static" / mathjax_path
+    assert shipped.is_file(), f"sphinx-mathjax-offline ships no {mathjax_path}"
