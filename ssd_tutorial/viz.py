@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from torch import Tensor
 
@@ -28,6 +29,8 @@ __all__ = [
     "show_image",
     "draw_boxes",
     "draw_default_boxes",
+    "default_box_names",
+    "add_box_legend",
     "show_source",
 ]
 
@@ -154,6 +157,50 @@ def draw_default_boxes(
         if show_centres:
             cx, cy = priors[first, :2].tolist()
             ax.plot(cx * scale[0], cy * scale[1], "o", color="red", markersize=3)
+    return ax
+
+
+def default_box_names(cfg: DefaultBoxConfig = SSD300_VOC, map_index: int = 0) -> list[str]:
+    """Names of one cell's default boxes of map ``map_index``, in the order they are drawn.
+
+    The order is that of :func:`ssd_tutorial.default_boxes.default_boxes`: the square of side
+    s_k, the square of side sqrt(s_k s_k+1), then for each aspect ratio a a box a:1 (wide) and
+    its transpose 1:a.  ``draw_default_boxes`` gives box i the colour ``COLORS[i]``.
+    """
+    names = ["1:1, side s_k", "1:1, side sqrt(s_k s_k+1)"]
+    for a in cfg.aspect_ratios[map_index]:
+        a_text = f"{a:g}"
+        names += [f"{a_text}:1", f"1:{a_text}"]
+    return names
+
+
+def add_box_legend(
+    ax: Axes,
+    names: Sequence[str],
+    colors: Sequence[Any] | None = None,
+    linestyles: Sequence[str] | str = "-",
+    **legend_kwargs: Any,
+) -> Axes:
+    """A legend that says what each box colour means: one line per ``names[i]``.
+
+    ``colors`` defaults to ``COLORS`` (the colours ``draw_boxes`` and ``draw_default_boxes``
+    use by default); ``linestyles`` is one style or one per name.  Extra keyword arguments go
+    to ``ax.legend`` (e.g. ``loc``, ``fontsize``, ``ncols``).
+    """
+    if colors is None:
+        colors = [COLORS[i % len(COLORS)] for i in range(len(names))]
+    if isinstance(linestyles, str):
+        linestyles = [linestyles] * len(names)
+    if not (len(colors) == len(names) == len(linestyles)):
+        raise ValueError(
+            f"add_box_legend: {len(names)} names, {len(colors)} colors and "
+            f"{len(linestyles)} linestyles must have the same length"
+        )
+    handles = [
+        Line2D([], [], color=c, linestyle=ls, linewidth=2, label=str(n))
+        for n, c, ls in zip(names, colors, linestyles)
+    ]
+    ax.legend(handles=handles, **legend_kwargs)
     return ax
 
 

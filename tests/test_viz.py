@@ -16,7 +16,17 @@ from matplotlib.patches import Rectangle
 
 from ssd_tutorial.boxes import box_iou
 from ssd_tutorial.default_boxes import SSD300_VOC
-from ssd_tutorial.viz import draw_boxes, draw_default_boxes, load_sample_photo, show_image, show_source, to_hwc
+from ssd_tutorial.viz import (
+    COLORS,
+    add_box_legend,
+    default_box_names,
+    draw_boxes,
+    draw_default_boxes,
+    load_sample_photo,
+    show_image,
+    show_source,
+    to_hwc,
+)
 
 
 @pytest.fixture
@@ -141,3 +151,28 @@ def test_show_source_fence_outlasts_backticks_in_the_code():
     fence = markdown.split("python", 1)[0]
     assert fence == "`````" and markdown.endswith("\n" + fence)
     assert markdown[len(fence) + len("python\n") : -len(fence) - 1] == code
+
+
+def test_default_box_names_follow_the_order_and_colours_of_the_drawn_boxes(ax):
+    # map 1 (19x19) has ratios (2, 3): 6 boxes; map 0 has ratio 2 only: 4 boxes
+    assert default_box_names(SSD300_VOC, 1) == [
+        "1:1, side s_k", "1:1, side sqrt(s_k s_k+1)", "2:1", "1:2", "3:1", "1:3"
+    ]
+    names = default_box_names(SSD300_VOC, 0)
+    assert len(names) == 4
+    draw_default_boxes(ax, map_index=0, cells=[(10, 10)], show_centres=False)
+    drawn = [p for p in ax.patches if isinstance(p, Rectangle)]
+    # box 2 is "2:1": wider than high; box 3 "1:2": higher than wide; colours COLORS[i]
+    assert drawn[2].get_width() > drawn[2].get_height() and drawn[3].get_width() < drawn[3].get_height()
+    assert [tuple(p.get_edgecolor()[:3]) for p in drawn] == [tuple(c[:3]) for c in COLORS[:4]]
+    add_box_legend(ax, names)
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == names
+    assert [tuple(h.get_color()[:3]) for h in legend.legend_handles] == [tuple(c[:3]) for c in COLORS[:4]]
+
+
+def test_add_box_legend_refuses_mismatched_lengths(ax):
+    add_box_legend(ax, ["truth", "guess"], colors=["lime", "orange"], linestyles=["-", "--"])
+    assert [h.get_linestyle() for h in ax.get_legend().legend_handles] == ["-", "--"]
+    with pytest.raises(ValueError, match="2 names, 1 colors"):
+        add_box_legend(ax, ["truth", "guess"], colors=["lime"])
