@@ -26,6 +26,9 @@ __all__ = [
     "SSD300_VOC",
     "TORCHVISION_COCO",
     "SSD_PYTORCH_VOC",
+    "SSD512_VOC",
+    "SSD300_COCO",
+    "LAYOUTS",
     "CLIP_FORMS",
     "PAPER",
     "paper_scales",
@@ -133,6 +136,57 @@ TORCHVISION_COCO = DefaultBoxConfig(
 # 9.5 x 32 / 300 = 1.013 -> 1) and those wider or taller than it (the 2:1 and 1:2 boxes of the
 # 3x3 map, 213 px x sqrt 2 = 301 px -> 300, and of the 1x1 map, 264 px x sqrt 2 = 373 px -> 300).
 SSD_PYTORCH_VOC = DefaultBoxConfig(**{**SSD300_VOC.__dict__, "clip": True, "clip_form": "cxcywh"})
+
+
+def _caffe_sizes(
+    image_size: int, num_maps: int, min_ratio: int, max_ratio: int, first: tuple[int, int]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(min_sizes, max_sizes) in pixels as Caffe SSD's training scripts compute them.
+
+    Percentages of ``image_size``: the first map (conv4_3) gets ``first = (min %, max %)``; the
+    other ``num_maps - 1`` maps get ``min_ratio, min_ratio + step, ...`` with
+    ``step = floor((max_ratio - min_ratio) / (num_maps - 2))`` and max size = the next one up.
+    """
+    step = (max_ratio - min_ratio) // (num_maps - 2)
+    ratios = range(min_ratio, max_ratio + 1, step)
+    mins = [image_size * first[0] / 100] + [image_size * r / 100 for r in ratios]
+    maxs = [image_size * first[1] / 100] + [image_size * (r + step) / 100 for r in ratios]
+    return tuple(mins), tuple(maxs)
+
+
+# The released Caffe SSD512 (SSD512* in the paper's Table 6, 79.8% mAP on VOC2007 test; 24,564
+# boxes in the caffe README).  Paper, footnote in Sec. 3.4: "For SSD512 model, we add extra
+# conv12_2 for prediction, set s_min to 0.15, and 0.07 on conv4_3".  Its training script, ssd_pascal_512.py, ships in the released
+# model archive (models_VGGNet_VOC0712_SSD_512x512), not in weiliu89/caffe's ssd branch; its
+# numbers as ported by lufficc/SSD (configs/vgg_ssd512_voc0712.yaml): min_dim = 512,
+# min_ratio = 15, max_ratio = 90 over 7 maps (step 15), conv4_3 at 7% / 15% of 512 px, steps
+# 8 ... 512, ratios (2,3) on five maps.  Sizes: 35.84, 76.8, 153.6, 230.4, 307.2, 384, 460.8 px
+# (max 76.8 ... 537.6; lufficc writes 537.65 for the last, the formula gives 537.6).
+_SSD512_MIN, _SSD512_MAX = _caffe_sizes(512, 7, 15, 90, first=(7, 15))
+SSD512_VOC = DefaultBoxConfig(
+    image_size=512,
+    feature_maps=(64, 32, 16, 8, 4, 2, 1),
+    steps=(8, 16, 32, 64, 128, 256, 512),
+    min_sizes=_SSD512_MIN,
+    max_sizes=_SSD512_MAX,
+    aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+    clip=False,
+)
+
+# Caffe SSD300 for COCO (paper Sec. 3.4: "smaller default boxes" -- s_min = 0.15 instead of
+# 0.2 and 0.07 on conv4_3, "21 pixels for a 300 x 300 image"); the released
+# examples/ssd/ssd_coco.py (weiliu89/caffe, ssd branch): min_ratio = 15, max_ratio = 90,
+# conv4_3 at 7% / 15%, clip False.  The same sizes as TORCHVISION_COCO, without its clip.
+_COCO300_MIN, _COCO300_MAX = _caffe_sizes(300, 6, 15, 90, first=(7, 15))
+SSD300_COCO = DefaultBoxConfig(**{**SSD300_VOC.__dict__, "min_sizes": _COCO300_MIN, "max_sizes": _COCO300_MAX})
+
+# Layouts by name (TrainConfig.prior_layout): the model's architecture follows the number of maps
+# (6: SSD300, 7: SSD512; see ssd_tutorial.model.build_ssd).
+LAYOUTS: dict[str, DefaultBoxConfig] = {
+    "ssd300_voc": SSD300_VOC,
+    "ssd300_coco": SSD300_COCO,
+    "ssd512_voc": SSD512_VOC,
+}
 
 
 def paper_scales(m: int = 6, s_min: float = 0.2, s_max: float = 0.9) -> list[float]:

@@ -84,27 +84,29 @@ def load_stored_detector(path: str | Path, device: str | torch.device = "cpu") -
     """Load ``path`` (training checkpoint or plain state dict): the model in eval mode on ``device``,
     with what the checkpoint says of its classes and default boxes."""
     from ssd_tutorial.checkpoint import load_checkpoint
-    from ssd_tutorial.default_boxes import SSD300_VOC, default_boxes
-    from ssd_tutorial.model import SSD300
+    from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, default_boxes
+    from ssd_tutorial.model import build_ssd
     from ssd_tutorial.train import stored_prior_config
 
     state = load_checkpoint(path, map_location="cpu")
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict (state dict or training checkpoint), got {type(state).__name__}")
     names: list[str] | None = None
-    priors, category_ids = None, None
+    category_ids = None
     if "model" in state and isinstance(state["model"], dict):
         names = list(state.get("class_names", [])) or None
         category_ids = [int(c) for c in state["category_ids"]] if state.get("category_ids") else None
         prior_config = stored_prior_config(state)
-        priors = None if prior_config == SSD300_VOC else default_boxes(prior_config)
         state = state["model"]
+    else:  # a plain state dict: SSD512 has a seventh head (conv12_2)
+        prior_config = SSD512_VOC if "conf_heads.6.weight" in state else SSD300_VOC
+    priors = None if prior_config == SSD300_VOC else default_boxes(prior_config)
     width, num_classes = _width_and_classes(state, path)
     if names is not None and len(names) != num_classes - 1:
         raise ValueError(f"{path}: {len(names)} class names for a model of {num_classes - 1} classes (+ background)")
     if category_ids is not None and len(category_ids) != len(names or []):
         raise ValueError(f"{path}: {len(category_ids)} category ids for {len(names or [])} class names")
-    model = SSD300(num_classes=num_classes, backbone_weights=None, width_mult=width)
+    model = build_ssd(num_classes, prior_config, None, width)  # SSD300, or SSD512 for 7 maps
     model.load_state_dict(state)
     return StoredDetector(model.to(device).eval(), names, priors, category_ids)
 
@@ -213,7 +215,8 @@ def detect_image(
     """
     from ssd_tutorial.inference import Predictor
 
-    out = Predictor(model, device=device, score_threshold=score_threshold)([image])[0]
+    size = getattr(model, "image_size", 300)  # 512 for SSD512
+    out = Predictor(model, size=size, device=device, score_threshold=score_threshold)([image])[0]
     return {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
 
 
@@ -387,8 +390,8 @@ def _main(args: argparse.Namespace) -> int:
     to_file = single and output.suffix.lower() in IMAGE_SUFFIXES + (".pdf", ".svg")
     from ssd_tutorial.inference import Predictor
 
-    predictor = Predictor(model, priors=priors, device=device, score_threshold=args.score_threshold,
-                          batch_size=args.batch_size)  # fmt: skip
+    predictor = Predictor(model, priors=priors, size=getattr(model, "image_size", 300), device=device,
+                          score_threshold=args.score_threshold, batch_size=args.batch_size)  # fmt: skip
     drawings = [output] if to_file else [output / name for name in _output_names([p for p, _ in images])]
     results = []
     for start in range(0, len(images), args.batch_size):

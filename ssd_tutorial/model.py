@@ -14,6 +14,9 @@ Paper p.4, fig. 2.  Layer by layer (sizes for a 300 x 300 input, ``width_mult = 
 On each source map k, a 3x3 conv predicts ``A_k * 4`` offsets (loc) and another ``A_k * C`` class
 scores (conf), with A = (4, 6, 6, 6, 4, 4) boxes per cell.  Their outputs are flattened in the
 order of :func:`ssd_tutorial.default_boxes.default_boxes`: map, row y, column x, box.
+
+:class:`SSD512` is the same network for 512 x 512 inputs with seven source maps (64, 32, 16, 8,
+4, 2, 1): conv10_2 and conv11_2 get stride 2, and conv12_2 (a 4x4 conv) is added.
 """
 from __future__ import annotations
 
@@ -25,13 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssd_tutorial.default_boxes import SSD300_VOC, DefaultBoxConfig, boxes_per_cell
+from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell
 
 __all__ = [
     "TINY_WIDTH",
     "VGG16_LAYERS",
     "L2Norm",
     "SSD300",
+    "SSD512",
+    "build_ssd",
     "tiny_ssd300",
     "subsample_fc",
     "describe_layers",
@@ -57,6 +62,13 @@ _CONV_NAMES = (
 )  # fmt: skip
 # Extra layers (paper fig. 2): (1x1 channels, 3x3 channels, stride, padding) for conv8..conv11.
 _EXTRAS = ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0))
+# SSD512 (the paper's footnote in Sec. 3.4: "we add extra conv12_2 for prediction"): conv8_2 .. conv11_2 all 3x3 stride 2
+# padding 1 (512 -> 64, 32, 16, 8, 4, 2), then conv12_1 1x1 128 and conv12_2 a 4x4 conv, stride 1,
+# padding 1 (2 -> 1), as in the released Caffe net (ssd_pascal_512.py's AddExtraLayers, where
+# they are named conv6_x .. conv10_x).  (1x1 channels, out channels, stride, padding, kernel).
+# torchvision's SSDFeatureExtractorVGG(highres=True) keeps SSD300's unpadded conv10/conv11
+# (maps 64, 32, 16, 8, 6, 4, 1): a different net.
+_EXTRAS_512 = ((256, 512, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 1, 1, 4))
 
 # How the two sets of ImageNet weights expect their input.  Our data pipeline hands the model
 # images normalized with the ImageNet mean/std (ssd_tutorial.augmentation); the VGG16 features
@@ -134,6 +146,7 @@ class SSD300(nn.Module):
         *,
         input_convention: str = "auto",
         prior_config: DefaultBoxConfig = SSD300_VOC,
+        _extras: tuple[tuple[int, ...], ...] = _EXTRAS,
     ) -> None:
         super().__init__()
         if int(num_classes) != num_classes or num_classes < 2:
@@ -143,8 +156,11 @@ class SSD300(nn.Module):
         if input_convention not in ("auto", "imagenet", "caffe"):
             raise ValueError(f"input_convention must be 'auto', 'imagenet' or 'caffe', got {input_convention!r}")
         anchors = boxes_per_cell(prior_config)
-        if len(anchors) != 6:
-            raise ValueError(f"SSD300 has 6 source maps; prior_config has {len(anchors)}")
+        if len(anchors) != len(_extras) + 2:
+            raise ValueError(
+                f"{type(self).__name__} has {len(_extras) + 2} source maps; prior_config has {len(anchors)}"
+            )
+        self.image_size = int(prior_config.image_size)
         self.num_classes = int(num_classes)
         self.width_mult = float(width_mult)
         self.boxes_per_cell = anchors
@@ -184,14 +200,14 @@ class SSD300(nn.Module):
         # conv8 .. conv11: the last four source maps.
         extras = []
         c_in = c(1024)
-        for i, (mid, out, stride, pad) in enumerate(_EXTRAS, start=8):
+        for i, (mid, out, stride, pad, *kernel) in enumerate(_extras, start=8):
             extras.append(
                 nn.Sequential(
                     OrderedDict(
                         [
                             (f"conv{i}_1", _conv(c_in, c(mid), 1)),
                             (f"relu{i}_1", nn.ReLU(inplace=True)),
-                            (f"conv{i}_2", _conv(c(mid), c(out), 3, stride=stride, padding=pad)),
+                            (f"conv{i}_2", _conv(c(mid), c(out), kernel[0] if kernel else 3, stride=stride, padding=pad)),
                             (f"relu{i}_2", nn.ReLU(inplace=True)),
                         ]
                     )
@@ -200,7 +216,7 @@ class SSD300(nn.Module):
             c_in = c(out)
         self.extras = nn.ModuleList(extras)
 
-        self.source_channels = (c(512), c(1024)) + tuple(c(out) for _, out, _, _ in _EXTRAS)
+        self.source_channels = (c(512), c(1024)) + tuple(c(spec[1]) for spec in _extras)
         self.loc_heads = nn.ModuleList(
             _conv(ch, a * 4, 3, padding=1) for ch, a in zip(self.source_channels, anchors)
         )
@@ -373,6 +389,45 @@ class SSD300(nn.Module):
             children = list(block.named_children())
             for i, (name, module) in enumerate(children):
                 yield name, module, k if i == len(children) - 1 else None
+
+
+class SSD512(SSD300):
+    """SSD512 (paper Sec. 3.4 footnote; Table 6: SSD512* 79.8% mAP on VOC2007 test): SSD300's layers
+    with stride-2 conv10_2 and conv11_2 and one more source, conv12_2 -- seven maps, 64 .. 1.
+
+    Same arguments as :class:`SSD300`; ``prior_config`` defaults to
+    :data:`~ssd_tutorial.default_boxes.SSD512_VOC`.  ``forward(x [B, 3, 512, 512])`` ->
+    ``(loc [B, 24564, 4], conf_logits [B, 24564, num_classes])``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        backbone_weights: str | Path | None = None,
+        width_mult: float = 1.0,
+        *,
+        input_convention: str = "auto",
+        prior_config: DefaultBoxConfig = SSD512_VOC,
+    ) -> None:
+        super().__init__(
+            num_classes, backbone_weights, width_mult, input_convention=input_convention,
+            prior_config=prior_config, _extras=_EXTRAS_512,
+        )  # fmt: skip
+
+
+def build_ssd(
+    num_classes: int,
+    prior_config: DefaultBoxConfig = SSD300_VOC,
+    backbone_weights: str | Path | None = None,
+    width_mult: float = 1.0,
+) -> SSD300:
+    """The network for a default-box layout: :class:`SSD512` for a layout of 7 maps, else
+    :class:`SSD300` (6 maps); any other count raises ValueError."""
+    maps = len(prior_config.feature_maps)
+    if maps not in (6, 7):
+        raise ValueError(f"no SSD network for a layout of {maps} feature maps (6: SSD300, 7: SSD512)")
+    cls = SSD512 if maps == 7 else SSD300
+    return cls(num_classes, backbone_weights, width_mult, prior_config=prior_config)
 
 
 def tiny_ssd300(num_classes: int) -> SSD300:

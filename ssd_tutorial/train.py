@@ -273,9 +273,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     loaded from ``backbone_weights`` (He-normal, fan-in, zero bias); the loc/conf heads keep the
     model's Xavier init.
     """
-    from ssd_tutorial.model import SSD300
+    from ssd_tutorial.default_boxes import LAYOUTS
+    from ssd_tutorial.model import build_ssd
 
-    model = SSD300(num_classes=num_classes, backbone_weights=cfg.backbone_weights, width_mult=cfg.width_mult)
+    # SSD300, or SSD512 for a layout of 7 maps (cfg.prior_layout)
+    model = build_ssd(num_classes, LAYOUTS[cfg.prior_layout], cfg.backbone_weights, cfg.width_mult)
     pretrained = ("backbone.", "fc.") if cfg.backbone_weights else ()
     if cfg.init == "caffe_xavier":
         # Caffe's xavier filler: U(-a, a) with a = sqrt(3 / fan_in), variance 1 / fan_in
@@ -560,7 +562,7 @@ class Trainer:
         progress: bool = True,
         overwrite: bool = False,
     ) -> None:
-        from ssd_tutorial.default_boxes import SSD300_VOC, default_boxes
+        from ssd_tutorial.default_boxes import LAYOUTS, default_boxes
         from ssd_tutorial.loss import MultiboxLoss
         from ssd_tutorial.own_data import transfer_weights
 
@@ -599,9 +601,14 @@ class Trainer:
         self.class_names = class_names_for(cfg, self.train_set)
         self.num_classes = len(self.class_names) + 1
         model = build_model(cfg, self.num_classes)
-        self.prior_config = SSD300_VOC
+        self.prior_config = LAYOUTS[cfg.prior_layout]
         if cfg.weights:
             state, self.prior_config, source = initial_weights(cfg.weights)
+            if len(self.prior_config.feature_maps) != len(LAYOUTS[cfg.prior_layout].feature_maps):
+                raise ValueError(
+                    f"weights {cfg.weights} are for {len(self.prior_config.feature_maps)} feature maps, "
+                    f"prior_layout {cfg.prior_layout!r} has {len(LAYOUTS[cfg.prior_layout].feature_maps)}"
+                )
             _, kept = transfer_weights(model, state)
             if self.is_main:
                 fresh = sorted({k.split(".")[0] for k in kept})
@@ -611,7 +618,7 @@ class Trainer:
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.priors = default_boxes(self.prior_config).to(self.device)  # [8732, 4] cxcywh normalized
+        self.priors = default_boxes(self.prior_config).to(self.device)  # [P, 4] cxcywh normalized (8732 for SSD300)
         self.loss_fn = MultiboxLoss(self.priors, cfg.neg_pos_ratio, cfg.alpha, cfg.iou_threshold).to(self.device)
         self.optimizer = build_optimizer(cfg, model, self.device)
         self.scheduler = build_scheduler(cfg, self.optimizer)
@@ -827,12 +834,13 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
-        """VOC mAP@0.5 (11-point) of the current model on up to ``eval_images`` val images."""
+        """VOC mAP@0.5 (11-point) of the current model on up to ``eval_images`` val images
+        (and pycocotools' AP under ``"coco"`` when ``cfg.eval_coco``)."""
         if self.val_set is None:
             return None
         return evaluate_model(
             _unwrap(self.model), self.val_set, self.class_names, self.device,
-            max_images=self.cfg.eval_images, size=self.cfg.image_size, priors=self.priors,
+            max_images=self.cfg.eval_images, size=self.cfg.image_size, priors=self.priors, coco=self.cfg.eval_coco,
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -988,9 +996,13 @@ class Trainer:
         result = self.evaluate() if self.is_main else None
         if self.is_main and result is not None:
             record = {"iteration": self.iteration, "map": result["map"], "ap": result["ap"]}
+            if "coco" in result:  # {"map": AP@[.5:.95], "map50", "map75"}
+                record["coco"] = result["coco"]
             self.metrics.write(record)
             if self.tb is not None:
                 self.tb.add_scalar("val/map50", result["map"], self.iteration)
+                if "coco" in result:
+                    self.tb.add_scalar("val/coco_ap", result["coco"]["map"], self.iteration)
         if self.world_size > 1:
             dist.barrier()
         self.model.train()
@@ -1033,17 +1045,23 @@ def evaluate_model(
     batch_size: int = 32,
     use_07_metric: bool = True,
     priors: Tensor | None = None,
+    coco: bool = False,
 ) -> dict[str, Any]:
-    """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class: float}}``.
+    """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class: float}}``, and with
+    ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50", "map75"}`` from pycocotools on the same
+    detections (:func:`ssd_tutorial.evaluation.evaluate_coco`).
 
     11-point interpolated AP (VOC2007 devkit) when ``use_07_metric``, else all-point (VOC2010+).
     """
     from ssd_tutorial.evaluate import collect_detections  # only needed when a run evaluates
-    from ssd_tutorial.evaluation import evaluate_voc
+    from ssd_tutorial.evaluation import evaluate_coco, evaluate_voc
 
     detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, size=size,
                                                    priors=priors)
-    return evaluate_voc(detections, ground_truths, list(class_names), iou_threshold=0.5, use_07_metric=use_07_metric)
+    result = evaluate_voc(detections, ground_truths, list(class_names), iou_threshold=0.5, use_07_metric=use_07_metric)
+    if coco:
+        result["coco"] = evaluate_coco(detections, ground_truths, list(class_names))
+    return result
 
 
 def train(

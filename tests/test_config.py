@@ -11,7 +11,9 @@ from ssd_tutorial.train import build_scheduler, lr_factor
 
 
 def test_presets_exist_and_paper_recipe():
-    assert sorted(PRESETS) == ["finetune", "finetune_cpu", "shapes_cpu", "shapes_gpu", "ssd300_voc0712"]
+    assert sorted(PRESETS) == [
+        "finetune", "finetune_cpu", "shapes_cpu", "shapes_gpu", "ssd300_coco", "ssd300_voc0712", "ssd512_voc0712"
+    ]  # fmt: skip
     voc = PRESETS["ssd300_voc0712"]
     # paper p.7 / released solver: batch 32, SGD 1e-3, momentum 0.9, wd 5e-4, 120k its, drops at 80k/100k.
     assert (voc.batch_size, voc.lr, voc.momentum, voc.weight_decay) == (32, 1e-3, 0.9, 5e-4)
@@ -22,6 +24,19 @@ def test_presets_exist_and_paper_recipe():
     assert (voc.bias_lr_mult, voc.bias_weight_decay, voc.init, voc.optimizer) == (2.0, False, "caffe_xavier", "sgd")
     assert PRESETS["shapes_cpu"].width_mult == 0.125
     assert PRESETS["shapes_gpu"].width_mult == 1.0
+
+
+def test_ssd512_and_coco_presets():
+    # SSD512: the VOC recipe at 512 px with the 7-map layout (released ssd_pascal_512.py's solver)
+    voc, ssd512 = PRESETS["ssd300_voc0712"], PRESETS["ssd512_voc0712"]
+    assert (ssd512.image_size, ssd512.prior_layout) == (512, "ssd512_voc")
+    assert ssd512.replace(name=voc.name, image_size=300, prior_layout="ssd300_voc") == voc
+    # COCO: released ssd_coco.py -- 400k iterations, drops at 280k and 360k, batch 32, lr 1e-3;
+    # the paper's COCO default boxes; COCO JSON files; pycocotools AP in the periodic evaluation
+    coco = PRESETS["ssd300_coco"]
+    assert (coco.max_iters, coco.lr_steps, coco.batch_size, coco.lr) == (400_000, (280_000, 360_000), 32, 1e-3)
+    assert (coco.prior_layout, coco.dataset, coco.eval_coco) == ("ssd300_coco", "files", True)
+    assert coco.data.endswith("instances_train2017.json") and coco.val_data.endswith("instances_val2017.json")
 
 
 def test_finetune_presets_read_files_and_keep_their_drops_inside_the_schedule():

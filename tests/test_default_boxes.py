@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -12,8 +13,12 @@ from torchvision.models.detection.image_list import ImageList
 
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.default_boxes import (
+    LAYOUTS,
     PAPER,
+    SSD300_COCO,
     SSD300_VOC,
+    SSD512_VOC,
+    TORCHVISION_COCO,
     DefaultBoxConfig,
     boxes_per_cell,
     boxes_per_map,
@@ -169,6 +174,84 @@ def test_random_layouts_match_torchvision(maps, sizes):
     ours = default_boxes(cfg)
     assert ours.shape[0] == sum(f * f * (2 + 2 * len(r)) for f, r in maps)
     torch.testing.assert_close(cxcywh_to_xyxy(ours), _torchvision_priors_xyxy(cfg), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- SSD512 and the COCO layout
+
+
+def _caffe_prior_loop(image_size, maps, steps, min_sizes, max_sizes, ratios) -> np.ndarray:
+    """An independent computation of a layout: Caffe's PriorBoxLayer::Forward_cpu loop order
+    (map, then h, then w, then min box, max box, each ratio a then 1/a), one box at a time,
+    in numpy float64 -> [P, 4] cxcywh normalized."""
+    out = []
+    for f, step, lo, hi, rs in zip(maps, steps, min_sizes, max_sizes, ratios):
+        for i in range(f):
+            for j in range(f):
+                cx, cy = (j + 0.5) * step / image_size, (i + 0.5) * step / image_size
+                out.append((cx, cy, lo / image_size, lo / image_size))
+                side = np.sqrt(lo * hi) / image_size
+                out.append((cx, cy, side, side))
+                for a in rs:
+                    for r in (a, 1.0 / a):
+                        out.append((cx, cy, lo * np.sqrt(r) / image_size, lo / np.sqrt(r) / image_size))
+    return np.array(out)
+
+
+def test_ssd512_has_24564_boxes_in_the_released_layout():
+    # numbers typed from the released ssd_pascal_512.py's formula: min_ratio 15, max_ratio 90,
+    # step 15, conv4_3 at 7% / 15% of 512 px
+    assert SSD512_VOC.feature_maps == (64, 32, 16, 8, 4, 2, 1)
+    assert SSD512_VOC.steps == (8, 16, 32, 64, 128, 256, 512)
+    assert SSD512_VOC.min_sizes == pytest.approx((35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8), abs=1e-9)
+    assert SSD512_VOC.max_sizes == pytest.approx((76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6), abs=1e-9)
+    assert boxes_per_cell(SSD512_VOC) == (4, 6, 6, 6, 6, 4, 4)
+    # 64^2*4 + 32^2*6 + 16^2*6 + 8^2*6 + 4^2*6 + 2^2*4 + 1*4
+    assert boxes_per_map(SSD512_VOC) == (16384, 6144, 1536, 384, 96, 16, 4)
+    priors = default_boxes(SSD512_VOC)
+    assert priors.shape == (24564, 4) and priors.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_layouts_match_an_independent_loop(name):
+    cfg = LAYOUTS[name]
+    expected = _caffe_prior_loop(
+        cfg.image_size, cfg.feature_maps, cfg.steps, cfg.min_sizes, cfg.max_sizes, cfg.aspect_ratios
+    )
+    ours = default_boxes(cfg).double().numpy()
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-7)
+
+
+def test_ssd512_hand_worked_corners():
+    priors = default_boxes(SSD512_VOC)
+    # first box: cell (0, 0) of the 64x64 map, centre 4 / 512, side 35.84 / 512 = 0.07
+    torch.testing.assert_close(priors[0], torch.tensor([4 / 512, 4 / 512, 0.07, 0.07]), rtol=0, atol=1e-7)
+    # the 1x1 map (conv12_2) is the last 4 boxes: centre 256 / 512 = 0.5, s = 460.8 / 512 = 0.9,
+    # extra square sqrt(460.8 * 537.6) / 512 = sqrt(0.9 * 1.05)
+    torch.testing.assert_close(priors[-4, :3], torch.tensor([0.5, 0.5, 0.9]), rtol=0, atol=1e-7)
+    assert priors[-3, 2].item() == pytest.approx(math.sqrt(0.9 * 1.05), abs=1e-6)
+    # the 4x4 map (conv10_2) has ratio 3 boxes, unlike SSD300's 3x3 map: 6 per cell
+    start = 16384 + 6144 + 1536 + 384
+    assert priors[start + 5, 3].item() == pytest.approx(307.2 / 512 * math.sqrt(3), abs=1e-6)
+
+
+def test_ssd512_matches_torchvision_default_box_generator():
+    # torchvision has no SSD512 model with this layout, but its generator can express the boxes
+    assert SSD512_VOC.max_sizes[:-1] == SSD512_VOC.min_sizes[1:]
+    theirs = _torchvision_priors_xyxy(SSD512_VOC)
+    assert theirs.shape == (24564, 4)
+    torch.testing.assert_close(cxcywh_to_xyxy(default_boxes(SSD512_VOC)), theirs, rtol=0, atol=1e-6)
+
+
+def test_coco_layout_is_caffes_ssd_coco():
+    # paper Sec. 3.4: conv4_3 at 0.07 ("21 pixels for a 300 x 300 image"), then s_min = 0.15;
+    # ssd_coco.py: step floor((90 - 15) / 4) = 18 -> 15, 33, 51, 69, 87 % of 300 px
+    assert SSD300_COCO.min_sizes == (21, 45, 99, 153, 207, 261)
+    assert SSD300_COCO.max_sizes == (45, 99, 153, 207, 261, 315)
+    assert not SSD300_COCO.clip
+    # torchvision's COCO layout has the same sizes, only clipped
+    assert (SSD300_COCO.min_sizes, SSD300_COCO.max_sizes) == (TORCHVISION_COCO.min_sizes, TORCHVISION_COCO.max_sizes)
+    assert default_boxes(SSD300_COCO).shape == (8732, 4)
 
 
 # ---------------------------------------------------------------- bad input

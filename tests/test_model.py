@@ -1,6 +1,7 @@
 """Tests for ssd_tutorial.model: parity with torchvision's SSD300, output order, weights, dtypes."""
 from __future__ import annotations
 
+import math
 import urllib.error
 
 import pytest
@@ -9,8 +10,17 @@ import torchvision
 from torch import nn
 
 from ssd_tutorial import model as model_module
-from ssd_tutorial.default_boxes import SSD300_VOC, boxes_per_map, default_boxes
-from ssd_tutorial.model import TINY_WIDTH, L2Norm, SSD300, describe_layers, subsample_fc, tiny_ssd300
+from ssd_tutorial.default_boxes import SSD300_COCO, SSD300_VOC, SSD512_VOC, boxes_per_map, default_boxes
+from ssd_tutorial.model import (
+    TINY_WIDTH,
+    L2Norm,
+    SSD300,
+    SSD512,
+    build_ssd,
+    describe_layers,
+    subsample_fc,
+    tiny_ssd300,
+)
 
 TORCHVISION_SSD300_PARAMS = 26_285_486  # ssd300_vgg16(num_classes=21, weights=None, weights_backbone=None)
 
@@ -107,12 +117,13 @@ def test_tiny_model_is_the_same_architecture_with_fewer_channels():
     assert loc.shape == (2, 8732, 4) and conf.shape == (2, 8732, 5)
 
 
-def test_head_outputs_line_up_with_default_boxes():
+@pytest.mark.parametrize("layout", [SSD300_VOC, SSD512_VOC], ids=["ssd300", "ssd512"])
+def test_head_outputs_line_up_with_default_boxes(layout):
     # Feed the heads source maps whose channel 0 holds the column x and channel 1 the row y, and
     # make every loc head output, for box a of a cell, (x, y, a, k): then prediction p must be
     # (col, row, box, map) of default box p, which we derive from the default boxes themselves.
-    model = tiny_ssd300(num_classes=3)
-    sizes = SSD300_VOC.feature_maps
+    model = build_ssd(3, layout, width_mult=TINY_WIDTH)
+    sizes = layout.feature_maps
     maps = []
     for f, ch in zip(sizes, model.source_channels):
         m = torch.zeros(1, ch, f, f)
@@ -129,16 +140,17 @@ def test_head_outputs_line_up_with_default_boxes():
                 head.bias[a * 4 + 2] = a
                 head.bias[a * 4 + 3] = k
     model.source_maps = lambda x: maps  # type: ignore[method-assign]
+    size = layout.image_size
     with torch.no_grad():
-        loc, _ = model(torch.zeros(1, 3, 300, 300))
-    col, row, box, k = loc[0].round().long().unbind(-1)  # [8732] each
+        loc, _ = model(torch.zeros(1, 3, size, size))
+    col, row, box, k = loc[0].round().long().unbind(-1)  # [P] each
 
-    priors = default_boxes()  # [8732, 4] cxcywh
-    expected_k = torch.repeat_interleave(torch.arange(6), torch.tensor(boxes_per_map()))
+    priors = default_boxes(layout)  # [P, 4] cxcywh
+    expected_k = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(boxes_per_map(layout)))
     assert torch.equal(k, expected_k)
-    steps = torch.tensor(SSD300_VOC.steps, dtype=torch.float32)[expected_k]
-    assert torch.allclose((col.float() + 0.5) * steps / 300, priors[:, 0], atol=1e-5)
-    assert torch.allclose((row.float() + 0.5) * steps / 300, priors[:, 1], atol=1e-5)
+    steps = torch.tensor(layout.steps, dtype=torch.float32)[expected_k]
+    assert torch.allclose((col.float() + 0.5) * steps / size, priors[:, 0], atol=1e-5)
+    assert torch.allclose((row.float() + 0.5) * steps / size, priors[:, 1], atol=1e-5)
     # box index a: the first two boxes of a cell are squares, the second one larger
     square = (priors[:, 2] - priors[:, 3]).abs() < 1e-6
     assert bool(square[box < 2].all()) and not bool(square[box >= 2].any())
@@ -325,3 +337,90 @@ def test_bad_inputs_give_clear_errors(tmp_path):
         SSD300(num_classes=1)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         tiny_ssd300(3)(torch.zeros(1, 1, 300, 300))
+
+
+# ---------------------------------------------------------------- SSD512
+
+
+def _conv_out(n: int, kernel: int, stride: int, pad: int) -> int:
+    return (n + 2 * pad - kernel) // stride + 1
+
+
+def test_ssd512_output_shapes_on_the_meta_device():
+    # the full-width net, shapes only: on the meta device nothing is computed
+    with torch.device("meta"):
+        model = SSD512(num_classes=21)
+        sources = model.source_maps(torch.empty(2, 3, 512, 512))
+        loc, conf = model(torch.empty(2, 3, 512, 512))
+    assert [tuple(s.shape[1:]) for s in sources] == [
+        (512, 64, 64), (1024, 32, 32), (512, 16, 16), (256, 8, 8), (256, 4, 4), (256, 2, 2), (256, 1, 1)
+    ]  # fmt: skip
+    assert loc.shape == (2, 24564, 4) and conf.shape == (2, 24564, 21)
+    assert model.image_size == 512 and SSD300(num_classes=21).image_size == 300
+    # the released net's extra layers, by conv arithmetic: conv8_2 .. conv11_2 3x3 s2 p1, conv12_2 4x4 s1 p1
+    n, sizes = 32, []
+    for kernel, stride, pad in [(3, 2, 1)] * 4 + [(4, 1, 1)]:
+        n = _conv_out(n, kernel, stride, pad)
+        sizes.append(n)
+    assert sizes == [16, 8, 4, 2, 1] == list(SSD512_VOC.feature_maps[2:])
+    last = model.extras[-1]
+    assert [name for name, _ in last.named_children()] == ["conv12_1", "relu12_1", "conv12_2", "relu12_2"]
+    assert last.conv12_2.kernel_size == (4, 4) and last.conv12_2.padding == (1, 1)
+
+
+def test_ssd512_parameter_count_equals_torchvisions_pieces():
+    # torchvision has no SSD512 model, but its VGG extractor with highres=True has conv12 and its
+    # SSDHead takes the 7 maps' box counts: the same parameters (its conv10_2/conv11_2 differ in
+    # stride and padding only, which hold no parameters)
+    from torchvision.models.detection.ssd import SSDHead, _vgg_extractor
+
+    with torch.device("meta"):
+        extractor = _vgg_extractor(torchvision.models.vgg16(weights=None), highres=True, trainable_layers=5)
+        head = SSDHead([512, 1024, 512, 256, 256, 256, 256], [4, 6, 6, 6, 6, 4, 4], 21)
+        ours = SSD512(num_classes=21)
+    theirs = sum(p.numel() for p in extractor.parameters()) + sum(p.numel() for p in head.parameters())
+    assert sum(p.numel() for p in ours.parameters()) == theirs == 27_188_676
+
+
+def test_build_ssd_follows_the_layout():
+    assert type(build_ssd(3, SSD300_VOC, width_mult=TINY_WIDTH)) is SSD300
+    assert type(build_ssd(3, SSD300_COCO, width_mult=TINY_WIDTH)) is SSD300
+    assert type(build_ssd(3, SSD512_VOC, width_mult=TINY_WIDTH)) is SSD512
+    with pytest.raises(ValueError, match="SSD512 has 7 source maps; prior_config has 6"):
+        SSD512(num_classes=3, width_mult=TINY_WIDTH, prior_config=SSD300_VOC)
+    with pytest.raises(ValueError, match="no SSD network for a layout of 1 feature maps"):
+        build_ssd(3, SSD300_VOC.__class__(300, (1,), (300,), (30,), (60,), ((2,),)))
+
+
+def test_ssd512_tiny_smoke_train(tmp_path):
+    # a few optimizer steps of the tiny SSD512 on 512 px shapes, through the Trainer: the loss is
+    # finite, the checkpoint stores the 7-map layout, and detect's loader rebuilds an SSD512 from it
+    from ssd_tutorial.config import get_config
+    from ssd_tutorial.detect import load_stored_detector
+    from ssd_tutorial.train import train
+
+    cfg = get_config(
+        "shapes_cpu", image_size=512, prior_layout="ssd512_voc", shapes_train_images=8, shapes_val_images=4,
+        batch_size=2, max_iters=3, warmup_iters=0, lr_steps=(100,), log_every=1, checkpoint_every=0,
+        eval_every=3, eval_images=4, augment=False,
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = train(cfg, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert summary["iterations"] == 3
+    assert all(math.isfinite(r["loss"]) for r in summary["losses"]) and len(summary["losses"]) == 3
+    assert summary["map50"] is not None  # the periodic evaluation ran at 512 px with 24,564 boxes
+    stored = load_stored_detector(tmp_path / "last.pt")
+    assert isinstance(stored.model, SSD512) and stored.priors.shape == (24564, 4)
+
+
+def test_config_refuses_a_layout_for_another_image_size():
+    from ssd_tutorial.config import get_config
+
+    with pytest.raises(ValueError, match="prior_layout 'ssd512_voc' is for 512 px images, but image_size is 300"):
+        get_config("shapes_cpu", prior_layout="ssd512_voc")
+    with pytest.raises(ValueError, match="prior_layout must be one of"):
+        get_config("shapes_cpu", prior_layout="ssd1024")
