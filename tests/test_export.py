@@ -64,9 +64,10 @@ def test_network_outputs_match_pytorch_at_any_batch(exported, shapes_images):
             loc, conf = model(x)
         assert got["loc"].shape == (batch, 8732, 4) and got["conf_logits"].shape == (batch, 8732, 6)
         torch.testing.assert_close(got["loc"], loc, rtol=0, atol=1e-4)
-        # the trained model's logits reach ~36 on these images: float32 rounding alone (PyTorch
-        # against itself in float64) is ~1e-4 there, so 1e-4 plus 1e-5 of the value
-        torch.testing.assert_close(got["conf_logits"], conf, rtol=1e-5, atol=1e-4)
+        # the trained model's logits reach ~37 on these images: float32 rounding alone (PyTorch
+        # against itself in float64) is ~1e-4 there, so 1e-4 plus 1e-5 of the largest logit
+        scale = conf.abs().max().item()
+        assert (got["conf_logits"] - conf).abs().max().item() <= 1e-4 + 1e-5 * scale
 
 
 def test_onnxruntime_is_as_close_to_float64_as_pytorch(exported, shapes_images):
