@@ -1,6 +1,6 @@
 """The recorded run of chapter 11: the book's tiny model fine-tuned on 160 raccoon photos, on a CPU.
 
-    python book/make_raccoon_run.py --data ../shared/data/raccoon        # ~2 x 15 min on 2 CPU threads
+    python book/make_raccoon_run.py --data ../shared/data/raccoon        # ~2 x 10 min on a quiet 2-core CPU
 
 ``--data`` is a VOC-layout folder with ``ImageSets/Main/train.txt`` and ``val.txt`` (the raccoon
 set: 160 + 40 real photos, one class).  The script runs the package's three command-line tools
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/raccoon", help="VOC-layout folder with train.txt/val.txt")
     parser.add_argument("--work-dir", default="runs/raccoon_tiny_cpu")
-    parser.add_argument("--iters", type=int, default=400)
+    parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     val = sorted((ROOT / data / "ImageSets" / "Main" / "val.txt").read_text().split())
     py = sys.executable
     # The recipe: the finetune_cpu preset, longer, with the SSD augmentation on (160 photos are
-    # seen 20 times each in 400 iterations of 8: without it the model learns them by heart).
+    # seen 15 times each in 300 iterations of 8: without it the model learns them by heart).
     schedule = ["--max_iters", str(args.iters), "--lr_steps", str(int(args.iters * 0.8)),
                 "--eval_every", "0", "--augment", "true", "--log_every", "10"]
     log: list[dict] = []
