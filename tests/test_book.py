@@ -29,8 +29,14 @@ CHAPTERS = EXECUTE.chapters_from_toc()
 def test_toc_lists_the_chapters_in_order():
     names = [p.name for p in CHAPTERS]
     assert names[0] == "00_introduction.ipynb"
-    numbers = [int(n[:2]) for n in names]
-    assert numbers == list(range(len(names))), f"chapters out of order or missing a number: {names}"
+    # numbered chapters 00, 01, ... first; then appendices appendix_a_..., appendix_b_..., in order
+    chapters = [n for n in names if n[:2].isdigit()]
+    appendices = names[len(chapters):]
+    numbers = [int(n[:2]) for n in chapters]
+    assert numbers == list(range(len(chapters))), f"chapters out of order or missing a number: {names}"
+    letters = [re.match(r"appendix_([a-z])_\w+\.ipynb$", n) for n in appendices]
+    assert all(letters), f"after the numbered chapters only appendix_<letter>_<name> files: {appendices}"
+    assert [m.group(1) for m in letters] == [chr(ord("a") + i) for i in range(len(appendices))], appendices
 
 
 @pytest.fixture(params=CHAPTERS, ids=[p.stem for p in CHAPTERS])
