@@ -2,6 +2,7 @@
 torchvision.ops.nms, empty results, batches of 1 and 64, the Predictor's pixel boxes, bad input."""
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -264,12 +265,16 @@ def test_nms_choice(monkeypatch) -> None:
         detect(loc, logits, priors, nms="fast")
 
     def fail(*args, **kwargs):
-        raise AssertionError("padded NMS used on the CPU")
+        raise AssertionError("padded or batched NMS used on the CPU")
 
     monkeypatch.setattr(inference, "_padded_greedy_nms", fail)
-    detect(loc, logits, priors)  # "auto" on the CPU: batched
+    monkeypatch.setattr(inference, "_batched_nms_detect", fail)
+    detect(loc, logits, priors)  # "auto" on the CPU: per_class
+    detect(loc, logits, priors, candidates_per_class=None)
     with pytest.raises(AssertionError, match="padded"):
         detect(loc, logits, priors, nms="padded")
+    with pytest.raises(AssertionError, match="batched"):
+        detect(loc, logits, priors, nms="batched")
 
 
 def test_padded_chunks_the_iou_temporaries(monkeypatch) -> None:
@@ -284,3 +289,107 @@ def test_padded_chunks_the_iou_temporaries(monkeypatch) -> None:
     monkeypatch.setattr(inference, "_PADDED_NMS_TEMP_BYTES", 1)
     assert_same(detect(loc, logits, priors, 0.05, 0.45, 100, nms="padded"), whole)
     assert_same(whole, detect(loc, logits, priors, 0.05, 0.45, 100, nms="batched"))
+
+
+# ---------------------------------------------------------------- nms="per_class" (the CPU default)
+@functools.cache
+def _torchvision_ssd(num_classes: int):
+    from torchvision.models.detection import ssd300_vgg16
+
+    return ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes).eval()
+
+
+def torchvision_postprocess(loc, logits, priors, size=300):
+    """torchvision's own SSD post-processing (ssd300_vgg16.postprocess_detections), set to
+    detect()'s defaults and fed the same outputs: xyxy pixel anchors, boxes in pixels."""
+    from ssd_tutorial.boxes import cxcywh_to_xyxy
+
+    tv = _torchvision_ssd(logits.shape[-1])
+    tv.score_thresh, tv.nms_thresh, tv.detections_per_img, tv.topk_candidates = 0.01, 0.45, 200, 400
+    head = {"bbox_regression": loc, "cls_logits": logits}
+    anchors = [cxcywh_to_xyxy(priors) * size] * loc.shape[0]
+    with torch.inference_mode():
+        return tv.postprocess_detections(head, anchors, [(size, size)] * loc.shape[0])
+
+
+def peaky_logits(batch, num_priors, num_classes, generator):
+    """A trained model's look: background wins almost everywhere, a few objects claimed by ~30
+    default boxes each (as benchmarks/bench_inference.py's synthetic outputs)."""
+    logits = torch.randn(batch, num_priors, num_classes, generator=generator)
+    logits[..., 0] += 7.0
+    for b in range(batch):
+        for _ in range(6):
+            boxes = torch.randint(0, num_priors, (30,), generator=generator)
+            logits[b, boxes, int(torch.randint(1, num_classes, (1,), generator=generator))] += 8.0
+    return logits
+
+
+@pytest.mark.parametrize("kind", ["dense", "peaky"])
+def test_per_class_gives_torchvisions_detections(kind: str) -> None:
+    """The same detections as torchvision's SSD post-processing on the same outputs: the same
+    labels and scores (bit for bit: the same softmax), in the same order, and the same boxes
+    (torchvision decodes in pixels, we in [0, 1]: float rounding apart).  Dense = random logits
+    (an untrained model: ~8000 candidates per image), peaky = a trained model's look."""
+    g = torch.Generator().manual_seed(17)
+    priors = default_boxes()  # [8732, 4]
+    batch = 3
+    loc = torch.randn(batch, 8732, 4, generator=g)
+    logits = torch.randn(batch, 8732, 21, generator=g) if kind == "dense" else peaky_logits(batch, 8732, 21, g)
+    ours = detect(loc, logits, priors)  # the CPU default: per_class
+    theirs = torchvision_postprocess(loc, logits, priors)
+    for mine, tv in zip(ours, theirs):
+        assert len(mine["scores"]) == len(tv["scores"]) == 200
+        assert torch.equal(mine["labels"], tv["labels"])
+        assert torch.equal(mine["scores"], tv["scores"])
+        torch.testing.assert_close(mine["boxes"] * 300, tv["boxes"], rtol=0, atol=1e-3)
+
+
+def test_per_class_equals_the_other_paths_with_ties() -> None:
+    """Integer logits: many equal scores inside a class, across classes and at the cut; the tie
+    rules (box index, then class) must agree with "batched" and "padded", with and without a cap."""
+    g = torch.Generator().manual_seed(5)
+    priors = random_priors(600, g)
+    loc = torch.randn(6, 600, 4, generator=g)
+    logits = torch.randint(-2, 3, (6, 600, 6), generator=g).float()
+    logits[2, :, 0] = 50.0  # one image with nothing above the threshold
+    for cap, top_k in ((None, 300), (25, 40), (1, 1000), (400, 7)):
+        per_class = detect(loc, logits, priors, 0.05, 0.45, top_k, candidates_per_class=cap, nms="per_class")
+        assert_same(per_class, detect(loc, logits, priors, 0.05, 0.45, top_k, candidates_per_class=cap, nms="batched"))
+        assert_same(per_class, detect(loc, logits, priors, 0.05, 0.45, top_k, candidates_per_class=cap, nms="padded"))
+        assert len(per_class[2]["scores"]) == 0
+
+
+def test_per_class_lowers_the_cut_until_top_k_survive(monkeypatch) -> None:
+    """8 distinct places, each the default box 75 times: NMS keeps at most 8 boxes a class (40 in
+    all), so the first cut (2 x top_k entries) leaves too few and it must be lowered, round after
+    round (until the candidates run out for top_k = 50 or 200); the result is still the plain
+    per-class loop's."""
+    import ssd_tutorial.inference as inference
+
+    g = torch.Generator().manual_seed(11)
+    priors = random_priors(8, g).repeat(75, 1)  # [600, 4]
+    loc = 0.01 * torch.randn(2, 600, 4, generator=g)  # nearly the default boxes: copies overlap
+    logits = torch.randn(2, 600, 6, generator=g)
+    rounds = []
+    original = inference._best_entries
+    monkeypatch.setattr(inference, "_best_entries", lambda *a: rounds.append(a[1]) or original(*a))
+    for top_k, cap in ((50, None), (200, None), (45, 100), (60, 3)):  # top_k > 40: never reached
+        rounds.clear()
+        got = detect(loc, logits, priors, 0.01, 0.45, top_k, candidates_per_class=cap)
+        assert_same(got, reference_detect(loc, logits, priors, 0.01, 0.45, top_k, candidates_per_class=cap))
+        if cap == 3:  # every class gave its 3 best in the first round: nothing more can count
+            assert rounds == [2 * top_k]
+        else:
+            assert len(rounds) >= 2 and rounds[1] == 4 * rounds[0] == 8 * top_k  # the cut was lowered
+        assert all(len(d["scores"]) <= 40 for d in got)
+
+
+def test_per_class_ignores_nan_scores() -> None:
+    """A NaN logit (a diverged model) makes its box no candidate, as in "batched"."""
+    g = torch.Generator().manual_seed(2)
+    priors = random_priors(300, g)
+    loc = torch.randn(2, 300, 4, generator=g)
+    logits = torch.randn(2, 300, 5, generator=g)
+    logits[0, :40, 2] = float("nan")
+    got = detect(loc, logits, priors, 0.05, 0.45, 100)
+    assert_same(got, detect(loc, logits, priors, 0.05, 0.45, 100, nms="batched"))
