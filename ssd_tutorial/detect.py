@@ -5,7 +5,10 @@
     python -m ssd_tutorial.detect photos/ more.jpg --weights torchvision-coco --output detections/
 
 One image and an ``--output`` file name: the drawing goes there and the detections are printed
-as JSON.  Several images or a folder: ``--output`` is a folder that gets one ``<name>.png`` per
+as JSON.  Video files (``clip.mp4``; see :mod:`ssd_tutorial.video`): ``--output`` is a folder
+that gets ``<stem>.json`` (detections per frame) and ``<stem>_detections.mp4`` (annotated; or
+``--annotate frames``: PNGs); ``--every N`` takes every Nth frame, ``--max-frames`` stops early.
+Several images or a folder: ``--output`` is a folder that gets one ``<name>.png`` per
 image and ``detections.json`` (all images, boxes in each image's pixels, xyxy).  ``--weights``
 takes the published weights of :mod:`ssd_tutorial.pretrained` (downloaded once) or a file.
 
@@ -337,7 +340,8 @@ def _records(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssd_tutorial.detect", description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files and/or folders of images; or video files (.mp4, .mov, .avi, .mkv, ...)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="last.pt of a run, or a plain SSD300 state dict of this package")
     source.add_argument("--weights", help="published weights: torchvision-coco, ssd-pytorch-voc, or a file path")
@@ -354,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"refuse images of more pixels than this (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed) instead of stopping")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--every", type=int_at_least(1), default=1, help="videos: process every Nth frame")
+    parser.add_argument("--max-frames", type=int_at_least(1), default=None, help="videos: at most this many frames")
+    parser.add_argument("--annotate", choices=("video", "frames", "none"), default="video",
+                        help="videos: an annotated .mp4 (default), one PNG per frame, or only the JSON")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     return run_main(lambda: _main(args), args.debug)
@@ -361,8 +369,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ssd_tutorial.video import is_video
+
+    videos = [item for item in args.inputs if is_video(item)]
+    if videos and len(videos) != len(args.inputs):
+        raise ValueError("give videos and images in separate runs (videos: " + ", ".join(videos) + ")")
     try:
-        files = collect_images(args.inputs)
+        files = [] if videos else collect_images(args.inputs)
         model, names, stored, priors, weights_source, category_ids = _load_detector(args, device)
         names = _check_classes(args.classes, names, stored, weights_source)
     except RuntimeError as error:  # published weights that cannot be fetched or verified: their message says why
@@ -370,6 +383,8 @@ def _main(args: argparse.Namespace) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if videos:
+        return _detect_videos(args, videos, model, names, priors, weights_source, category_ids, device)
     # Every image is read before any is processed: every bad file is reported at once, and a
     # run that stops leaves no half-written output behind.
     images: list[tuple[Path, Tensor]] = []
@@ -410,6 +425,34 @@ def _main(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r['image']}: {len(r['detections'])} detections -> {r['output']}")
     print(f"wrote {output / 'detections.json'}")
+    return 0
+
+
+def _detect_videos(
+    args: argparse.Namespace, videos: list[str], model: nn.Module, names: list[str], priors: Tensor | None,
+    weights_source: str, category_ids: list[int] | None, device: str,
+) -> int:
+    """The video branch of the command line: every video's JSON (and annotated copy) in ``--output``."""
+    from ssd_tutorial.inference import Predictor
+    from ssd_tutorial.video import detect_video, open_video
+
+    try:
+        for video in videos:  # a missing or unreadable video is reported before any work
+            open_video(video)
+    except RuntimeError as error:  # TorchCodec without FFmpeg: the message says what to install
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output = Path(args.output if args.output is not None else "detections")
+    predictor = Predictor(model, priors=priors, size=getattr(model, "image_size", 300), device=device,
+                          score_threshold=args.score_threshold, batch_size=args.batch_size)  # fmt: skip
+    for video in videos:
+        report = detect_video(video, predictor, names, output, every=args.every, max_frames=args.max_frames,
+                              annotate=args.annotate, records=lambda d, n: _records(d, n, category_ids),
+                              header={"weights": weights_source, "classes": names,
+                                      "score_threshold": args.score_threshold})  # fmt: skip
+        found = sum(len(f["detections"]) for f in report["frames"])
+        print(f"{video}: {len(report['frames'])} frames, {found} detections -> {output / (Path(video).stem + '.json')}"
+              + (f", {report['annotated']}" if report["annotated"] else ""))  # fmt: skip
     return 0
 
 
