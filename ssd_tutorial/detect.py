@@ -358,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"refuse images of more pixels than this (default {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed) instead of stopping")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto (default): bf16 autocast on a CPU with native bf16, else float32; "
+                             "fp32 forces float32 (see inference.Predictor)")
     parser.add_argument("--every", type=int_at_least(1), default=1, help="videos: process every Nth frame")
     parser.add_argument("--max-frames", type=int_at_least(1), default=None, help="videos: at most this many frames")
     parser.add_argument("--annotate", choices=("video", "frames", "none"), default="video",
@@ -406,7 +409,8 @@ def _main(args: argparse.Namespace) -> int:
     from ssd_tutorial.inference import Predictor
 
     predictor = Predictor(model, priors=priors, size=getattr(model, "image_size", 300), device=device,
-                          score_threshold=args.score_threshold, batch_size=args.batch_size)  # fmt: skip
+                          score_threshold=args.score_threshold, batch_size=args.batch_size,
+                          precision=args.precision)  # fmt: skip
     drawings = [output] if to_file else [output / name for name in _output_names([p for p, _ in images])]
     results = []
     for start in range(0, len(images), args.batch_size):
@@ -444,7 +448,8 @@ def _detect_videos(
         return 2
     output = Path(args.output if args.output is not None else "detections")
     predictor = Predictor(model, priors=priors, size=getattr(model, "image_size", 300), device=device,
-                          score_threshold=args.score_threshold, batch_size=args.batch_size)  # fmt: skip
+                          score_threshold=args.score_threshold, batch_size=args.batch_size,
+                          precision=args.precision)  # fmt: skip
     for video in videos:
         report = detect_video(video, predictor, names, output, every=args.every, max_frames=args.max_frames,
                               annotate=args.annotate, records=lambda d, n: _records(d, n, category_ids),

@@ -56,7 +56,9 @@ def collect_detections(
     Returns ``(detections, ground_truths)`` keyed by ``image_id``, in the format of
     :func:`ssd_tutorial.evaluation.evaluate_voc` (xyxy pixels, 1-based labels).
     ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``, thresholds).
-    The model is left in the train/eval mode it came in.
+    The model is left in the train/eval mode it came in.  It runs in float32 and in its own memory
+    format unless ``detect_kwargs`` say otherwise (``precision``, ``channels_last``): a score is
+    the model's, the same on every machine, and a model in training is not converted.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -64,6 +66,7 @@ def collect_detections(
         raise ValueError(f"max_images must be >= 1 (or None: every image), got {max_images}")
     was_training = model.training
     detect_kwargs.setdefault("size", getattr(model, "image_size", 300))  # 512 for SSD512
+    detect_kwargs = {"precision": "fp32", "channels_last": False, **detect_kwargs}
     predictor = Predictor(model, device=device, batch_size=batch_size, **detect_kwargs)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     detections: dict[str, dict[str, Tensor]] = {}
