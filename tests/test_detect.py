@@ -59,6 +59,24 @@ def test_detect_image_matches_predictor(tmp_path, tiny_state, shapes_png):
     assert bool((got["scores"] >= 0.3).all())
 
 
+def test_cli_precision_fp32_gives_the_fp32_predictors_detections(tmp_path, tiny_state, shapes_png, capsys):
+    """--precision fp32 forces float32 (the default, auto, picks bf16 on a CPU with native bf16)."""
+    ckpt = tmp_path / "plain.pt"
+    torch.save(tiny_state, ckpt)
+    png, image = shapes_png
+    out = tmp_path / "det.png"
+    args = [str(png), "--checkpoint", str(ckpt), "--output", str(out), "--device", "cpu", "--score-threshold", "0.2"]
+    assert main(args + ["--precision", "fp32"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    model, _ = model_from_checkpoint(ckpt)
+    want = Predictor(model, score_threshold=0.2, precision="fp32")([image])[0]
+    assert [d["label_id"] for d in record["detections"]] == want["labels"].tolist()
+    assert [d["score"] for d in record["detections"]] == [round(s, 4) for s in want["scores"].tolist()]
+    with pytest.raises(SystemExit):  # argparse refuses it, naming the choices
+        main(args + ["--precision", "fp16"])
+    assert "fp16" in capsys.readouterr().err
+
+
 def test_cli_writes_png_and_prints_json(tmp_path, tiny_state, shapes_png, capsys):
     ckpt = tmp_path / "plain.pt"
     torch.save(tiny_state, ckpt)

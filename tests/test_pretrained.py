@@ -207,7 +207,7 @@ def test_detections_equal_torchvisions_own(tv_model, tv_detector, images):
     with torch.no_grad():
         theirs = tv_model([im.float() / 255 for im in images])  # boxes in each image's pixels
     predictor = Predictor(tv_detector.model, priors=tv_detector.priors, device="cpu", score_threshold=0.01,
-                          batch_size=8)  # fmt: skip
+                          batch_size=8, precision="fp32")  # fmt: skip  (float32 as torchvision; auto may pick bf16)
     ours = predictor(images)
     counts = []
     for mine, tv in zip(ours, theirs):
@@ -235,7 +235,7 @@ def test_detect_cli_runs_torchvision_coco(tmp_path, monkeypatch, capsys, tv_mode
     Image.fromarray(images[1].permute(1, 2, 0).numpy()).save(path)
     threshold = 0.015
     assert main([str(path), "--weights", "torchvision-coco", "--output", str(tmp_path / "out.png"),
-                 "--score-threshold", str(threshold), "--device", "cpu"]) == 0  # fmt: skip
+                 "--score-threshold", str(threshold), "--device", "cpu", "--precision", "fp32"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     with torch.no_grad():
         tv = tv_model([images[1].float() / 255])[0]
