@@ -363,7 +363,11 @@ def _main(args: argparse.Namespace) -> int:
         report = check_onnx(path, model, priors, **postprocess)
         print("onnxruntime vs PyTorch: " + json.dumps(report))
         if report.get("detections_identical") is False:
-            print("error: the exported post-processing gives other detections than PyTorch's", file=sys.stderr)
+            print(
+                "error: the exported post-processing gives other detections than PyTorch's (if the model is "
+                "untrained, equal scores may be the cause: onnxruntime's NonMaxSuppression may take them in "
+                "another order)", file=sys.stderr,
+            )  # fmt: skip
             return 1
     return 0
 

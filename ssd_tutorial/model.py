@@ -509,11 +509,11 @@ def _download_state_dict(weights: object) -> dict[str, Tensor]:
     return weights.get_state_dict(progress=False)  # type: ignore[attr-defined]
 
 
-def describe_layers(model: SSD300, image_size: int = 300) -> list[dict[str, object]]:
+def describe_layers(model: SSD300, image_size: int | None = None) -> list[dict[str, object]]:
     """One row per trunk layer and per head: name, output shape, parameters, receptive field.
 
     Runs ``model`` layer by layer on a zero image ``[1, 3, image_size, image_size]`` for the
-    shapes.  The receptive field ``rf`` (pixels), the ``stride`` (jump between neighbouring
+    shapes (``image_size`` default: the model's, 300 or 512 for SSD512).  The receptive field ``rf`` (pixels), the ``stride`` (jump between neighbouring
     cells, pixels) and ``centre`` (centre of cell 0, pixels, pixel i spanning [i, i+1]) follow
     from each layer's kernel k, stride s, padding p and dilation d:
 
@@ -522,6 +522,8 @@ def describe_layers(model: SSD300, image_size: int = 300) -> list[dict[str, obje
 
     A head (3x3, stride 1, padding 1) adds ``2 * jump`` to its source map's receptive field.
     """
+    if image_size is None:
+        image_size = getattr(model, "image_size", 300)
     rows: list[dict[str, object]] = []
     rf, jump, centre = 1.0, 1.0, 0.5
     source_geometry: dict[int, tuple[float, float, float]] = {}

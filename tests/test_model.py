@@ -417,6 +417,16 @@ def test_ssd512_tiny_smoke_train(tmp_path):
     assert isinstance(stored.model, SSD512) and stored.priors.shape == (24564, 4)
 
 
+def test_describe_layers_of_ssd512_reaches_conv12_2():
+    rows = {r["layer"]: r for r in describe_layers(SSD512(num_classes=3, width_mult=TINY_WIDTH))}  # 512 px
+    assert rows["relu12_2"]["output"] == (32, 1, 1) and rows["relu12_2"]["source"] == 6
+    assert rows["relu11_2"]["output"] == (32, 2, 2) and rows["relu11_2"]["stride"] == 256
+    assert rows["relu11_2"]["centre"] == pytest.approx(8.0)  # cell 0 of the 2x2 map
+    # conv12_2 (4x4, padding 1) reads cells -1..2 of that map: its one cell is centred half a
+    # cell on, 8 + 0.5 * 256 = 136 px -- not at 256 px, where SSD512_VOC centres its boxes
+    assert rows["relu12_2"]["centre"] == pytest.approx(136.0)
+
+
 def test_config_refuses_a_layout_for_another_image_size():
     from ssd_tutorial.config import get_config
 
