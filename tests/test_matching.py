@@ -299,6 +299,24 @@ def test_build_targets_equals_match_and_encode_per_image(seed, counts, grid):
         assert torch.allclose(offsets[~positive], torch.zeros_like(offsets[~positive]), atol=1e-4)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_build_targets_padded_and_image_by_image_agree(seed):
+    """The padded form (the GPU's) and the per-image loop (the CPU's default) give the same
+    targets, bit for bit, with duplicate objects, images without objects and crowded images."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = [0, 3, 9, 1, 0, 5]
+    scenes = [random_scene(gen, n, 5 if i % 2 else None) for i, n in enumerate(counts)]
+    scenes[2][0][4] = scenes[2][0][1]  # an exact duplicate: the tie rule must agree too
+    boxes, labels = [s[0] for s in scenes], [s[1] for s in scenes]
+    loop_loc, loop_labels = build_targets(boxes, labels, PRIORS)  # the CPU default
+    padded_loc, padded_labels = build_targets(boxes, labels, PRIORS, padded=True)
+    assert torch.equal(loop_labels, padded_labels) and torch.equal(loop_loc, padded_loc)
+    assert torch.equal(build_targets(boxes, labels, PRIORS, padded=False)[0], loop_loc)
+    assert int((loop_labels[[0, 4]] > 0).sum()) == 0 and int((loop_labels[2] > 0).sum()) >= 9
+    nothing = build_targets([torch.zeros(0, 4)] * 2, [torch.zeros(0, dtype=torch.long)] * 2, PRIORS)
+    assert nothing[0].shape == (2, 8732, 4) and not nothing[0].any() and not nothing[1].any()
+
+
 def test_build_targets_runs_in_the_priors_dtype_and_device():
     loc, labels = build_targets([HAND_GT], [HAND_LABELS], HAND_PRIORS.double())
     assert loc.dtype == torch.float64 and labels.dtype == torch.long
