@@ -164,3 +164,52 @@ def test_math_is_typeset_by_a_mathjax_copy_shipped_with_the_book():
     # the extension copies its static/mathjax folder to _build/html/_static/mathjax
     shipped = Path(extension.__file__).parent / "static" / mathjax_path
     assert shipped.is_file(), f"sphinx-mathjax-offline ships no {mathjax_path}"
+
+
+_HIDDEN_TAGS = {"hide-input", "remove-input", "remove-cell"}
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """(names a cell binds, names it reads) -- by the syntax tree, ignoring scopes."""
+    import ast
+
+    tree = ast.parse(source)
+    bound, read = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (bound if isinstance(node.ctx, (ast.Store, ast.Del)) else read).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return bound, read
+
+
+def test_no_visible_cell_relies_on_a_name_only_a_hidden_cell_defines(notebook):
+    """A reader must see every definition the visible code uses: hidden cells only draw.
+
+    The first cell (the Colab cell, removed from the page) is exempt: it binds nothing a
+    chapter uses, and checking it would only flag its own imports.
+    """
+    path = notebook.metadata["_path"]
+    last_defined_hidden: dict[str, int] = {}  # name -> index of the hidden cell that bound it
+    problems = []
+    for i, cell in enumerate(_code_cells(notebook)):
+        if i == 0:
+            continue
+        bound, read = _names(cell.source)
+        hidden = bool(_HIDDEN_TAGS & set(cell.metadata.get("tags", [])))
+        if not hidden:
+            problems += [
+                f"code cell {i} uses {name!r}, defined only in hidden code cell {last_defined_hidden[name]}"
+                for name in sorted(read - bound)
+                if name in last_defined_hidden
+            ]
+        for name in bound:
+            if hidden:
+                last_defined_hidden[name] = i
+            else:
+                last_defined_hidden.pop(name, None)
+    assert not problems, f"{path}:\n" + "\n".join(problems)
