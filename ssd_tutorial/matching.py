@@ -283,20 +283,23 @@ def _greedy_one_image(iou: Tensor) -> Tensor:
     return forced_obj
 
 
-def _match_image_by_image(flat_iou: Tensor, counts: Sequence[int], iou_threshold: float) -> tuple[Tensor, Tensor]:
+def _match_image_by_image(
+    flat_boxes: Tensor, counts: Sequence[int], priors_xyxy: Tensor, iou_threshold: float
+) -> tuple[Tensor, Tensor]:
     """``build_targets``' matching on a CPU, one image at a time, as :func:`match` does it.
 
-    ``flat_iou [N, P]``: the objects of all images, image by image (``counts[i]`` of image i).
+    ``flat_boxes [N, 4]``: the objects of all images, image by image (``counts[i]`` of image i).
     Returns ``obj [B, P]`` long (the row in N of each default box's object; 0 where it has none)
-    and ``positive [B, P]`` bool.
+    and ``positive [B, P]`` bool.  Each image's tensors are ``[G_i, P]``: small enough that
+    torch runs them on one thread, which keeps a CPU shared with other work from stalling them.
     """
-    num_priors = flat_iou.shape[1]
-    obj = torch.zeros(len(counts), num_priors, dtype=torch.long, device=flat_iou.device)  # [B, P]
-    positive = torch.zeros(len(counts), num_priors, dtype=torch.bool, device=flat_iou.device)  # [B, P]
+    num_priors = priors_xyxy.shape[0]
+    obj = torch.zeros(len(counts), num_priors, dtype=torch.long)  # [B, P]
+    positive = torch.zeros(len(counts), num_priors, dtype=torch.bool)  # [B, P]
     start = 0
     for i, count in enumerate(counts):
         if count:
-            iou = flat_iou[start : start + count]  # [G_i, P]
+            iou = _batched_iou(flat_boxes[start : start + count], priors_xyxy)  # [G_i, P]
             best_obj_iou, best_obj = iou.max(dim=0)  # [P]: first of equal maxima, as in match
             forced_obj = _greedy_one_image(iou)  # [P], -1 where nothing was forced
             forced = forced_obj >= 0  # [P]
@@ -353,15 +356,13 @@ def build_targets(
     flat_boxes, flat_labels, image, slot, g_max = _flatten_objects(gt_boxes, gt_labels, device, dtype)
     batch, num_priors = len(gt_boxes), priors_cxcywh.shape[0]
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)  # [P, 4]
-    flat_iou = _batched_iou(flat_boxes, priors_xyxy)  # [N, P]: the real objects only
-
     if not (device.type != "cpu" if padded is None else padded):
         # On a CPU, padding every image to G_max objects costs more than it saves (no kernel
         # launches to save, ~3x the IoU entries on VOC-like batches): a loop over the images
         # runs the same steps on each image's own objects.  The same targets, to the bit.
         if flat_boxes.shape[0] == 0:  # no objects anywhere: all background
             return priors_xyxy.new_zeros(batch, num_priors, 4), torch.zeros(batch, num_priors, dtype=torch.long)
-        obj, positive = _match_image_by_image(flat_iou, [int(b.shape[0]) for b in gt_boxes], iou_threshold)
+        obj, positive = _match_image_by_image(flat_boxes, [int(b.shape[0]) for b in gt_boxes], priors_xyxy, iou_threshold)
         image_idx, prior_idx = positive.nonzero(as_tuple=True)  # [F] each: the positives only
         owner = obj[image_idx, prior_idx]  # [F]: row in N of each positive's object
         out_labels = torch.zeros(batch, num_priors, dtype=torch.long)  # [B, P]
@@ -379,7 +380,7 @@ def build_targets(
         labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
         labels[image, slot] = flat_labels
         iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
-        iou[image, slot] = flat_iou
+        iou[image, slot] = _batched_iou(flat_boxes, priors_xyxy)  # [N, P]: the real objects only
 
         # torch.max along a dim returns the first of equal maxima: lowest index wins, as in match.
         best_obj_iou, best_obj = iou.max(dim=1)  # [B, P]: each default box's best object
