@@ -20,6 +20,9 @@ names are those of ShapesDataset (6 outputs) or VOC (21 outputs), else numbers; 
 may rename them (same count).  A training checkpoint stores its class names, and ``--classes``
 must repeat them, in the same order.
 
+On a CPU the network runs in channels_last and, where the CPU has native bf16 (AVX512-BF16 or
+AMX), under bf16 autocast; ``--precision fp32`` forces float32 (see ``inference.Predictor``).
+
 Images over ``--max-pixels`` (default 50 megapixels) are refused before they are decoded
 (their size is read from the file's header): a 20000 x 20000 PNG of 1 MB decodes to 1.2 GB.
 """

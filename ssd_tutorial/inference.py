@@ -117,8 +117,8 @@ def detect(
       ranks with one batched update per rank for all groups: K small steps and two host syncs,
       whatever B and C.  Memory: ``B*(C-1)*K*K`` bools (200 MB at B=64, C=21, K=400) plus float64
       temporaries for the IoU, built in chunks of images so that they stay under ~2 GB.
-    * ``"auto"`` (default): on a CPU ``"per_class"`` (the fastest there: 4-6x torchvision's
-      ``postprocess_detections`` at batch 1 to 64, ``benchmarks/bench_cpu.py``); on CUDA
+    * ``"auto"`` (default): on a CPU ``"per_class"`` (the fastest there, several times
+      torchvision's ``postprocess_detections`` at batch 1 to 64: ``benchmarks/results/cpu.json``); on CUDA
       ``"padded"`` when ``candidates_per_class`` is not ``None``, else ``"batched"``.  On a GPU,
       K batched steps beat thousands of per-group launches and syncs; on a CPU there are no
       launches to save and the K x K matrices (mostly pairs that the greedy loop never looks at)
@@ -459,8 +459,8 @@ class Predictor:
 
     * ``precision="auto"`` (default): the network runs under bfloat16 autocast on a CPU that has
       native bf16 (AVX512-BF16 / AMX, :func:`cpu_has_native_bf16`), in float32 everywhere else
-      (CUDA included).  Measured on a 2-core AMD EPYC (avx512_bf16): the SSD300 forward ~2x
-      faster (``benchmarks/bench_cpu.py``).  bf16 moves the logits by ~1e-2, so low scores and
+      (CUDA included).  On a 2-core AMD EPYC (avx512_bf16) the SSD300 forward at batch 1 took
+      ~2.3x less CPU time than in float32 (``benchmarks/bench_cpu.py`` compares it with torchvision).  bf16 moves the logits by ~1e-2, so low scores and
       near-ties can change: detections above score 0.3 stay within 0.05 in score and IoU 0.9 in
       box of float32's (``tests/test_inference.py`` on the book's model).  ``"fp32"`` forces
       float32 (exact, the same on every machine: evaluation uses it); ``"bf16"`` forces bf16.
