@@ -74,13 +74,28 @@ def test_bf16_peak_table(bench_gpu):
 
 
 def test_bench_cpu_smoke(tmp_path):
+    """Every row of the CPU comparison runs (tiny models, batch 1 detect, one round) and is written."""
     bench_cpu = _load("bench_cpu")
     results = bench_cpu.main(["--out", str(tmp_path), "--smoke"])
     written = json.loads((tmp_path / "cpu.json").read_text())
     assert written == json.loads(json.dumps(results))
-    for group in ("train_img_s", "inference_img_s"):
-        assert _positive(written[group]["ssd_tutorial"]) and _positive(written[group]["torchvision"])
-    assert _positive(written["ratios"]["train_vs_torchvision"])
+    expected = {"train_full", "train_tiny", "forward_b1", "forward_b1_auto", "detect_b1_dense", "detect_b1_peaky",
+                "build_targets_b4", "end_to_end_b1"}  # fmt: skip
+    assert set(written["rows"]) == expected
+    for row in written["rows"].values():
+        assert _positive(row["ssd_tutorial_s"]) and _positive(row["torchvision_s"]) and _positive(row["ratio"])
+    assert written["min_ratio"] == min(r["ratio"] for r in written["rows"].values())
+    table = bench_cpu.markdown_table(written)
+    assert len(table.splitlines()) == 2 + len(expected) and "| detect, batch 1, dense scores |" in table
+
+
+def test_readme_cpu_table_is_the_recorded_run():
+    """The README's CPU table is generated from benchmarks/results/cpu.json (--table), not typed."""
+    bench_cpu = _load("bench_cpu")
+    recorded = json.loads((BENCHMARKS / "results" / "cpu.json").read_text())
+    readme = (BENCHMARKS.parent / "README.md").read_text()
+    assert bench_cpu.markdown_table(recorded) in readme
+    assert not recorded["smoke"] and recorded["settings"]["rounds"] >= 3
 
 
 def test_bench_loader_compares_with_a_baseline_revision(tmp_path):
