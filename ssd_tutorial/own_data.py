@@ -207,20 +207,25 @@ def check_dataset(dataset: Dataset, skip_bad: bool = False, name: str = "dataset
 def transfer_weights(
     model: nn.Module, state_dict: dict[str, Tensor]
 ) -> tuple[list[str], list[str]]:
-    """Copy into ``model`` every tensor of ``state_dict`` whose name and shape match its own.
+    """Copy into ``model`` every tensor of ``state_dict`` whose name and shape
+    match its own.
 
-    Returns ``(copied, kept)``: ``kept`` are the model's tensors left as initialized (e.g.
-    the ``conf_heads`` of a model trained for another number of classes).  Raises
-    ``ValueError`` when nothing of the backbone matches (another width or architecture).
+    Returns ``(copied, kept)``: ``kept`` are the model's tensors left as
+    initialized (e.g. the ``conf_heads`` of a model trained for another number of
+    classes).  Raises ``ValueError`` when nothing of the backbone matches
+    (another width or another architecture).
     """
     own = model.state_dict()
     copied = [
-        k for k, v in state_dict.items() if k in own and tuple(own[k].shape) == tuple(v.shape)
+        k
+        for k, v in state_dict.items()
+        if k in own and tuple(own[k].shape) == tuple(v.shape)
     ]
     if not any(k.startswith("backbone.") for k in copied):
         raise ValueError(
-            "the weights share no backbone tensor with this model (another width_mult or "
-            f"another architecture?); their first keys: {list(state_dict)[:4]}"
+            "the weights share no backbone tensor with this model (another "
+            "width_mult or another architecture?); their first keys: "
+            f"{list(state_dict)[:4]}"
         )
     model.load_state_dict({k: state_dict[k] for k in copied}, strict=False)
     return copied, [k for k in own if k not in set(copied)]
