@@ -283,6 +283,19 @@ def _greedy_one_image(iou: Tensor) -> Tensor:
     return forced_obj
 
 
+def _assign_objects(iou: Tensor, forced_obj: Tensor, iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """Each default box's object, as :func:`match` decides it: ``iou [..., G, P]``,
+    ``forced_obj [..., P]`` (-1 where nothing was forced) -> ``obj [..., P]`` long and
+    ``positive [..., P]`` bool.  A forced match wins; otherwise the best object, positive when
+    its IoU reaches ``iou_threshold``.  torch.max returns the first of equal maxima: the lowest
+    object index wins ties, as in :func:`match`."""
+    best_obj_iou, best_obj = iou.max(dim=-2)  # [..., P]: each default box's best object
+    forced = forced_obj >= 0  # [..., P]
+    obj = torch.where(forced, forced_obj, best_obj)  # [..., P]
+    positive = forced | (best_obj_iou >= iou_threshold)  # [..., P]
+    return obj, positive
+
+
 def _match_image_by_image(
     flat_boxes: Tensor, counts: Sequence[int], priors_xyxy: Tensor, iou_threshold: float
 ) -> tuple[Tensor, Tensor]:
@@ -293,20 +306,44 @@ def _match_image_by_image(
     and ``positive [B, P]`` bool.  Each image's tensors are ``[G_i, P]``: small enough that
     torch runs them on one thread, which keeps a CPU shared with other work from stalling them.
     """
-    num_priors = priors_xyxy.shape[0]
-    obj = torch.zeros(len(counts), num_priors, dtype=torch.long)  # [B, P]
-    positive = torch.zeros(len(counts), num_priors, dtype=torch.bool)  # [B, P]
+    num_priors, device = priors_xyxy.shape[0], priors_xyxy.device
+    obj = torch.zeros(len(counts), num_priors, dtype=torch.long, device=device)  # [B, P]
+    positive = torch.zeros(len(counts), num_priors, dtype=torch.bool, device=device)  # [B, P]
     start = 0
     for i, count in enumerate(counts):
         if count:
             iou = _batched_iou(flat_boxes[start : start + count], priors_xyxy)  # [G_i, P]
-            best_obj_iou, best_obj = iou.max(dim=0)  # [P]: first of equal maxima, as in match
-            forced_obj = _greedy_one_image(iou)  # [P], -1 where nothing was forced
-            forced = forced_obj >= 0  # [P]
-            obj[i] = torch.where(forced, forced_obj, best_obj) + start
-            positive[i] = forced | (best_obj_iou >= iou_threshold)
+            obj_i, positive[i] = _assign_objects(iou, _greedy_one_image(iou), iou_threshold)  # [P]
+            obj[i] = obj_i + start
         start += count
     return obj, positive
+
+
+def _targets_image_by_image(
+    flat_boxes: Tensor,
+    flat_labels: Tensor,
+    counts: Sequence[int],
+    priors_cxcywh: Tensor,
+    priors_xyxy: Tensor,
+    iou_threshold: float,
+    variances: Sequence[float],
+) -> tuple[Tensor, Tensor]:
+    """:func:`build_targets` without padding (its CPU form): ``(loc_targets [B, P, 4],
+    labels [B, P])`` from the objects of all images, image by image (``counts[i]`` of image i in
+    ``flat_boxes [N, 4]`` xyxy and ``flat_labels [N]``).  Only the positives are encoded."""
+    batch, num_priors = len(counts), priors_cxcywh.shape[0]
+    device = priors_cxcywh.device
+    loc_targets = priors_cxcywh.new_zeros(batch, num_priors, 4)  # [B, P, 4]; background: 0
+    out_labels = torch.zeros(batch, num_priors, dtype=torch.long, device=device)  # [B, P]
+    if flat_boxes.shape[0] == 0:  # no objects anywhere: all background
+        return loc_targets, out_labels
+    obj, positive = _match_image_by_image(flat_boxes, counts, priors_xyxy, iou_threshold)
+    image_idx, prior_idx = positive.nonzero(as_tuple=True)  # [F] each: the positives only
+    owner = obj[image_idx, prior_idx]  # [F]: row in N of each positive's object
+    out_labels[image_idx, prior_idx] = flat_labels[owner]
+    if owner.numel():
+        loc_targets[image_idx, prior_idx] = encode(flat_boxes[owner], priors_cxcywh[prior_idx], variances)  # [F, 4]
+    return loc_targets, out_labels
 
 
 def build_targets(
@@ -360,40 +397,27 @@ def build_targets(
         # On a CPU, padding every image to G_max objects costs more than it saves (no kernel
         # launches to save, ~3x the IoU entries on VOC-like batches): a loop over the images
         # runs the same steps on each image's own objects.  The same targets, to the bit.
-        if flat_boxes.shape[0] == 0:  # no objects anywhere: all background
-            return priors_xyxy.new_zeros(batch, num_priors, 4), torch.zeros(batch, num_priors, dtype=torch.long)
-        obj, positive = _match_image_by_image(flat_boxes, [int(b.shape[0]) for b in gt_boxes], priors_xyxy, iou_threshold)
-        image_idx, prior_idx = positive.nonzero(as_tuple=True)  # [F] each: the positives only
-        owner = obj[image_idx, prior_idx]  # [F]: row in N of each positive's object
-        out_labels = torch.zeros(batch, num_priors, dtype=torch.long)  # [B, P]
-        out_labels[image_idx, prior_idx] = flat_labels[owner]
-        loc_targets = priors_xyxy.new_zeros(batch, num_priors, 4)  # [B, P, 4]; background: 0
-        if owner.numel():
-            loc_targets[image_idx, prior_idx] = encode(flat_boxes[owner], priors_cxcywh[prior_idx], variances)  # [F, 4]
-        return loc_targets, out_labels
-    else:
-        # Pad to [B, G_max]: padding objects are zero boxes with IoU 0 with everything.  They sit
-        # after the real objects, so they lose every tie (first maximum wins), never reach the
-        # threshold (> 0) and claim nothing.  The IoU of the real objects is spread out.
-        boxes = torch.zeros(batch, g_max, 4, device=device, dtype=dtype)  # [B, G, 4]
-        boxes[image, slot] = flat_boxes
-        labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
-        labels[image, slot] = flat_labels
-        iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
-        iou[image, slot] = _batched_iou(flat_boxes, priors_xyxy)  # [N, P]: the real objects only
+        counts = [int(b.shape[0]) for b in gt_boxes]
+        return _targets_image_by_image(
+            flat_boxes, flat_labels, counts, priors_cxcywh, priors_xyxy, iou_threshold, variances
+        )
 
-        # torch.max along a dim returns the first of equal maxima: lowest index wins, as in match.
-        best_obj_iou, best_obj = iou.max(dim=1)  # [B, P]: each default box's best object
+    # Pad to [B, G_max]: padding objects are zero boxes with IoU 0 with everything.  They sit
+    # after the real objects, so they lose every tie (first maximum wins), never reach the
+    # threshold (> 0) and claim nothing.  The IoU of the real objects is spread out.
+    boxes = torch.zeros(batch, g_max, 4, device=device, dtype=dtype)  # [B, G, 4]
+    boxes[image, slot] = flat_boxes
+    labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
+    labels[image, slot] = flat_labels
+    iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
+    iou[image, slot] = _batched_iou(flat_boxes, priors_xyxy)  # [N, P]: the real objects only
 
-        # Forced matches, greedily as in match (padding objects, IoU 0 everywhere, never take part).
-        forced_obj = greedy_bipartite(iou)  # [B, P], -1 where nothing was forced
-
-        forced = forced_obj >= 0  # [B, P]
-        obj = torch.where(forced, forced_obj, best_obj)  # [B, P]
-        positive = forced | (best_obj_iou >= iou_threshold)  # [B, P]
-        out_labels = labels.gather(1, obj).masked_fill_(~positive, 0)  # [B, P]
-        row = obj + g_max * torch.arange(batch, device=device)[:, None]  # [B, P]: row in [B * G]
-        matched = boxes.reshape(batch * g_max, 4)[row]  # [B, P, 4] xyxy
+    # Forced matches, greedily as in match (padding objects, IoU 0 everywhere, never take part),
+    # then each default box's object.
+    obj, positive = _assign_objects(iou, greedy_bipartite(iou), iou_threshold)  # [B, P] each
+    out_labels = labels.gather(1, obj).masked_fill_(~positive, 0)  # [B, P]
+    row = obj + g_max * torch.arange(batch, device=device)[:, None]  # [B, P]: row in [B * G]
+    matched = boxes.reshape(batch * g_max, 4)[row]  # [B, P, 4] xyxy
     # background rows (and the -inf that a zero-size padding box gives) become 0: the offsets of
     # a default box onto itself, which is what match + encode give them (up to float noise)
     loc_targets = encode(matched, priors_cxcywh, variances)  # [B, P, 4]
