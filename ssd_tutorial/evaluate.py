@@ -65,7 +65,6 @@ def collect_detections(
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 (or None: every image), got {max_images}")
     was_training = model.training
-    detect_kwargs.setdefault("size", getattr(model, "image_size", 300))  # 512 for SSD512
     detect_kwargs = {"precision": "fp32", "channels_last": False, **detect_kwargs}
     predictor = Predictor(model, device=device, batch_size=batch_size, **detect_kwargs)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)

@@ -453,6 +453,7 @@ class Predictor:
     ``Predictor(model)(images)`` with ``images`` a list of uint8 ``[3, H, W]`` tensors returns one
     dict per image, ``"boxes" [N, 4]`` xyxy **pixels of that image**, ``"scores" [N]``,
     ``"labels" [N]`` (1-based).  ``priors`` default to ``default_boxes()`` (SSD300's 8732);
+    ``size`` (the square input side) to the model's ``image_size`` (512 for SSD512, else 300);
     ``device`` defaults to the model's.  The thresholds are passed on to :func:`detect`.
 
     Speed (what it picks is in ``self.precision`` and ``self.channels_last``):
@@ -474,7 +475,7 @@ class Predictor:
         self,
         model: nn.Module,
         priors: Tensor | None = None,
-        size: int = 300,
+        size: int | None = None,
         device: torch.device | str | None = None,
         *,
         score_threshold: float = 0.01,
@@ -494,7 +495,7 @@ class Predictor:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.priors = (default_boxes() if priors is None else priors).to(self.device)  # [P, 4] cxcywh
-        self.size = size
+        self.size = getattr(model, "image_size", 300) if size is None else size  # 512 for SSD512
         self.detect_kwargs: dict[str, Any] = dict(
             score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k
         )
