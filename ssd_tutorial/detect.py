@@ -221,8 +221,7 @@ def detect_image(
     """
     from ssd_tutorial.inference import Predictor
 
-    size = getattr(model, "image_size", 300)  # 512 for SSD512
-    out = Predictor(model, size=size, device=device, score_threshold=score_threshold)([image])[0]
+    out = Predictor(model, device=device, score_threshold=score_threshold)([image])[0]
     return {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
 
 
@@ -304,7 +303,7 @@ def _output_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def _load_detector(
+def detector_from_args(
     args: argparse.Namespace, device: str
 ) -> tuple[nn.Module, list[str], bool, Tensor | None, str, list[int] | None]:
     """(model, class names, whether the weights store those names, priors or None for SSD300's,
@@ -328,7 +327,7 @@ def _check_classes(given: str | None, names: list[str], stored: bool, source: st
     return resolve_class_names(split_class_names(given), names if stored else None, len(names) + 1, source)
 
 
-def _records(
+def detection_records(
     detections: dict[str, Tensor], names: Sequence[str], category_ids: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
     """One dict per detection; with ``category_ids`` (a model trained on a COCO JSON) also the
@@ -382,15 +381,19 @@ def _main(args: argparse.Namespace) -> int:
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(videos) + ")")
     try:
         files = [] if videos else collect_images(args.inputs)
-        model, names, stored, priors, weights_source, category_ids = _load_detector(args, device)
+        model, names, stored, priors, weights_source, category_ids = detector_from_args(args, device)
         names = _check_classes(args.classes, names, stored, weights_source)
     except RuntimeError as error:  # published weights that cannot be fetched or verified: their message says why
         if args.debug:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    from ssd_tutorial.inference import Predictor
+
+    predictor = Predictor(model, priors=priors, device=device, score_threshold=args.score_threshold,
+                          batch_size=args.batch_size, precision=args.precision)  # fmt: skip
     if videos:
-        return _detect_videos(args, videos, model, names, priors, weights_source, category_ids, device)
+        return _detect_videos(args, videos, predictor, names, weights_source, category_ids)
     # Every image is read before any is processed: every bad file is reported at once, and a
     # run that stops leaves no half-written output behind.
     images: list[tuple[Path, Tensor]] = []
@@ -409,11 +412,6 @@ def _main(args: argparse.Namespace) -> int:
     single = len(args.inputs) == 1 and len(images) == 1 and not Path(args.inputs[0]).is_dir()
     output = Path(args.output if args.output is not None else ("detections.png" if single else "detections"))
     to_file = single and output.suffix.lower() in IMAGE_SUFFIXES + (".pdf", ".svg")
-    from ssd_tutorial.inference import Predictor
-
-    predictor = Predictor(model, priors=priors, size=getattr(model, "image_size", 300), device=device,
-                          score_threshold=args.score_threshold, batch_size=args.batch_size,
-                          precision=args.precision)  # fmt: skip
     drawings = [output] if to_file else [output / name for name in _output_names([p for p, _ in images])]
     results = []
     for start in range(0, len(images), args.batch_size):
@@ -422,7 +420,7 @@ def _main(args: argparse.Namespace) -> int:
             det = {k: det[k].cpu() for k in ("boxes", "scores", "labels")}
             save_detections_figure(image, det, names, drawing)
             results.append({"image": str(path), "output": str(drawing), "width": int(image.shape[2]),
-                            "height": int(image.shape[1]), "detections": _records(det, names, category_ids)})  # fmt: skip
+                            "height": int(image.shape[1]), "detections": detection_records(det, names, category_ids)})  # fmt: skip
     if to_file:
         print(json.dumps(results[0]))
         return 0
@@ -436,11 +434,10 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _detect_videos(
-    args: argparse.Namespace, videos: list[str], model: nn.Module, names: list[str], priors: Tensor | None,
-    weights_source: str, category_ids: list[int] | None, device: str,
+    args: argparse.Namespace, videos: list[str], predictor: Any, names: list[str], weights_source: str,
+    category_ids: list[int] | None,
 ) -> int:
     """The video branch of the command line: every video's JSON (and annotated copy) in ``--output``."""
-    from ssd_tutorial.inference import Predictor
     from ssd_tutorial.video import detect_video, open_video
 
     try:
@@ -450,12 +447,9 @@ def _detect_videos(
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = Path(args.output if args.output is not None else "detections")
-    predictor = Predictor(model, priors=priors, size=getattr(model, "image_size", 300), device=device,
-                          score_threshold=args.score_threshold, batch_size=args.batch_size,
-                          precision=args.precision)  # fmt: skip
     for video in videos:
         report = detect_video(video, predictor, names, output, every=args.every, max_frames=args.max_frames,
-                              annotate=args.annotate, records=lambda d, n: _records(d, n, category_ids),
+                              annotate=args.annotate, records=lambda d, n: detection_records(d, n, category_ids),
                               header={"weights": weights_source, "classes": names,
                                       "score_threshold": args.score_threshold})  # fmt: skip
         found = sum(len(f["detections"]) for f in report["frames"])

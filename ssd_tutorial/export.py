@@ -333,23 +333,15 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from ssd_tutorial.default_boxes import default_boxes
 
-    if args.checkpoint is not None:
-        from ssd_tutorial.detect import default_class_names, load_stored_detector
+    from ssd_tutorial.detect import detector_from_args
 
-        stored = load_stored_detector(args.checkpoint)
-        model, priors = stored.model, stored.priors
-        names = stored.names if stored.names is not None else default_class_names(model.num_classes)
-    else:
-        from ssd_tutorial.pretrained import load_pretrained
-
-        try:
-            loaded = load_pretrained(args.weights)
-        except RuntimeError as error:  # weights that cannot be fetched or verified: the message says why
-            if args.debug:
-                raise
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        model, priors, names = loaded.model, loaded.priors, list(loaded.class_names)
+    try:
+        model, names, _, priors, _, _ = detector_from_args(args, "cpu")
+    except RuntimeError as error:  # weights that cannot be fetched or verified: the message says why
+        if args.debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if priors is None:
         from ssd_tutorial.default_boxes import SSD300_VOC
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 __all__ = ["VIDEO_SUFFIXES", "is_video", "VideoInfo", "torchcodec_video_problem", "open_video", "video_frames", "draw_detections", "detect_video"]
@@ -139,10 +138,12 @@ def detect_video(
     Writes ``out_dir/<stem>.json`` and, by ``annotate``: ``"video"`` -- ``<stem>_detections.mp4``
     encoded by TorchCodec as the frames come (frame rate: the video's divided by ``every``);
     ``"frames"`` -- ``<stem>_frames/<index>.png``; ``"none"``.  ``records(detections, names)``
-    turns one frame's detections into JSON-ready dicts (default: :func:`_default_records`);
+    turns one frame's detections into JSON-ready dicts (default:
+    :func:`ssd_tutorial.detect.detection_records`, without COCO category ids);
     ``header`` entries (weights, classes, ...) go first in the JSON.  Returns the JSON's content.
     """
-    records = records or _default_records
+    if records is None:
+        from ssd_tutorial.detect import detection_records as records
     if annotate not in ("video", "frames", "none"):
         raise ValueError(f"annotate must be 'video', 'frames' or 'none', got {annotate!r}")
     path, out_dir = Path(path), Path(out_dir)
@@ -165,14 +166,6 @@ def detect_video(
     }  # fmt: skip
     (out_dir / f"{path.stem}.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
-
-
-def _default_records(detections: dict[str, Tensor], names: Sequence[str]) -> list[dict[str, Any]]:
-    """One dict per detection: label name and id, score, box in pixels (xyxy), rounded."""
-    return [
-        {"label": names[l - 1], "label_id": l, "score": round(s, 4), "box_xyxy_px": [round(v, 1) for v in b]}
-        for b, s, l in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["labels"].tolist())
-    ]  # fmt: skip
 
 
 class _AnnotatedOutput:
