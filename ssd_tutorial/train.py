@@ -601,13 +601,13 @@ class Trainer:
         self.class_names = class_names_for(cfg, self.train_set)
         self.num_classes = len(self.class_names) + 1
         model = build_model(cfg, self.num_classes)
-        self.prior_config = LAYOUTS[cfg.prior_layout]
+        layout = self.prior_config = LAYOUTS[cfg.prior_layout]
         if cfg.weights:
             state, self.prior_config, source = initial_weights(cfg.weights)
-            if len(self.prior_config.feature_maps) != len(LAYOUTS[cfg.prior_layout].feature_maps):
+            if len(self.prior_config.feature_maps) != len(layout.feature_maps):
                 raise ValueError(
                     f"weights {cfg.weights} are for {len(self.prior_config.feature_maps)} feature maps, "
-                    f"prior_layout {cfg.prior_layout!r} has {len(LAYOUTS[cfg.prior_layout].feature_maps)}"
+                    f"prior_layout {cfg.prior_layout!r} has {len(layout.feature_maps)}"
                 )
             _, kept = transfer_weights(model, state)
             if self.is_main:
