@@ -62,6 +62,8 @@ __all__ = [
     "normalize",
     "denormalize",
     "to_normalized_boxes",
+    "RESIZE_MODES",
+    "InputTransform",
     "SSDAugmentation",
 ]
 
@@ -559,6 +561,42 @@ def to_normalized_boxes(boxes: Tensor, width: int, height: int) -> Tensor:
     """Pixel xyxy ``[G, 4]`` -> normalized xyxy ``[G, 4]``, clamped to [0, 1]."""
     scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
     return (boxes.float() / scale).clamp_(0.0, 1.0)
+
+
+RESIZE_MODES = ("uint8", "float")
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """What a network wants from a raw image: uint8 ``[3, H, W]`` (or ``[1, H, W]`` grey) ->
+    float ``[3, size, size]``, resized bilinearly (aspect ratio not kept) and ImageNet-normalized.
+
+    ``resize="uint8"``: the resize runs on whole grey levels, as Caffe SSD's OpenCV warp of
+    8-bit images and this package's training do.  ``"float"``: on the float image, as
+    torchvision's ``GeneralizedRCNNTransform`` does for its ``ssd300_vgg16``; weights trained
+    that way give their authors' detections only when run that way.  Each model carries its
+    own (``model.input_transform``), so that ``Predictor(model)`` feeds it what it was trained on.
+    """
+
+    size: int = 300
+    resize: str = "uint8"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"InputTransform.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if int(self.size) != self.size or self.size < 1:
+            raise ValueError(f"InputTransform.size must be a positive integer, got {self.size}")
+
+    def __call__(self, image: Tensor) -> Tensor:
+        if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
+            shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"an image must be a uint8 tensor [3, H, W] (or [1, H, W]), got {shape}")
+        if image.dtype != torch.uint8:
+            raise TypeError(f"an image must be uint8 (0..255), got {image.dtype}")
+        x = image.expand(3, -1, -1).contiguous()  # [3, H, W] uint8; grey -> 3 channels
+        if self.resize == "float":
+            x = x.float()  # bilinear is linear: resizing before normalizing is the same map
+        return normalize(resize_image(x, self.size))  # [3, S, S] float
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,8 +13,11 @@ row-major (y, then x), then box by box in the order above.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -93,6 +96,19 @@ class DefaultBoxConfig:
         for k, ratios in enumerate(self.aspect_ratios):
             if any(a <= 0 for a in ratios):
                 raise ValueError(f"map {k}: aspect ratios must be positive, got {ratios}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (numbers, lists, a string, a bool) for a checkpoint or a JSON file."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> DefaultBoxConfig:
+        """The inverse of :meth:`to_dict` (lists back to tuples); unknown keys raise ValueError."""
+        unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"DefaultBoxConfig: unknown fields {unknown}")
+        as_tuple = lambda v: tuple(as_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+        return cls(**{k: as_tuple(v) for k, v in saved.items()})
 
 
 # The layout of the released Caffe SSD300 (and of most PyTorch ports).

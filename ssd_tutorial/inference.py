@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, nms as nms_kernel
 
-from ssd_tutorial.augmentation import normalize, resize_image
+from ssd_tutorial.augmentation import InputTransform
 from ssd_tutorial.boxes import check_boxes
 from ssd_tutorial.default_boxes import default_boxes
 from ssd_tutorial.matching import VARIANCES, decode
@@ -409,19 +409,14 @@ def _padded_greedy_nms(
     ]
 
 
-def preprocess(image: Tensor, size: int = 300) -> Tensor:
+def preprocess(image: Tensor, size: int = 300, resize: str = "uint8") -> Tensor:
     """One raw image -> the model's input: uint8 ``[3, H, W]`` (or ``[1, H, W]`` grey) -> float
     ``[3, size, size]``, resized bilinearly and normalized with the ImageNet mean and std.
 
-    The same steps as ``augmentation.SSDAugmentation(train=False)``, with its own functions.
+    The same steps as ``augmentation.SSDAugmentation(train=False)``; ``resize`` as in
+    :class:`~ssd_tutorial.augmentation.InputTransform`, which does the work.
     """
-    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
-        shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ValueError(f"an image must be a uint8 tensor [3, H, W] (or [1, H, W]), got {shape}")
-    if image.dtype != torch.uint8:
-        raise TypeError(f"an image must be uint8 (0..255), got {image.dtype}")
-    x = image.expand(3, -1, -1).contiguous()  # [3, H, W] uint8; grey -> 3 channels
-    return normalize(resize_image(x, size))  # [3, S, S] float
+    return InputTransform(size, resize)(image)
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -452,8 +447,9 @@ class Predictor:
 
     ``Predictor(model)(images)`` with ``images`` a list of uint8 ``[3, H, W]`` tensors returns one
     dict per image, ``"boxes" [N, 4]`` xyxy **pixels of that image**, ``"scores" [N]``,
-    ``"labels" [N]`` (1-based).  ``priors`` default to ``default_boxes()`` (SSD300's 8732);
-    ``size`` (the square input side) to the model's ``image_size`` (512 for SSD512, else 300);
+    ``"labels" [N]`` (1-based).  ``priors`` default to the model's own (``model.default_boxes()``),
+    the input transform (resize and normalization) to ``model.input_transform``; ``size`` (the
+    square input side) replaces the transform's;
     ``device`` defaults to the model's.  The thresholds are passed on to :func:`detect`.
 
     Speed (what it picks is in ``self.precision`` and ``self.channels_last``):
@@ -494,8 +490,14 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.priors = (default_boxes() if priors is None else priors).to(self.device)  # [P, 4] cxcywh
-        self.size = getattr(model, "image_size", 300) if size is None else size  # 512 for SSD512
+        if priors is None:  # the model's own layout (SSD300's, SSD512's or a custom one)
+            priors = model.default_boxes() if hasattr(model, "default_boxes") else default_boxes()
+        self.priors = priors.to(self.device)  # [P, 4] cxcywh
+        transform = getattr(model, "input_transform", None) or InputTransform(300)
+        if size is not None:
+            transform = InputTransform(size, transform.resize)
+        self.transform = transform  # uint8 [3, H, W] -> float [3, S, S]
+        self.size = transform.size
         self.detect_kwargs: dict[str, Any] = dict(
             score_threshold=score_threshold, iou_threshold=iou_threshold, top_k=top_k
         )
@@ -509,7 +511,7 @@ class Predictor:
         results: list[Detection] = []
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start : start + self.batch_size])
-            x = torch.stack([preprocess(im, self.size) for im in chunk]).to(self.device)  # [b, 3, S, S]
+            x = torch.stack([self.transform(im) for im in chunk]).to(self.device)  # [b, 3, S, S]
             x = x.contiguous(memory_format=memory_format)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 loc, conf_logits = self.model(x)  # [b, P, 4], [b, P, C]

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell
+from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD, InputTransform
+from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell, default_boxes
 
 __all__ = [
     "TINY_WIDTH",
@@ -74,8 +75,6 @@ _EXTRAS_512 = ((256, 512, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 2, 1, 3), (1
 # images normalized with the ImageNet mean/std (ssd_tutorial.augmentation); the VGG16 features
 # torchvision ships for SSD (IMAGENET1K_FEATURES, ported from the Caffe model) expect RGB in
 # 0..255 minus a mean.  ``SSD300`` bridges the two with a fixed per-channel affine map.
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _CAFFE_MEAN = (0.48235, 0.45882, 0.40784)  # torchvision VGG16_Weights.IMAGENET1K_FEATURES transforms
 
 
@@ -135,7 +134,9 @@ class SSD300(nn.Module):
 
     ``forward(x [B, 3, 300, 300] float, ImageNet-normalized)`` ->
     ``(loc [B, 8732, 4], conf_logits [B, 8732, num_classes])`` in default-box order.
-    The default boxes themselves are not stored here: use ``default_boxes.default_boxes()``.
+    The model owns its layout: ``prior_config`` (a :class:`DefaultBoxConfig`, saved in training
+    checkpoints) and ``default_boxes()`` (``[P, 4]`` cxcywh, the order of the outputs); and
+    ``input_transform`` (raw uint8 image -> the input it takes).
     """
 
     def __init__(
@@ -160,7 +161,10 @@ class SSD300(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} has {len(_extras) + 2} source maps; prior_config has {len(anchors)}"
             )
+        self.prior_config = prior_config  # the model owns its default boxes: default_boxes()
         self.image_size = int(prior_config.image_size)
+        # uint8 [3, H, W] -> float [3, S, S]; published weights may bring another resize
+        self.input_transform = InputTransform(self.image_size)
         self.num_classes = int(num_classes)
         self.width_mult = float(width_mult)
         self.boxes_per_cell = anchors
@@ -286,8 +290,8 @@ class SSD300(nn.Module):
         if input_convention == "auto":
             input_convention = "imagenet" if has_fc and not _is_ssd_pytorch_vgg(state) else "caffe"
         if input_convention == "caffe":
-            std = torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1)
-            mean = torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
             caffe_mean = torch.tensor(_CAFFE_MEAN).view(1, 3, 1, 1)
             # (x * std + mean) recovers [0, 1] RGB; the Caffe weights want 255 * (rgb - caffe_mean)
             self.input_scale.copy_(255.0 * std)
@@ -340,6 +344,11 @@ class SSD300(nn.Module):
                 f"'0.weight' ... (vgg16_reducedfc.pth) or 'backbone.conv1_1.weight' ...), got {some}"
             )
         return mapped, has_fc
+
+    def default_boxes(self) -> Tensor:
+        """``[P, 4]`` cxcywh normalized: the default boxes of :attr:`prior_config`, in the order
+        of ``forward``'s outputs (8732 for SSD300, 24564 for SSD512)."""
+        return default_boxes(self.prior_config)
 
     # ------------------------------------------------------------------ forward
     def source_maps(self, x: Tensor) -> list[Tensor]:

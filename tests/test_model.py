@@ -318,12 +318,6 @@ def test_imagenet_features_weights_go_through_torchvision_weights_api(monkeypatc
     assert float(model.fc.fc6.weight.detach().std()) == pytest.approx(init_fc6, rel=0.05)
 
 
-def test_input_conversion_matches_augmentation_constants():
-    augmentation = pytest.importorskip("ssd_tutorial.augmentation")
-    assert tuple(augmentation.IMAGENET_MEAN) == pytest.approx(model_module._IMAGENET_MEAN)
-    assert tuple(augmentation.IMAGENET_STD) == pytest.approx(model_module._IMAGENET_STD)
-
-
 def test_bad_inputs_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         SSD300(backbone_weights=tmp_path / "nowhere.pt")
