@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ssd_tutorial.default_boxes import SSD300_VOC, DefaultBoxConfig
 from ssd_tutorial.files import file_digest
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "load_latest_checkpoint",
     "prune_checkpoints",
     "save_checkpoint",
+    "stored_prior_config",
 ]
 
 LAST = "last.pt"
@@ -226,3 +228,10 @@ def save_checkpoint(obj: dict[str, Any], folder: str | Path, iteration: int, kee
     _write_verified(data, folder / LAST)
     prune_checkpoints(folder, keep)
     return path
+
+
+def stored_prior_config(state: dict[str, Any]) -> DefaultBoxConfig:
+    """The default-box layout a training checkpoint's model was trained with: its
+    ``"prior_config"`` entry (:meth:`DefaultBoxConfig.to_dict`), SSD300_VOC when it has none."""
+    saved = state.get("prior_config")
+    return DefaultBoxConfig.from_dict(saved) if saved else SSD300_VOC

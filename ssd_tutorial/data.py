@@ -59,6 +59,7 @@ __all__ = [
     "ShapesDataset",
     "detection_collate",
     "write_voc_split",
+    "base_dataset",
 ]
 
 # The 20 classes in the devkit's order; label k + 1 is VOC_CLASSES[k], 0 is background.
@@ -826,3 +827,10 @@ def detection_collate(batch: Sequence[tuple[Tensor, Target]]) -> tuple[Tensor, l
             "resize them first (e.g. SSDAugmentation)"
         )
     return torch.stack(images), [target for _, target in batch]
+
+
+def base_dataset(dataset: Any) -> Any:
+    """The dataset under any ``torch.utils.data.Subset`` wrappers (the one that reads the files)."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return dataset
