@@ -15,9 +15,16 @@ import argparse
 import sys
 from collections.abc import Callable
 
-__all__ = ["USER_ERRORS", "add_debug_flag", "error_message", "run_main", "int_at_least"]
+__all__ = ["ExternalError", "USER_ERRORS", "add_debug_flag", "error_message", "run_main", "int_at_least"]
+
+class ExternalError(RuntimeError):
+    """Something outside the program is missing or wrong, and the message says what to do:
+    weights that cannot be downloaded (offline) or fail their checksum, a video library
+    without FFmpeg.  A RuntimeError, as these were raised before."""
+
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
+    ExternalError,
     ValueError,
     FileNotFoundError,
     FileExistsError,

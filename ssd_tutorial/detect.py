@@ -29,10 +29,10 @@ Images over ``--max-pixels`` (default 50 megapixels) are refused before they are
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,27 @@ from torch import Tensor, nn
 
 from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
 from ssd_tutorial.data import image_header_size, read_image
+from ssd_tutorial.detector import (
+    Detector,
+    default_class_names,
+    detection_records,
+    load_detector,
+    resolve_class_names,
+    split_class_names,
+)
+from ssd_tutorial.inference import Predictor
+from ssd_tutorial.video import detect_video, is_video, open_video
+from ssd_tutorial.viz import COLORS, draw_boxes, to_hwc
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "DEFAULT_MAX_PIXELS",
     "collect_images",
-    "model_from_checkpoint",
-    "model_and_stored_names",
-    "StoredDetector",
     "load_stored_detector",
+    "model_from_checkpoint",
     "default_class_names",
     "resolve_class_names",
+    "detection_records",
     "read_image_file",
     "detect_image",
     "save_detections_figure",
@@ -59,128 +69,15 @@ __all__ = [
 ]
 
 
-def _width_and_classes(state_dict: dict[str, Tensor], path: str | Path) -> tuple[float, int]:
-    """(width_mult, num_classes) of an SSD300 state dict, from its L2Norm and first conf head."""
-    from ssd_tutorial.default_boxes import SSD300_VOC, boxes_per_cell
-
-    try:
-        l2norm = state_dict["l2norm.weight"]  # [512 * width]: conv4_3's channels, the finest count to divide
-        conf_head = state_dict["conf_heads.0.weight"]  # [boxes_per_cell * C, in, 3, 3]
-    except KeyError as missing:
-        raise ValueError(f"{path}: not an SSD300 state dict: no {missing} key") from None
-    return l2norm.shape[0] / 512, conf_head.shape[0] // boxes_per_cell(SSD300_VOC)[0]
-
-
-@dataclass(frozen=True, eq=False)
-class StoredDetector:
-    """What a checkpoint of this package holds, loaded (see :func:`load_stored_detector`).
-
-    ``names`` exclude background (``names[label - 1]`` names label ``label``; None: a plain state
-    dict stores none); ``priors`` ``[P, 4]`` cxcywh normalized, or None for SSD300's own layout;
-    ``category_ids`` the COCO ids of labels 1..C when it was trained on a COCO JSON, else None.
-    """
-
-    model: nn.Module
-    names: list[str] | None
-    priors: Tensor | None
-    category_ids: list[int] | None
-
-
-def load_stored_detector(path: str | Path, device: str | torch.device = "cpu") -> StoredDetector:
-    """Load ``path`` (training checkpoint or plain state dict): the model in eval mode on ``device``,
-    with what the checkpoint says of its classes and default boxes."""
-    from ssd_tutorial.checkpoint import load_checkpoint
-    from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, default_boxes
-    from ssd_tutorial.model import build_ssd
-    from ssd_tutorial.train import stored_prior_config
-
-    state = load_checkpoint(path, map_location="cpu")
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict (state dict or training checkpoint), got {type(state).__name__}")
-    names: list[str] | None = None
-    category_ids = None
-    if "model" in state and isinstance(state["model"], dict):
-        names = list(state.get("class_names", [])) or None
-        category_ids = [int(c) for c in state["category_ids"]] if state.get("category_ids") else None
-        prior_config = stored_prior_config(state)
-        state = state["model"]
-    else:  # a plain state dict: SSD512 has a seventh head (conv12_2)
-        prior_config = SSD512_VOC if "conf_heads.6.weight" in state else SSD300_VOC
-    priors = None if prior_config == SSD300_VOC else default_boxes(prior_config)
-    width, num_classes = _width_and_classes(state, path)
-    if names is not None and len(names) != num_classes - 1:
-        raise ValueError(f"{path}: {len(names)} class names for a model of {num_classes - 1} classes (+ background)")
-    if category_ids is not None and len(category_ids) != len(names or []):
-        raise ValueError(f"{path}: {len(category_ids)} category ids for {len(names or [])} class names")
-    model = build_ssd(num_classes, prior_config, None, width)  # SSD300, or SSD512 for 7 maps
-    model.load_state_dict(state)
-    return StoredDetector(model.to(device).eval(), names, priors, category_ids)
-
-
-def model_and_stored_names(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str] | None]:
-    """Load ``path`` (training checkpoint or plain state dict) -> (SSD300 in eval mode, class names
-    stored in it, or None for a plain state dict, which stores none).
-
-    Class names exclude background: ``names[label - 1]`` names label ``label``.
-    """
-    stored = load_stored_detector(path, device)
-    return stored.model, stored.names
-
-
-def default_class_names(num_classes: int) -> list[str]:
-    """Names for a model without stored ones: ShapesDataset's (6 outputs), VOC's (21), else numbers."""
-    from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
-
-    for names in (SHAPES_CLASSES, VOC_CLASSES):
-        if num_classes == len(names) + 1:
-            return list(names)
-    return [str(k) for k in range(1, num_classes)]
+def load_stored_detector(path: str | Path, device: str | torch.device = "cpu") -> Detector:
+    """:func:`ssd_tutorial.detector.load_detector` (kept under this name for older callers)."""
+    return load_detector(path, device)
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str]]:
-    """Load ``path`` (training checkpoint or plain state dict) -> (SSD300 in eval mode, class names).
-
-    The names stored in a training checkpoint, else :func:`default_class_names`.  They exclude
-    background: ``names[label - 1]`` names label ``label``.
-    """
-    model, names = model_and_stored_names(path, device)
-    return model, names if names is not None else default_class_names(model.num_classes)
-
-
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(names[:25]) + (" ..." if len(names) > 25 else "")
-
-
-def split_class_names(text: str) -> list[str]:
-    """``--classes "a, b,c"`` -> ``["a", "b", "c"]`` (blank entries dropped)."""
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def resolve_class_names(
-    given: Sequence[str] | None, stored: Sequence[str] | None, num_classes: int, source: str | Path
-) -> list[str]:
-    """The class names to use for a model with ``num_classes`` outputs (background included).
-
-    Names the weights store (``stored``) are the truth: ``given`` names (``--classes``) must be
-    the same, in the same order -- a model's label k means one class, and another order would
-    silently score or label every detection as another class.  Without stored names, ``given``
-    names just need the model's count; without either, :func:`default_class_names`.
-    """
-    if stored is not None:
-        if given is not None and list(given) != list(stored):
-            raise ValueError(
-                f"the class names given ({len(given)}: {_listed(given)}) differ from those stored in {source} "
-                f"({len(stored)}: {_listed(stored)}); the names and their order must be the same"
-            )
-        return list(stored)
-    if given is None:
-        return default_class_names(num_classes)
-    if len(given) != num_classes - 1:
-        raise ValueError(
-            f"{len(given)} classes given ({_listed(given)}), but the weights from {source} have "
-            f"{num_classes - 1} (+ background) and store no names"
-        )
-    return list(given)
+    """``(model in eval mode, class names)`` of a checkpoint: :func:`load_detector`'s, as a pair."""
+    detector = load_detector(path, device)
+    return detector.model, list(detector.class_names)
 
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 150 MB decoded; far above any photo SSD300 sees (it shrinks it to 300 x 300)
@@ -219,8 +116,6 @@ def detect_image(
 
     Returns ``{"boxes" [N, 4] xyxy pixels of the image, "scores" [N], "labels" [N] 1-based}``.
     """
-    from ssd_tutorial.inference import Predictor
-
     out = Predictor(model, device=device, score_threshold=score_threshold)([image])[0]
     return {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
 
@@ -232,9 +127,7 @@ def save_detections_figure(image: Tensor, detections: dict[str, Tensor], names: 
     (a very thin image is stretched to fit, boxes with it), and an image far larger than the
     drawing is shrunk for display first (boxes stay in the image's pixels).
     """
-    from matplotlib.figure import Figure
-
-    from ssd_tutorial.viz import COLORS, draw_boxes, to_hwc
+    from matplotlib.figure import Figure  # matplotlib only when a figure is drawn
 
     h, w = image.shape[1:]
     natural = 6.0 * h / w  # inches high at 6 inches wide
@@ -303,41 +196,17 @@ def _output_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
-def detector_from_args(
-    args: argparse.Namespace, device: str
-) -> tuple[nn.Module, list[str], bool, Tensor | None, str, list[int] | None]:
-    """(model, class names, whether the weights store those names, priors or None for SSD300's,
-    description, COCO category ids or None) from --checkpoint or --weights."""
-    if args.checkpoint is not None:
-        stored = load_stored_detector(args.checkpoint, device)
-        names = stored.names if stored.names is not None else default_class_names(stored.model.num_classes)
-        return stored.model, names, stored.names is not None, stored.priors, str(args.checkpoint), stored.category_ids
-    from ssd_tutorial.pretrained import load_pretrained
-
-    loaded = load_pretrained(args.weights, device=device)
-    # Published weights' names are a dataset's list (COCO's, VOC's), which --classes may rename.
-    return loaded.model, list(loaded.class_names), False, loaded.priors, loaded.source, None
-
-
-def _check_classes(given: str | None, names: list[str], stored: bool, source: str) -> list[str]:
-    """``--classes a,b,c`` against the model's ``names``: the same names in the same order when the
-    weights store them, else the same count (see :func:`resolve_class_names`)."""
-    if given is None:
-        return names
-    return resolve_class_names(split_class_names(given), names if stored else None, len(names) + 1, source)
-
-
-def detection_records(
-    detections: dict[str, Tensor], names: Sequence[str], category_ids: Sequence[int] | None = None
-) -> list[dict[str, Any]]:
-    """One dict per detection; with ``category_ids`` (a model trained on a COCO JSON) also the
-    ``category_id`` of that file, which is not the label when the file's ids have gaps."""
-    return [
-        {"label": names[l - 1], "label_id": l,
-         **({"category_id": category_ids[l - 1]} if category_ids is not None else {}),
-         "score": round(s, 4), "box_xyxy_px": [round(v, 1) for v in b]}
-        for b, s, l in zip(detections["boxes"].tolist(), detections["scores"].tolist(), detections["labels"].tolist())
-    ]  # fmt: skip
+def detector_from_args(args: argparse.Namespace, device: str) -> Detector:
+    """The detector of ``--checkpoint`` or ``--weights``, its names checked against ``--classes``
+    (the same names in the same order when the weights store them, else the same count; see
+    :func:`resolve_class_names`).  Published weights' names (a dataset's list) may be renamed."""
+    detector = load_detector(args.checkpoint if args.checkpoint is not None else args.weights, device)
+    if args.classes is None:
+        return detector
+    names = resolve_class_names(
+        split_class_names(args.classes), detector.names, detector.model.num_classes, detector.source
+    )
+    return dataclasses.replace(detector, class_names=tuple(names))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,24 +243,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from ssd_tutorial.video import is_video
-
     videos = [item for item in args.inputs if is_video(item)]
     if videos and len(videos) != len(args.inputs):
         raise ValueError("give videos and images in separate runs (videos: " + ", ".join(videos) + ")")
-    try:
-        files = [] if videos else collect_images(args.inputs)
-        model, names, stored, priors, weights_source, category_ids = detector_from_args(args, device)
-        names = _check_classes(args.classes, names, stored, weights_source)
-    except RuntimeError as error:  # published weights that cannot be fetched or verified: their message says why
-        if args.debug:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    from ssd_tutorial.inference import Predictor
-
-    predictor = Predictor(model, priors=priors, device=device, score_threshold=args.score_threshold,
-                          batch_size=args.batch_size, precision=args.precision)  # fmt: skip
+    files = [] if videos else collect_images(args.inputs)
+    detector = detector_from_args(args, device)
+    names, weights_source, category_ids = list(detector.class_names), detector.source, detector.category_ids
+    predictor = detector.predictor(device=device, score_threshold=args.score_threshold,
+                                   batch_size=args.batch_size, precision=args.precision)  # fmt: skip
     if videos:
         return _detect_videos(args, videos, predictor, names, weights_source, category_ids)
     # Every image is read before any is processed: every bad file is reported at once, and a
@@ -438,14 +297,8 @@ def _detect_videos(
     category_ids: list[int] | None,
 ) -> int:
     """The video branch of the command line: every video's JSON (and annotated copy) in ``--output``."""
-    from ssd_tutorial.video import detect_video, open_video
-
-    try:
-        for video in videos:  # a missing or unreadable video is reported before any work
-            open_video(video)
-    except RuntimeError as error:  # TorchCodec without FFmpeg: the message says what to install
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for video in videos:  # a missing or unreadable video is reported before any work
+        open_video(video)  # TorchCodec without FFmpeg: ExternalError, its message says what to install
     output = Path(args.output if args.output is not None else "detections")
     for video in videos:
         report = detect_video(video, predictor, names, output, every=args.every, max_frames=args.max_frames,

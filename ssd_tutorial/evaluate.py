@@ -27,20 +27,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
+from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES, ShapesDataset, VOCDataset
+from ssd_tutorial.detector import load_detector, resolve_class_names, split_class_names
 from ssd_tutorial.evaluation import evaluate_coco, evaluate_voc, per_class_table, plot_pr_curves
 from ssd_tutorial.inference import Predictor
+from ssd_tutorial.own_data import category_ids_of, class_names_of, open_data
 
-__all__ = ["load_model", "collect_detections", "evaluate_checkpoint", "main"]
+__all__ = ["load_model", "collect_detections", "main"]
 
 
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """An ``SSD300`` in eval mode with the weights of ``checkpoint`` (width and classes read from it).
-
-    :func:`ssd_tutorial.detect.model_from_checkpoint` without the class names.
-    """
-    from ssd_tutorial.detect import model_from_checkpoint
-
-    return model_from_checkpoint(checkpoint, device)[0]
+    """The model of ``checkpoint`` in eval mode (:func:`ssd_tutorial.detector.load_detector`)."""
+    return load_detector(checkpoint, device).model
 
 
 def collect_detections(
@@ -92,30 +91,6 @@ def _round(x: Any) -> Any:
     return x
 
 
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    dataset: Any,
-    class_names: Sequence[str] | None,
-    output_dir: str | Path,
-    device: torch.device | str = "cpu",
-    batch_size: int = 16,
-    max_images: int | None = None,
-    coco: bool = True,
-) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` on ``dataset``; write JSON, PR plot and table to ``output_dir``.
-
-    ``class_names`` are the dataset's (label k + 1 is ``class_names[k]``); they must be the names
-    the checkpoint stores, in order, or, for a plain state dict, as many as its classes (see
-    :func:`ssd_tutorial.detect.resolve_class_names`).  None: the checkpoint's own.
-    """
-    from ssd_tutorial.detect import load_stored_detector, resolve_class_names
-
-    stored = load_stored_detector(checkpoint, device)
-    names = resolve_class_names(class_names, stored.names, stored.model.num_classes, checkpoint)
-    return _evaluate(stored.model, Path(checkpoint).name, dataset, names, output_dir, device, batch_size,
-                     max_images, coco, priors=stored.priors)
-
-
 def _evaluate(
     model: nn.Module,
     checkpoint_name: str,
@@ -126,15 +101,14 @@ def _evaluate(
     batch_size: int,
     max_images: int | None,
     coco: bool,
-    priors: Tensor | None = None,
 ) -> dict[str, Any]:
-    """:func:`evaluate_checkpoint` for a loaded model whose class names were checked (``priors``:
-    its default boxes, None for SSD300's)."""
+    """Evaluate ``model`` (class names checked) on ``dataset``; write ``evaluation.json``,
+    ``pr_curves.png`` and ``per_class.txt`` to ``output_dir``; return the summary."""
     from matplotlib.figure import Figure
 
     start = time.perf_counter()
     with torch.inference_mode():
-        detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, priors=priors)
+        detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device)
     seconds = time.perf_counter() - start
     voc07 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=True)
     voc12 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=False)
@@ -169,9 +143,6 @@ def _evaluate(
 def _class_names(args: argparse.Namespace, stored: list[str] | None, num_classes: int) -> list[str]:
     """The names to evaluate with: the dataset's (shapes) or --classes, checked against the
     checkpoint's; without either, the checkpoint's stored names or the defaults by class count."""
-    from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
-    from ssd_tutorial.detect import resolve_class_names, split_class_names
-
     if args.dataset == "shapes":
         if args.classes:
             raise ValueError("--classes is for --dataset voc (the shapes dataset has its own classes)")
@@ -187,8 +158,6 @@ def _class_names(args: argparse.Namespace, stored: list[str] | None, num_classes
 
 
 def _build_dataset(args: argparse.Namespace, names: Sequence[str]) -> Any:
-    from ssd_tutorial.data import ShapesDataset, VOCDataset
-
     if args.dataset == "shapes":
         return ShapesDataset(args.num_images, image_size=300, seed=args.seed)
     if args.root is None:
@@ -197,8 +166,6 @@ def _build_dataset(args: argparse.Namespace, names: Sequence[str]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
-
     parser = argparse.ArgumentParser(description="Evaluate an SSD300 checkpoint (VOC AP50 and COCO AP).")
     parser.add_argument("--checkpoint", required=True, help="state dict or training checkpoint (.pt)")
     parser.add_argument("--dataset", choices=("shapes", "voc"), default="shapes")
@@ -224,16 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _own_data(args: argparse.Namespace, stored: Any) -> tuple[Any, list[str]]:
     """--data: the dataset, read with the checkpoint's class names (in its order), and the names."""
-    from ssd_tutorial.detect import resolve_class_names, split_class_names
-    from ssd_tutorial.own_data import category_ids_of, class_names_of, open_data
-
     given = split_class_names(args.classes) if args.classes else stored.names
     names = resolve_class_names(given, stored.names, stored.model.num_classes, args.checkpoint) if given else None
     dataset = open_data(args.data, args.images, names)
     names = list(class_names_of(dataset))
     resolve_class_names(names, stored.names, stored.model.num_classes, args.checkpoint)
     ids = category_ids_of(dataset)
-    if stored.category_ids is not None and ids is not None and list(ids) != stored.category_ids:
+    if stored.category_ids is not None and ids is not None and tuple(ids) != tuple(stored.category_ids):
         raise ValueError(
             f"{args.data}: category ids {list(ids)} for {names}, but {args.checkpoint} was trained with "
             f"{stored.category_ids}: the same names under other ids"
@@ -242,16 +206,14 @@ def _own_data(args: argparse.Namespace, stored: Any) -> tuple[Any, list[str]]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from ssd_tutorial.detect import load_stored_detector
-
-    stored = load_stored_detector(args.checkpoint, args.device)
+    stored = load_detector(args.checkpoint, args.device)
     if args.data is not None:
         dataset, names = _own_data(args, stored)
     else:
         names = _class_names(args, stored.names, stored.model.num_classes)
         dataset = _build_dataset(args, names)
     summary = _evaluate(stored.model, Path(args.checkpoint).name, dataset, names, args.output_dir, args.device,
-                        args.batch_size, args.max_images, coco=not args.no_coco, priors=stored.priors)
+                        args.batch_size, args.max_images, coco=not args.no_coco)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("ap50")}, indent=2))
     print(f"wrote {Path(args.output_dir) / 'evaluation.json'}")
     return 0

@@ -28,7 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD, InputTransform
+from ssd_tutorial.augmentation import InputTransform
+from ssd_tutorial.backbone_weights import (
+    CAFFE_MEAN,
+    CONV_NAMES,
+    backbone_conv_keys,
+    is_ssd_pytorch_vgg,
+    map_backbone_keys,
+    read_backbone_state,
+    set_input_affine,
+    subsample_fc,
+)
 from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell, default_boxes
 
 __all__ = [
@@ -51,16 +61,6 @@ TINY_WIDTH = 0.125
 VGG16_LAYERS: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512,
 )  # fmt: skip
-# Index of every conv of torchvision's vgg16().features, in the order of VGG16_LAYERS' convs.
-_TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
-# ssd.pytorch's ``vgg`` nn.ModuleList (ssd.py, vgg()) has the same conv indices, then pool5 at 30,
-# conv6 (our fc6) at 31 and conv7 (our fc7) at 33; its backbone file vgg16_reducedfc.pth holds
-# exactly that ModuleList's state dict ("0.weight" ... "33.bias"; train.py: ssd_net.vgg.load_state_dict).
-_SSD_PYTORCH_FC_INDICES = {"fc6": 31, "fc7": 33}
-_CONV_NAMES = (
-    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
-)  # fmt: skip
 # Extra layers (paper fig. 2): (1x1 channels, 3x3 channels, stride, padding) for conv8..conv11.
 _EXTRAS = ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0))
 # SSD512 (the paper's footnote in Sec. 3.4: "we add extra conv12_2 for prediction"): conv8_2 .. conv11_2 all 3x3 stride 2
@@ -71,20 +71,8 @@ _EXTRAS = ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0
 # (maps 64, 32, 16, 8, 6, 4, 1): a different net.
 _EXTRAS_512 = ((256, 512, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 2, 1, 3), (128, 256, 1, 1, 4))
 
-# How the two sets of ImageNet weights expect their input.  Our data pipeline hands the model
-# images normalized with the ImageNet mean/std (ssd_tutorial.augmentation); the VGG16 features
-# torchvision ships for SSD (IMAGENET1K_FEATURES, ported from the Caffe model) expect RGB in
-# 0..255 minus a mean.  ``SSD300`` bridges the two with a fixed per-channel affine map.
-_CAFFE_MEAN = (0.48235, 0.45882, 0.40784)  # torchvision VGG16_Weights.IMAGENET1K_FEATURES transforms
-
-
 def _scaled(channels: int, width_mult: float) -> int:
     return max(1, int(round(channels * width_mult)))
-
-
-def _is_ssd_pytorch_vgg(state: dict[str, Tensor]) -> bool:
-    """Is ``state`` ssd.pytorch's ``vgg`` ModuleList (vgg16_reducedfc.pth: keys "0.weight" .. "33.bias")?"""
-    return "0.weight" in state and f"{_SSD_PYTORCH_FC_INDICES['fc7']}.weight" in state
 
 
 class L2Norm(nn.Module):
@@ -172,7 +160,7 @@ class SSD300(nn.Module):
 
         # conv1_1 .. conv4_3 (+ ReLU): the first source map.
         layers: list[tuple[str, nn.Module]] = []
-        convs = iter(_CONV_NAMES)
+        convs = iter(CONV_NAMES)
         c_in, pools = 3, 0
         for v in VGG16_LAYERS[:13]:  # up to conv4_3
             if v in ("M", "C"):
@@ -187,7 +175,7 @@ class SSD300(nn.Module):
 
         # pool4, conv5_x, pool5, fc6, fc7: the second source map.
         layers = [("pool4", nn.MaxPool2d(2, 2))]
-        for name in _CONV_NAMES[10:]:
+        for name in CONV_NAMES[10:]:
             layers += [(name, _conv(c_in, c(512), 3, padding=1)), (f"relu{name[4:]}", nn.ReLU(inplace=True))]
             c_in = c(512)
         layers += [
@@ -254,29 +242,12 @@ class SSD300(nn.Module):
     def load_backbone(self, weights: str | Path, input_convention: str = "auto") -> None:
         """Load ImageNet VGG16 weights into conv1_1 .. conv5_3 (and fc6/fc7 when available).
 
-        ``weights`` is ``"imagenet"``, ``"imagenet_features"`` or a path; see the class docstring.
+        ``weights`` is ``"imagenet"``, ``"imagenet_features"`` or a path; see the class
+        docstring and :mod:`ssd_tutorial.backbone_weights`, which knows the file layouts.
         """
-        if isinstance(weights, str) and weights in _IMAGENET_WEIGHTS:
-            state = _fetch_imagenet_vgg16(weights)
-            source = f"torchvision VGG16_Weights.{_IMAGENET_WEIGHTS[weights][0]}"
-        else:
-            path = Path(weights)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"backbone_weights: no file at {str(path)!r} (pass 'imagenet', None, or the path of a "
-                    "saved VGG16 state dict)"
-                )
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # pickle errors of all kinds: say which file
-                raise ValueError(f"backbone_weights: {str(path)!r} is not a loadable state dict: {err}") from err
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise ValueError(f"backbone_weights: {str(path)!r} holds a {type(state).__name__}, not a state dict")
-            source = str(path)
-        mapped, has_fc = self._map_backbone_keys(state, source)
-        missing = [k for k in self._backbone_conv_keys() if k not in mapped]
+        state, source = read_backbone_state(weights)
+        mapped, has_fc = map_backbone_keys(state, set(self.state_dict()), source)
+        missing = [k for k in backbone_conv_keys() if k not in mapped]
         if missing:
             raise ValueError(f"backbone_weights from {source}: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}")
         own = self.state_dict()
@@ -288,62 +259,10 @@ class SSD300(nn.Module):
                 )
         self.load_state_dict(mapped, strict=False)
         if input_convention == "auto":
-            input_convention = "imagenet" if has_fc and not _is_ssd_pytorch_vgg(state) else "caffe"
-        if input_convention == "caffe":
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            caffe_mean = torch.tensor(_CAFFE_MEAN).view(1, 3, 1, 1)
-            # (x * std + mean) recovers [0, 1] RGB; the Caffe weights want 255 * (rgb - caffe_mean)
-            self.input_scale.copy_(255.0 * std)
-            self.input_shift.copy_(255.0 * (mean - caffe_mean))
-        else:
-            self.input_scale.fill_(1.0)
-            self.input_shift.zero_()
-
-    def _backbone_conv_keys(self) -> list[str]:
-        keys = []
-        for name in _CONV_NAMES:
-            module = "fc" if name.startswith("conv5") else "backbone"
-            keys += [f"{module}.{name}.weight", f"{module}.{name}.bias"]
-        return keys
-
-    def _map_backbone_keys(self, state: dict[str, Tensor], source: str) -> tuple[dict[str, Tensor], bool]:
-        """torchvision ``features.N.*``, ssd.pytorch ``N.*`` (vgg16_reducedfc.pth) or our own
-        ``backbone.*``/``fc.*`` keys -> this model's keys.
-
-        Returns the mapped tensors and whether fc6/fc7 came with them.
-        """
-        own_keys = set(self.state_dict())
-        mapped: dict[str, Tensor] = {}
-        for key, value in state.items():
-            if key.startswith(("backbone.", "fc.")) and key in own_keys:
-                mapped[key] = value
-        # torchvision's "features.N" and ssd.pytorch's bare "N" share the conv indices
-        prefix = "" if _is_ssd_pytorch_vgg(state) else "features."
-        for index, name in zip(_TORCHVISION_CONV_INDICES, _CONV_NAMES):
-            module = "fc" if name.startswith("conv5") else "backbone"
-            for part in ("weight", "bias"):
-                key = f"{prefix}{index}.{part}"
-                if key in state:
-                    mapped[f"{module}.{name}.{part}"] = state[key]
-        if prefix == "":
-            for name, index in _SSD_PYTORCH_FC_INDICES.items():
-                for part in ("weight", "bias"):
-                    if f"{index}.{part}" in state:
-                        mapped[f"fc.{name}.{part}"] = state[f"{index}.{part}"]
-        has_fc = "fc.fc6.weight" in mapped and "fc.fc7.weight" in mapped
-        fc_keys = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
-        if all(k in state for k in fc_keys) and all(bool(torch.isfinite(state[k]).all()) for k in fc_keys):
-            fc6_w, fc6_b, fc7_w, fc7_b = subsample_fc(*(state[k] for k in fc_keys))
-            mapped.update({"fc.fc6.weight": fc6_w, "fc.fc6.bias": fc6_b, "fc.fc7.weight": fc7_w, "fc.fc7.bias": fc7_b})
-            has_fc = True
-        if not mapped:
-            some = sorted(state)[:4]
-            raise ValueError(
-                f"backbone_weights from {source}: no VGG16 keys found (expected 'features.0.weight' ..., "
-                f"'0.weight' ... (vgg16_reducedfc.pth) or 'backbone.conv1_1.weight' ...), got {some}"
-            )
-        return mapped, has_fc
+            input_convention = "imagenet" if has_fc and not is_ssd_pytorch_vgg(state) else "caffe"
+        with torch.no_grad():  # Caffe weights want 255 * (rgb - CAFFE_MEAN)
+            caffe = input_convention == "caffe"
+            set_input_affine(self, [255.0 * m for m in CAFFE_MEAN] if caffe else None)
 
     def default_boxes(self) -> Tensor:
         """``[P, 4]`` cxcywh normalized: the default boxes of :attr:`prior_config`, in the order
@@ -442,80 +361,6 @@ def build_ssd(
 def tiny_ssd300(num_classes: int) -> SSD300:
     """The CPU preset: ``SSD300(num_classes, width_mult=TINY_WIDTH)`` (same input, same 8732 boxes)."""
     return SSD300(num_classes=num_classes, backbone_weights=None, width_mult=TINY_WIDTH)
-
-
-def subsample_fc(
-    fc6_weight: Tensor,
-    fc6_bias: Tensor,
-    fc7_weight: Tensor,
-    fc7_bias: Tensor,
-    keep_every: int = 4,
-    tap_every: int = 3,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """VGG16's fully connected fc6/fc7 as SSD's convolutions, by subsampling (paper p.7).
-
-    ``fc6_weight [4096, 512*7*7]`` is a 7x7 convolution over pool5 ``[512, 7, 7]``; keeping every
-    ``keep_every``-th output unit and every ``tap_every``-th kernel tap in each direction gives
-    ``[1024, 512, 3, 3]``: a 3x3 kernel whose taps lie 3 cells apart on the stride-32 map, i.e.
-    6 cells apart on SSD's stride-16 pool5 -- hence dilation 6.  ``fc7_weight [4096, 4096]``
-    becomes ``[1024, 1024, 1, 1]``.  The paper does not say which units it kept; we keep every
-    4th unit starting at 0, and taps 0, 3, 6 (DeepLab, which SSD follows here, calls this
-    subsampling "decimation").
-    """
-    out6, in6 = fc6_weight.shape
-    grid = 7
-    channels = in6 // (grid * grid)
-    if channels * grid * grid != in6 or fc7_weight.shape != (out6, out6):
-        raise ValueError(
-            f"subsample_fc expects fc6 [N, C*7*7] and fc7 [N, N], got {list(fc6_weight.shape)} and "
-            f"{list(fc7_weight.shape)}"
-        )
-    w6 = fc6_weight.reshape(out6, channels, grid, grid)  # [4096, 512, 7, 7]
-    w6 = w6[::keep_every, :, ::tap_every, ::tap_every].contiguous()  # [1024, 512, 3, 3]
-    b6 = fc6_bias[::keep_every].contiguous()  # [1024]
-    w7 = fc7_weight[::keep_every, ::keep_every]  # [1024, 1024]
-    w7 = w7.reshape(w7.shape[0], w7.shape[1], 1, 1).contiguous()  # [1024, 1024, 1, 1]
-    b7 = fc7_bias[::keep_every].contiguous()  # [1024]
-    return w6, b6, w7, b7
-
-
-_IMAGENET_WEIGHTS = {
-    # backbone_weights name -> (torchvision VGG16_Weights member, file name for the offline hint)
-    "imagenet": ("IMAGENET1K_V1", "vgg16_imagenet.pt"),
-    "imagenet_features": ("IMAGENET1K_FEATURES", "vgg16_features.pt"),
-}
-
-
-def _fetch_imagenet_vgg16(name: str = "imagenet") -> dict[str, Tensor]:
-    """torchvision's VGG16 state dict for ``backbone_weights=name`` (torch hub cache, else download).
-
-    ``"imagenet"``: ``VGG16_Weights.IMAGENET1K_V1``, the classification model, whose fc6/fc7
-    become SSD's by :func:`subsample_fc` -- as Caffe SSD starts from VGG_ILSVRC_16_layers_fc_reduced
-    and ssd.pytorch from vgg16_reducedfc.pth, both with pretrained, subsampled fc6/fc7.
-    ``"imagenet_features"``: ``IMAGENET1K_FEATURES`` (convs only, Caffe-style input; fc6/fc7 then
-    start from the init).  Any failure (no network, bad cache) becomes a RuntimeError that says
-    what to do offline.
-    """
-    member, file_name = _IMAGENET_WEIGHTS[name]
-    try:
-        from torchvision.models import VGG16_Weights
-
-        return _download_state_dict(getattr(VGG16_Weights, member))
-    except Exception as err:
-        raise RuntimeError(
-            f"backbone_weights={name!r}: could not get torchvision's VGG16_Weights.{member} "
-            f"({type(err).__name__}: {err}). Without a network: on a machine with internet run\n"
-            "  python -c \"import torch, torchvision; torch.save(torchvision.models.VGG16_Weights."
-            f"{member}.get_state_dict(progress=True), '{file_name}')\"\n"
-            f"copy {file_name} here and pass backbone_weights='{file_name}' "
-            "(or put the downloaded file in the torch hub cache, ~/.cache/torch/hub/checkpoints/), "
-            "or train from scratch with backbone_weights=None."
-        ) from err
-
-
-def _download_state_dict(weights: object) -> dict[str, Tensor]:
-    """One place that touches the network (tests replace it)."""
-    return weights.get_state_dict(progress=False)  # type: ignore[attr-defined]
 
 
 def describe_layers(model: SSD300, image_size: int | None = None) -> list[dict[str, object]]:

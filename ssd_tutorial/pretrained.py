@@ -1,60 +1,26 @@
-"""Published SSD300 weights, loaded into this package's :class:`~ssd_tutorial.model.SSD300`.
+"""Other people's trained SSD300 weight files: their key layouts, input conventions, class
+names and default boxes, and where to download them.
 
-Two trained detectors, each with its default boxes, its labels and its input transform, so that
-``Predictor`` / ``python -m ssd_tutorial.detect`` run them the way their authors did, as far as this
-pipeline allows (see "Running them" below):
+* ``"torchvision-coco"`` -- torchvision's ``ssd300_vgg16``, ``SSD300_VGG16_Weights.COCO_V1``
+  (25.1 box AP on COCO val2017; 91 outputs: background + torchvision's COCO label ids 1..90,
+  the unused ids named ``"N/A"``); downloaded through torchvision's weights API, hash-checked.
+* ``"ssd-pytorch-voc"`` -- amdegroot/ssd.pytorch's ``ssd300_mAP_77.43_v2.pth`` (77.43 % VOC2007
+  test mAP as its README reports; 21 outputs in ``data.VOC_CLASSES`` order).
+* ``"ssd-pytorch-vgg16-reducedfc"`` -- ssd.pytorch's ImageNet backbone, a starting point for
+  training: ``fetch_published(name)`` returns its path for ``SSD300(backbone_weights=...)``.
 
-* ``load_pretrained("torchvision-coco")`` -- torchvision's ``ssd300_vgg16`` with
-  ``SSD300_VGG16_Weights.COCO_V1`` (25.1 box AP on COCO val2017; 91 outputs: background +
-  torchvision's COCO label ids 1..90, the unused ids named ``"N/A"``).  Downloaded through
-  torchvision's weights API, hash-checked.
-* ``load_pretrained("ssd-pytorch-voc")`` -- amdegroot/ssd.pytorch's ``ssd300_mAP_77.43_v2.pth``
-  (77.43 % VOC2007 test mAP as its README reports; 21 outputs: background + the 20 VOC classes
-  in ``data.VOC_CLASSES`` order, which is ssd.pytorch's).
-* ``load_pretrained(path)`` -- a local file of either layout (torchvision's keys
-  ``backbone.features.*``, ``head.*``; or ssd.pytorch's ``vgg.*``, ``L2Norm.weight``,
-  ``extras.*``, ``loc.*``, ``conf.*``), told apart by its keys.  Class names: COCO for 91
-  outputs of the torchvision layout, VOC for 21 of ssd.pytorch's, else numbers.
+A local file of either detector layout (torchvision's keys ``backbone.features.*``,
+``head.*``; ssd.pytorch's ``vgg.*``, ``L2Norm.weight``, ``extras.*``, ``loc.*``, ``conf.*``) is
+told apart by its keys (:func:`detect_layout`) and renamed to ours; :func:`model_from_state_dict`
+builds the model with the layout's default boxes and input transform.  Loading one as a
+detector (model + names + source) is :func:`ssd_tutorial.detector.load_detector`'s job.
 
-A third file, ``"ssd-pytorch-vgg16-reducedfc"`` (ssd.pytorch's ImageNet backbone,
-``vgg16_reducedfc.pth``), is a starting point for training rather than a detector:
-``fetch_published("ssd-pytorch-vgg16-reducedfc")`` returns its path, which
-``SSD300(backbone_weights=path)`` (and so a training config's ``backbone_weights``) accepts.
-
-Files are cached where torch.hub keeps checkpoints (``published_file(name)``:
-``$TORCH_HOME/hub/checkpoints/<file>``, by default ``~/.cache/torch/hub/checkpoints/``).  Offline,
-a missing file gives a RuntimeError that names the URL and the path to put the file at by hand.
-Every file is read with ``weights_only=True`` (no pickled code runs).
-
-Checksums: torchvision's file name carries the first 8 hex digits of its SHA-256
-(``ssd300_vgg16_coco-b556d3b4.pth``), checked when torch.hub downloads it and again here on the
-cached copy.  amdegroot publishes no checksum for its files, so none is checked unless you pass
-``expected_sha256`` (``sha256_of(path)`` computes one for a copy you trust); what is always
-checked is the content: every expected key present, every shape right, nothing left over.
-
-Running them: ``Predictor(loaded.model, priors=loaded.priors)``, as detect.py does.  Its steps are
-torchvision's postprocess (softmax, score > 0.01 per class, best 400 per class, class-wise NMS
-at 0.45, best 200 per image, boxes clipped to the image and scaled to its size), so the COCO
-weights give torchvision's own detections (tests/test_pretrained.py: same labels, boxes within
-2e-4 px, scores within 1e-6).  Differences that remain are float-level (we decode in normalized
-coordinates and run NMS in float64), plus two:
-
-* torchvision clamps the decoded log-size offsets at log(1000 / 16); we do not.  Only boxes
-  more than 62 times their default box differ, and clipping to the image makes them equal
-  unless the centre is far outside it.
-* images that are not 300 x 300: we resize the uint8 image bilinearly (rounded to whole grey
-  levels), torchvision resizes the float image, so scores differ by about 1e-3 and a detection
-  near a threshold may appear in one and not the other.
-
-For ssd.pytorch, the input (RGB minus its mean), the default boxes (its ``PriorBox``) and the
-classes are its own.  The postprocessing is ours, which departs from its ``Detect`` in two
-places: it keeps 200 candidates per class before NMS where we keep 400, and it does not clip
-the boxes.  Its resize is OpenCV's ``INTER_LINEAR`` on uint8, close to ours but not
-bit-identical.
-
-Building blocks: :func:`convert_torchvision_ssd300` and :func:`convert_ssd_pytorch` (their state
-dict -> ours), :func:`detect_layout`, :func:`set_input_transform`,
-:func:`load_ssd_pytorch_vgg16_reducedfc`, :func:`detector_from_state_dict`.
+Files are cached where torch.hub keeps checkpoints (:func:`published_file`); offline, a missing
+file gives a RuntimeError naming the URL and the path to put it at.  Every file is read with
+``weights_only=True``.  torchvision's file name carries the first 8 hex digits of its SHA-256,
+checked on download and again on the cached copy; amdegroot publishes none, so only
+``expected_sha256`` (if given) and the content (every key and shape) are checked.  How closely
+their detections are reproduced, and why not bit for bit, is in the README and chapter 08.
 """
 from __future__ import annotations
 
@@ -67,28 +33,29 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from ssd_tutorial.cli import ExternalError
+from ssd_tutorial.augmentation import InputTransform
+from ssd_tutorial.backbone_weights import (
+    CONV_NAMES,
+    SSD_PYTORCH_FC_INDICES,
+    TORCHVISION_CONV_INDICES,
+    download_state_dict,
+    set_input_affine,
+)
+from ssd_tutorial.checkpoint import load_checkpoint
 from ssd_tutorial.data import VOC_CLASSES
 from ssd_tutorial.default_boxes import (
     SSD_PYTORCH_VOC,
     TORCHVISION_COCO,
     DefaultBoxConfig,
     boxes_per_cell,
-    default_boxes,
 )
 from ssd_tutorial.files import file_digest
-from ssd_tutorial.model import (
-    _CONV_NAMES,
-    _SSD_PYTORCH_FC_INDICES,
-    _TORCHVISION_CONV_INDICES,
-    SSD300,
-    VGG16_LAYERS,
-)
+from ssd_tutorial.model import SSD300, VGG16_LAYERS
 
 __all__ = [
     "PublishedWeights",
     "PUBLISHED",
-    "PretrainedDetector",
     "LAYOUTS",
     "TORCHVISION_MEAN_255",
     "SSD_PYTORCH_MEAN_RGB",
@@ -97,13 +64,13 @@ __all__ = [
     "detect_layout",
     "convert_torchvision_ssd300",
     "convert_ssd_pytorch",
-    "set_input_transform",
     "published_file",
     "sha256_of",
     "fetch_published",
     "load_ssd_pytorch_vgg16_reducedfc",
-    "detector_from_state_dict",
-    "load_pretrained",
+    "model_from_state_dict",
+    "fetch_state_dict",
+    "read_state_file",
 ]
 
 
@@ -167,26 +134,6 @@ SSD_PYTORCH_MEAN_RGB = (123.0, 117.0, 104.0)
 SSD_PYTORCH_COCO = DefaultBoxConfig(**{**TORCHVISION_COCO.__dict__, "clip_form": "cxcywh"})
 
 
-@dataclass(frozen=True, eq=False)
-class PretrainedDetector:
-    """A loaded detector, as ``python -m ssd_tutorial.detect --weights`` uses it.
-
-    * ``model`` -- :class:`SSD300` in eval mode, taking ImageNet-normalized RGB like every model
-      of this package (its ``input_scale``/``input_shift`` turn that into what the weights want);
-    * ``class_names`` -- without background: label ``i + 1`` is ``class_names[i]``;
-    * ``priors`` -- its default boxes ``[P, 4]`` cxcywh normalized (``None`` would mean
-      ``default_boxes(SSD300_VOC)``; the published weights always bring their own);
-    * ``source`` -- where the weights came from (a name and URL, or a path);
-    * ``prior_config`` -- the layout ``priors`` were made from.
-    """
-
-    model: SSD300
-    class_names: tuple[str, ...]
-    priors: Tensor | None
-    source: str
-    prior_config: DefaultBoxConfig
-
-
 def coco_categories() -> list[str]:
     """torchvision's COCO label names, index = label id: ``[0]`` is ``"__background__"`` and the
     ids COCO leaves unused are ``"N/A"`` (91 entries; ``SSD300_VGG16_Weights.COCO_V1.meta``)."""
@@ -207,9 +154,9 @@ def _torchvision_key_map() -> dict[str, str]:
     one 3x3 conv per source map, channels ``a * K + j`` for box a, value j -- as ours.
     """
     names: dict[str, str] = {"backbone.scale_weight": "l2norm.weight"}
-    for index, name in zip(_TORCHVISION_CONV_INDICES[:10], _CONV_NAMES[:10]):
+    for index, name in zip(TORCHVISION_CONV_INDICES[:10], CONV_NAMES[:10]):
         names[f"backbone.features.{index}"] = f"backbone.{name}"
-    for position, name in zip((1, 3, 5), _CONV_NAMES[10:]):
+    for position, name in zip((1, 3, 5), CONV_NAMES[10:]):
         names[f"backbone.extra.0.{position}"] = f"fc.{name}"
     names["backbone.extra.0.7.1"] = "fc.fc6"
     names["backbone.extra.0.7.3"] = "fc.fc7"
@@ -232,10 +179,10 @@ def _ssd_pytorch_key_map() -> dict[str, str]:
     flattened as ours.
     """
     names: dict[str, str] = {"L2Norm.weight": "l2norm.weight"}
-    for index, name in zip(_TORCHVISION_CONV_INDICES, _CONV_NAMES):
+    for index, name in zip(TORCHVISION_CONV_INDICES, CONV_NAMES):
         module = "fc" if name.startswith("conv5") else "backbone"
         names[f"vgg.{index}"] = f"{module}.{name}"
-    for name, index in _SSD_PYTORCH_FC_INDICES.items():
+    for name, index in SSD_PYTORCH_FC_INDICES.items():
         names[f"vgg.{index}"] = f"fc.{name}"
     for j in range(8):
         names[f"extras.{j}"] = f"extras.{j // 2}.conv{j // 2 + 8}_{j % 2 + 1}"
@@ -323,20 +270,6 @@ def _load_converted(model: SSD300, converted: dict[str, Tensor], layout: str, so
         raise ValueError(f"{source}: nothing for {not_loaded[:4]}")
 
 
-def set_input_transform(model: SSD300, mean_255: Sequence[float], scale: float = 1.0) -> None:
-    """Make ``model`` feed its weights ``(rgb_255 - mean_255) * scale`` while it takes, like every
-    model of this package, ImageNet-normalized RGB ``x = (rgb_255 / 255 - mean) / std``.
-
-    From ``rgb_255 = 255 (x std + mean)``: ``input_scale = 255 std scale`` and
-    ``input_shift = (255 mean - mean_255) scale``, per channel, applied before conv1_1.
-    """
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
-    target = torch.tensor([float(m) for m in mean_255], dtype=torch.float64).view(1, 3, 1, 1)
-    model.input_scale.copy_(255.0 * std * scale)
-    model.input_shift.copy_((255.0 * mean - target) * scale)
-
-
 def _num_classes(state_dict: Mapping[str, Tensor], layout: str, source: str) -> int:
     """Classes (with background) from the first conf head: ``[4 * C, 512, 3, 3]``."""
     key = "head.classification_head.module_list.0.weight" if layout == "torchvision" else "conf.0.weight"
@@ -348,16 +281,18 @@ def _num_classes(state_dict: Mapping[str, Tensor], layout: str, source: str) -> 
     return weight.shape[0] // anchors
 
 
-def detector_from_state_dict(
-    state_dict: Mapping[str, Tensor], source: str, device: str | torch.device = "cpu"
-) -> PretrainedDetector:
-    """A :class:`PretrainedDetector` from a state dict of either layout (:func:`detect_layout`).
+def model_from_state_dict(
+    state_dict: Mapping[str, Tensor], source: str
+) -> tuple[SSD300, tuple[str, ...]]:
+    """An :class:`SSD300` (on the CPU, train mode) with the weights of a state dict of either
+    layout (:func:`detect_layout`), and its class names (without background).
 
     The class count comes from the conf head; the default boxes, labels and input transform
     from the layout: torchvision -> ``TORCHVISION_COCO`` boxes, COCO names for 91 outputs,
-    ``rgb - 255 (0.48235, 0.45882, 0.40784)``; ssd.pytorch -> ``SSD_PYTORCH_VOC`` boxes and VOC
-    names for 21 outputs (``SSD_PYTORCH_COCO`` boxes otherwise, as ssd.pytorch does),
-    ``rgb - (123, 117, 104)``.
+    ``rgb - 255 (0.48235, 0.45882, 0.40784)`` after a float resize (as its
+    ``GeneralizedRCNNTransform``); ssd.pytorch -> ``SSD_PYTORCH_VOC`` boxes and VOC names for
+    21 outputs (``SSD_PYTORCH_COCO`` boxes otherwise, as ssd.pytorch does), ``rgb - (123,
+    117, 104)`` after a uint8 resize (OpenCV's, as it does).  Other counts: numbered names.
     """
     layout = detect_layout(state_dict)
     if layout is None:
@@ -366,7 +301,7 @@ def detector_from_state_dict(
             f"{source}: neither a torchvision ssd300_vgg16 nor an ssd.pytorch SSD300 state dict "
             f"(expected {_SIGNATURES['torchvision'][0]!r} or {_SIGNATURES['ssd.pytorch'][0]!r} ...), "
             f"got keys {some}{' ...' if len(state_dict) > 5 else ''}; a checkpoint of this package "
-            "goes to --checkpoint (detect) / model_from_checkpoint instead"
+            "goes to --checkpoint (detect) / detector.load_detector instead"
         )
     num_classes = _num_classes(state_dict, layout, source)
     if layout == "torchvision":
@@ -374,13 +309,13 @@ def detector_from_state_dict(
         prior_config = TORCHVISION_COCO
         categories = coco_categories()
         names = categories[1:] if num_classes == len(categories) else None
-        mean_255 = TORCHVISION_MEAN_255
+        mean_255, resize = TORCHVISION_MEAN_255, "float"
     else:
         converted = convert_ssd_pytorch(state_dict, source)
         voc = num_classes == len(VOC_CLASSES) + 1
         prior_config = SSD_PYTORCH_VOC if voc else SSD_PYTORCH_COCO
         names = list(VOC_CLASSES) if voc else None
-        mean_255 = SSD_PYTORCH_MEAN_RGB
+        mean_255, resize = SSD_PYTORCH_MEAN_RGB, "uint8"
     if names is None:
         names = [str(k) for k in range(1, num_classes)]
     with torch.device("meta"):  # no time spent on an init that the weights overwrite
@@ -388,14 +323,9 @@ def detector_from_state_dict(
     model = model.to_empty(device="cpu")
     _load_converted(model, converted, layout, source)
     with torch.no_grad():
-        set_input_transform(model, mean_255)
-    return PretrainedDetector(
-        model=model.to(device).eval(),
-        class_names=tuple(names),
-        priors=default_boxes(prior_config),
-        source=source,
-        prior_config=prior_config,
-    )
+        set_input_affine(model, mean_255)
+    model.input_transform = InputTransform(prior_config.image_size, resize)
+    return model, tuple(names)
 
 
 # ----------------------------------------------------------------------------- files
@@ -434,42 +364,40 @@ def _check_file_hash(weights: PublishedWeights, path: Path, expected_sha256: str
     if weights.layout == "torchvision" and match:
         digest = sha256_of(path)
         if not digest.startswith(match.group(1)):
-            raise RuntimeError(
+            raise ExternalError(
                 f"{path}: SHA-256 {digest[:16]}... does not start with {match.group(1)} as its name says "
                 f"(a corrupt or partial copy?); delete it to download again"
             )
     if expected_sha256 is not None:
         digest = digest or sha256_of(path)
         if digest != expected_sha256.lower():
-            raise RuntimeError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
+            raise ExternalError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
 
 
 def _download_state_dict(name: str, progress: bool = True) -> dict[str, Tensor]:
-    """The state dict of published weights ``name``: from torch.hub's cache, or downloaded into it.
-
-    The one place that touches the network (tests replace it).  torchvision's file goes
-    through its weights API, which checks the hash prefix of the file name when downloading;
-    amdegroot's through ``torch.hub.load_state_dict_from_url``.  Both load with ``weights_only=True``.
+    """The state dict of published weights ``name``: from torch.hub's cache, or downloaded into
+    it (:func:`ssd_tutorial.backbone_weights.download_state_dict`, the one network call).
+    torchvision's file goes through its weights API, which checks the hash prefix of the file
+    name when downloading; amdegroot's through its URL.  Both load with ``weights_only=True``.
     """
     weights = _published(name)
     if weights.layout == "torchvision":
         from torchvision.models.detection import SSD300_VGG16_Weights
 
-        return SSD300_VGG16_Weights.COCO_V1.get_state_dict(
-            progress=progress, check_hash=True, weights_only=True, map_location="cpu"
+        return download_state_dict(
+            SSD300_VGG16_Weights.COCO_V1, progress, check_hash=True, weights_only=True, map_location="cpu"
         )
-    return torch.hub.load_state_dict_from_url(
+    return download_state_dict(
         weights.url,
+        progress,
         model_dir=str(published_file(name).parent),
-        map_location="cpu",
-        progress=progress,
         check_hash=False,  # no hash in amdegroot's file names
-        weights_only=True,
     )
 
 
-def _fetch_state_dict(name: str, progress: bool, expected_sha256: str | None) -> dict[str, Tensor]:
-    """:func:`_download_state_dict` with its failures explained, and the cached file's hash checked."""
+def fetch_state_dict(name: str, progress: bool = True, expected_sha256: str | None = None) -> dict[str, Tensor]:
+    """Published weights ``name`` (cached or downloaded) with failures explained, and the cached
+    file's hash checked (torchvision's name prefix; ``expected_sha256`` when given)."""
     weights = _published(name)
     path = published_file(name)
     had_file = path.is_file()
@@ -477,17 +405,17 @@ def _fetch_state_dict(name: str, progress: bool, expected_sha256: str | None) ->
         state = _download_state_dict(name, progress)
     except Exception as err:
         if had_file:  # the cached copy itself is unreadable: no network would help
-            raise RuntimeError(
+            raise ExternalError(
                 f"cannot read the cached {name!r} weights {path} ({type(err).__name__}: {err}); "
                 f"delete it to download again from {weights.url}"
             ) from err
-        raise RuntimeError(_offline_message(weights, err)) from err
+        raise ExternalError(_offline_message(weights, err)) from err
     if path.is_file():  # absent only when a test replaced the download
         _check_file_hash(weights, path, expected_sha256)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise RuntimeError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        raise ExternalError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return _strip_module_prefix(state)
 
 
@@ -503,10 +431,10 @@ def _vgg16_reducedfc_shapes() -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     channels = [v for v in VGG16_LAYERS if isinstance(v, int)]
     c_in = 3
-    for index, c_out in zip(_TORCHVISION_CONV_INDICES, channels):
+    for index, c_out in zip(TORCHVISION_CONV_INDICES, channels):
         shapes[f"{index}.weight"], shapes[f"{index}.bias"] = (c_out, c_in, 3, 3), (c_out,)
         c_in = c_out
-    fc6, fc7 = _SSD_PYTORCH_FC_INDICES["fc6"], _SSD_PYTORCH_FC_INDICES["fc7"]
+    fc6, fc7 = SSD_PYTORCH_FC_INDICES["fc6"], SSD_PYTORCH_FC_INDICES["fc7"]
     shapes[f"{fc6}.weight"], shapes[f"{fc6}.bias"] = (1024, 512, 3, 3), (1024,)  # conv6: 3x3, dilation 6
     shapes[f"{fc7}.weight"], shapes[f"{fc7}.bias"] = (1024, 1024, 1, 1), (1024,)  # conv7: 1x1
     return shapes
@@ -525,15 +453,13 @@ def load_ssd_pytorch_vgg16_reducedfc(
     """
     source: str
     if path is None:
-        state = _fetch_state_dict("ssd-pytorch-vgg16-reducedfc", progress, expected_sha256)
+        state = fetch_state_dict("ssd-pytorch-vgg16-reducedfc", progress, expected_sha256)
         source = str(published_file("ssd-pytorch-vgg16-reducedfc"))
     else:
-        from ssd_tutorial.checkpoint import load_checkpoint
-
         state = _strip_module_prefix(load_checkpoint(path))
         source = str(path)
         if expected_sha256 is not None and (got := sha256_of(path)) != expected_sha256.lower():
-            raise RuntimeError(f"{path}: SHA-256 {got} differs from the expected {expected_sha256}")
+            raise ExternalError(f"{path}: SHA-256 {got} differs from the expected {expected_sha256}")
     expected = _vgg16_reducedfc_shapes()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]
@@ -558,46 +484,20 @@ def fetch_published(name: str, *, progress: bool = True, expected_sha256: str | 
     if weights.layout == "ssd.pytorch-vgg":
         load_ssd_pytorch_vgg16_reducedfc(progress=progress, expected_sha256=expected_sha256)
     else:
-        state = _fetch_state_dict(name, progress, expected_sha256)
+        state = fetch_state_dict(name, progress, expected_sha256)
         _rename(state, weights.layout, str(published_file(name)))
     return published_file(name)
 
 
-def load_pretrained(
-    name_or_path: str | Path,
-    device: str | torch.device = "cpu",
-    *,
-    progress: bool = True,
-    expected_sha256: str | None = None,
-) -> PretrainedDetector:
-    """Published weights by name (``"torchvision-coco"``, ``"ssd-pytorch-voc"``) or a local file of
-    either layout -> :class:`PretrainedDetector` (model in eval mode on ``device``).
-
-    Names are downloaded once into torch.hub's cache (offline: RuntimeError naming the URL and
-    the path to put the file at).  Files are read with ``weights_only=True``.  A file of neither
-    layout: ValueError naming it and some of its keys.
-    """
-    if isinstance(name_or_path, str) and name_or_path in PUBLISHED:
-        weights = PUBLISHED[name_or_path]
-        if weights.layout not in LAYOUTS:
-            raise ValueError(
-                f"{name_or_path!r} is a backbone, not a detector: pass "
-                f"backbone_weights=fetch_published({name_or_path!r}) to SSD300 / the training config"
-            )
-        state = _fetch_state_dict(name_or_path, progress, expected_sha256)
-        source = f"{weights.name} ({weights.description}; {weights.url})"
-        return detector_from_state_dict(state, source, device)
-    path = Path(name_or_path)
-    if not path.is_file():
-        detectors = ", ".join(n for n, w in PUBLISHED.items() if w.layout in LAYOUTS)
-        raise FileNotFoundError(f"weights {str(name_or_path)!r}: neither published weights ({detectors}) nor a file")
-    from ssd_tutorial.checkpoint import load_checkpoint
-
+def read_state_file(path: str | Path, expected_sha256: str | None = None) -> dict[str, Tensor]:
+    """A state-dict file read with ``weights_only=True`` (a ``{"state_dict": ...}`` wrapper and
+    ``module.`` prefixes of nn.DataParallel removed), its SHA-256 checked when given."""
+    path = Path(path)
     state = load_checkpoint(path)  # weights_only=True; RuntimeError for pickled objects
-    if expected_sha256 is not None and sha256_of(path) != expected_sha256.lower():
-        raise RuntimeError(f"{path}: SHA-256 {sha256_of(path)} differs from the expected {expected_sha256}")
+    if expected_sha256 is not None and (got := sha256_of(path)) != expected_sha256.lower():
+        raise ExternalError(f"{path}: SHA-256 {got} differs from the expected {expected_sha256}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return detector_from_state_dict(_strip_module_prefix(state), str(path), device)
+    return _strip_module_prefix(state)

@@ -23,6 +23,10 @@ from typing import Any
 
 from torch import Tensor
 
+from ssd_tutorial.cli import ExternalError
+from ssd_tutorial.detector import detection_records
+from ssd_tutorial.viz import COLORS
+
 __all__ = ["VIDEO_SUFFIXES", "is_video", "VideoInfo", "torchcodec_video_problem", "open_video", "video_frames", "draw_detections", "detect_video"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -71,7 +75,7 @@ def open_video(path: str | Path) -> tuple[Any, VideoInfo]:
         raise FileNotFoundError(f"{path}: no such video file")
     problem = torchcodec_video_problem()
     if problem is not None:
-        raise RuntimeError(
+        raise ExternalError(
             f"cannot decode {path}: TorchCodec does not load here ({problem}). TorchCodec decodes video "
             "through FFmpeg's shared libraries (FFmpeg 4 to 7), which it does not ship: install them "
             "(apt install ffmpeg, conda install ffmpeg, brew install ffmpeg)."
@@ -111,8 +115,6 @@ def draw_detections(frame: Tensor, detections: dict[str, Tensor], names: Sequenc
     """
     from torchvision.utils import draw_bounding_boxes
 
-    from ssd_tutorial.viz import COLORS
-
     labels = detections["labels"].tolist()
     if not labels:
         return frame
@@ -139,11 +141,10 @@ def detect_video(
     encoded by TorchCodec as the frames come (frame rate: the video's divided by ``every``);
     ``"frames"`` -- ``<stem>_frames/<index>.png``; ``"none"``.  ``records(detections, names)``
     turns one frame's detections into JSON-ready dicts (default:
-    :func:`ssd_tutorial.detect.detection_records`, without COCO category ids);
+    :func:`ssd_tutorial.detector.detection_records`, without COCO category ids);
     ``header`` entries (weights, classes, ...) go first in the JSON.  Returns the JSON's content.
     """
-    if records is None:
-        from ssd_tutorial.detect import detection_records as records
+    records = detection_records if records is None else records
     if annotate not in ("video", "frames", "none"):
         raise ValueError(f"annotate must be 'video', 'frames' or 'none', got {annotate!r}")
     path, out_dir = Path(path), Path(out_dir)

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ssd_tutorial import model as model_module
+from ssd_tutorial import backbone_weights
 from ssd_tutorial.default_boxes import SSD300_COCO, SSD300_VOC, SSD512_VOC, boxes_per_map, default_boxes
 from ssd_tutorial.model import (
     TINY_WIDTH,
@@ -249,7 +249,7 @@ def test_imagenet_offline_error_says_what_to_do(monkeypatch):
     def offline(weights):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(model_module, "_download_state_dict", offline)  # never touch the network
+    monkeypatch.setattr(backbone_weights, "download_state_dict", offline)  # never touch the network
     for name, member, file_name in (
         ("imagenet", "IMAGENET1K_V1", "vgg16_imagenet.pt"),
         ("imagenet_features", "IMAGENET1K_FEATURES", "vgg16_features.pt"),
@@ -279,7 +279,7 @@ def test_imagenet_loads_pretrained_fc6_fc7(monkeypatch, tmp_path, tv_vgg16_class
         seen.append(weights)
         return state
 
-    monkeypatch.setattr(model_module, "_download_state_dict", fake_download)
+    monkeypatch.setattr(backbone_weights, "download_state_dict", fake_download)
     model = SSD300(num_classes=21, backbone_weights="imagenet")
     assert seen == [torchvision.models.VGG16_Weights.IMAGENET1K_V1]
     # fc6 [4096, 25088] = a 7x7 conv over pool5: unit 4u, taps (3i, 3j) -> SSD fc6 unit u, tap (i, j)
@@ -308,7 +308,7 @@ def test_imagenet_features_weights_go_through_torchvision_weights_api(monkeypatc
         seen.append(weights)
         return {f"features.{k}": v for k, v in features.state_dict().items()}
 
-    monkeypatch.setattr(model_module, "_download_state_dict", fake_download)
+    monkeypatch.setattr(backbone_weights, "download_state_dict", fake_download)
     init_fc6 = float(SSD300(num_classes=21).fc.fc6.weight.detach().std())
     model = SSD300(num_classes=21, backbone_weights="imagenet_features")
     assert seen == [torchvision.models.VGG16_Weights.IMAGENET1K_FEATURES]

@@ -33,14 +33,13 @@ from ssd_tutorial.default_boxes import (
     default_boxes,
 )
 from ssd_tutorial.inference import Predictor, preprocess
+from ssd_tutorial.detector import Detector, detector_from_state_dict, load_pretrained
 from ssd_tutorial.model import SSD300
 from ssd_tutorial.pretrained import (
     PUBLISHED,
     convert_ssd_pytorch,
     convert_torchvision_ssd300,
     detect_layout,
-    detector_from_state_dict,
-    load_pretrained,
     load_ssd_pytorch_vgg16_reducedfc,
     published_file,
 )
@@ -153,7 +152,7 @@ def tv_model() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def tv_detector(tv_model) -> pretrained.PretrainedDetector:
+def tv_detector(tv_model) -> Detector:
     return detector_from_state_dict(tv_model.state_dict(), "random torchvision weights")
 
 
@@ -490,3 +489,46 @@ def test_bad_files_and_names(tmp_path):
         load_pretrained(tmp_path / "nowhere.pth")
     with pytest.raises(ValueError, match="a backbone, not a detector"):
         load_pretrained("ssd-pytorch-vgg16-reducedfc")
+
+
+def _photos_of_other_sizes() -> list[Tensor]:
+    """Photos at their own size (VOC2012 mini100: about 500 x 375), or without ../shared one
+    synthetic image of an odd size, never 300 x 300: the resize is then not exact."""
+    files = sorted(MINI100.glob("*.jpg"))[3:8] if MINI100.is_dir() else []
+    if files:
+        return [read_image(f) for f in files]
+    return [torch.nn.functional.interpolate(ShapesDataset(1, image_size=300, seed=9)[0][0][None].float(),
+                                            size=(375, 500), mode="bilinear")[0].round().byte()]  # fmt: skip
+
+
+def test_torchvision_weights_give_torchvisions_detections_at_any_size(tv_model, tmp_path):
+    """Loaded through the one loader from a saved state dict, torchvision's ssd300_vgg16 runs
+    with its own input transform (a float resize, not our uint8 one) and gives its detections
+    on photos that are not 300 x 300: >= 95 % of its best 50 matched (same label, IoU > 0.99),
+    scores within 1e-4."""
+    from torchvision.ops import box_iou
+
+    from ssd_tutorial.detector import load_detector
+
+    path = tmp_path / "ssd300_vgg16_random.pth"
+    torch.save(tv_model.state_dict(), path)
+    detector = load_detector(path)
+    assert detector.input_transform.resize == "float"
+    predictor = detector.predictor(device="cpu", score_threshold=0.01, precision="fp32")
+    for photo in _photos_of_other_sizes():
+        assert photo.shape[1:] != (300, 300)
+        with torch.no_grad():
+            theirs = tv_model([photo.float() / 255])[0]
+        ours = predictor([photo])[0]
+        top = min(50, len(theirs["scores"]))
+        assert top >= 20  # the peaky random heads give plenty above 0.01
+        matched = 0
+        for box, label, score in zip(theirs["boxes"][:top], theirs["labels"][:top], theirs["scores"][:top]):
+            same = ours["labels"] == label
+            if not same.any():
+                continue
+            iou = box_iou(box[None], ours["boxes"][same])[0]  # [N]
+            best = int(iou.argmax())
+            if iou[best] > 0.99 and abs(float(ours["scores"][same][best] - score)) <= 1e-4:
+                matched += 1
+        assert matched >= 0.95 * top, f"{matched} of torchvision's top {top} matched on a {list(photo.shape)} photo"
