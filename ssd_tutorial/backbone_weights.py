@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import VGG16_Weights
 
 from ssd_tutorial.cli import ExternalError
 from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD
@@ -114,8 +115,6 @@ def _fetch_imagenet_vgg16(name: str) -> dict[str, Tensor]:
     do offline."""
     member, file_name = IMAGENET_WEIGHTS[name]
     try:
-        from torchvision.models import VGG16_Weights
-
         return download_state_dict(getattr(VGG16_Weights, member))
     except Exception as err:
         raise ExternalError(

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.transforms.v2.functional import resize
 
 from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
 from ssd_tutorial.data import image_header_size, read_image
@@ -154,8 +155,6 @@ def _shrink(image: Tensor, max_side: int) -> Tensor:
     h, w = image.shape[1:]
     if max(h, w) <= max_side:
         return image
-    from torchvision.transforms.v2.functional import resize
-
     scale = max_side / max(h, w)
     return resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
 

@@ -95,42 +95,16 @@ def detect(
     Returns one dict per image: ``"boxes" [N, 4]`` normalized xyxy, ``"scores" [N]``,
     ``"labels" [N]`` long in ``1..C-1``, sorted by descending score, ``N <= top_k``.
 
-    ``candidates_per_class``: keep only the best this many candidates of each class in each image
-    before NMS (``None``: all).  The paper does not mention it; Caffe SSD: 400 (``nms_param.top_k``),
-    as torchvision's SSD (``topk_candidates``).  It bounds the cost of NMS when a weak model puts
-    thousands of boxes above the threshold, and it rarely matters: only 200 detections are kept.
-    ``clip``: clip decoded boxes to the image.  Caffe SSD leaves them unclipped; torchvision clips.
-
-    ``nms`` -- how the class-aware NMS is computed; all give the same detections:
-
-    * ``"per_class"``: one ``torchvision.ops.nms`` call per (image, class), and only on the
-      candidates that can still reach the image's ``top_k``: those at or above the image's
-      ``2 * top_k``-th best (box, class) score, a cut lowered only where fewer than ``top_k``
-      survive (greedy NMS never lets a worse box decide a better one's fate, so this is exact).
-      On a weak model's 8000 candidates per image NMS sees ~400.
-    * ``"batched"``: one ``torchvision.ops.batched_nms`` call over all candidates of the batch
-      (groups = (image, class)).  Past a few thousand candidates torchvision runs it as a Python
-      loop over the groups: B x (C-1) NMS calls, each a few kernel launches and a host sync.
-    * ``"padded"``: the best ``K`` candidates of every (image, class) group side by side in a
-      ``[B, C-1, K]`` block (``K = min(candidates_per_class, most candidates of any group)``); the
-      ``[B, C-1, K, K]`` overlap matrices of all groups at once; then the greedy pass walks the K
-      ranks with one batched update per rank for all groups: K small steps and two host syncs,
-      whatever B and C.  Memory: ``B*(C-1)*K*K`` bools (200 MB at B=64, C=21, K=400) plus float64
-      temporaries for the IoU, built in chunks of images so that they stay under ~2 GB.
-    * ``"auto"`` (default): on a CPU ``"per_class"`` (the fastest there, several times
-      torchvision's ``postprocess_detections`` at batch 1 to 64: ``benchmarks/results/cpu.json``); on CUDA
-      ``"padded"`` when ``candidates_per_class`` is not ``None``, else ``"batched"``.  On a GPU,
-      K batched steps beat thousands of per-group launches and syncs; on a CPU there are no
-      launches to save and the K x K matrices (mostly pairs that the greedy loop never looks at)
-      cost more than a loop.  Without a cap, K could reach P = 8732 (a 76 M-entry matrix per group).
-
-    Ties (equal scores) are broken the same way by all three: within a class, by default box index;
-    across classes and for ``top_k``, by (class, box index).  The one known difference:
-    ``batched_nms`` on few candidates (<= 1000 on CPU, <= 25 000 on CUDA, torchvision 0.29) shifts each group's boxes
-    by an offset before computing IoUs in float64, which can move an IoU by ~1e-13; an IoU that
-    close to ``iou_threshold`` may then be decided differently.  ``"padded"`` computes the IoU
-    exactly as ``torchvision.ops.nms`` does in float64 on unshifted boxes; ``"per_class"`` calls it.  On CUDA,
-    ``torchvision.ops.nms`` may also visit equal-score boxes of one class in another order.
+    ``candidates_per_class``: only the best this many candidates of each class and image go to
+    NMS (``None``: all); not in the paper -- Caffe SSD's ``nms_param.top_k`` = 400, as
+    torchvision's ``topk_candidates``.  ``clip``: clip decoded boxes to the image (Caffe SSD
+    does not, torchvision does).  ``nms`` picks how the class-aware NMS is computed, all with
+    the same detections and the same tie order (within a class by box index; across classes by
+    class, then box): ``"per_class"`` (a ``torchvision.ops.nms`` call per image and class, on
+    the candidates that can still reach ``top_k``), ``"batched"`` (one ``batched_nms`` call),
+    ``"padded"`` (all groups' greedy passes side by side, K steps whatever B and C); ``"auto"``
+    takes ``"per_class"`` on a CPU and ``"padded"`` on CUDA (``"batched"`` without a cap).
+    Chapter 08 teaches the rule; the appendix explains the three forms and their speed.
     """
     if loc.ndim != 3 or loc.shape[-1] != 4:
         raise ValueError(f"loc must have shape [B, P, 4], got {list(loc.shape)}")
@@ -456,8 +430,7 @@ class Predictor:
 
     * ``precision="auto"`` (default): the network runs under bfloat16 autocast on a CPU that has
       native bf16 (AVX512-BF16 / AMX, :func:`cpu_has_native_bf16`), in float32 everywhere else
-      (CUDA included).  On a 2-core AMD EPYC (avx512_bf16) the SSD300 forward at batch 1 took
-      ~2.3x less CPU time than in float32 (``benchmarks/bench_cpu.py`` compares it with torchvision).  bf16 moves the logits by ~1e-2, so low scores and
+      (CUDA included); ``benchmarks/results/`` holds what it saves on the machines measured.  bf16 moves the logits by ~1e-2, so low scores and
       near-ties can change: detections above score 0.3 stay within 0.05 in score and IoU 0.9 in
       box of float32's (``tests/test_inference.py`` on the book's model).  ``"fp32"`` forces
       float32 (exact, the same on every machine: evaluation uses it); ``"bf16"`` forces bf16.

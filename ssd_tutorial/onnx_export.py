@@ -23,7 +23,7 @@ Needs the ``export`` extra: ``pip install onnx onnxruntime onnxscript`` (onnxscr
 """
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import nms
 
 from ssd_tutorial.inference import detect
 from ssd_tutorial.matching import VARIANCES, decode
@@ -56,8 +57,6 @@ def group_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_thresho
     (``torchvision.ops.nms`` in float64, as :func:`ssd_tutorial.inference.detect`).  Exported
     as ONNX ``NonMaxSuppression`` with the groups as its batch axis (see :func:`_group_nms_onnx`).
     """
-    from torchvision.ops import nms
-
     keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)  # [G, K]
     for g in range(scores.shape[0]):
         candidates = (scores[g] > score_threshold).nonzero().squeeze(1)  # [n]
@@ -184,8 +183,6 @@ class ExportableSSD(nn.Module):
 # ------------------------------------------------------------------------------------------
 def _require(module: str) -> Any:
     """Import ``module`` of the ``export`` extra, or raise ImportError saying how to install it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as err:

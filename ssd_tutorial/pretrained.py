@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torchvision.models.detection import SSD300_VGG16_Weights
 
 from ssd_tutorial.cli import ExternalError
 from ssd_tutorial.augmentation import InputTransform
@@ -137,8 +138,6 @@ SSD_PYTORCH_COCO = DefaultBoxConfig(**{**TORCHVISION_COCO.__dict__, "clip_form":
 def coco_categories() -> list[str]:
     """torchvision's COCO label names, index = label id: ``[0]`` is ``"__background__"`` and the
     ids COCO leaves unused are ``"N/A"`` (91 entries; ``SSD300_VGG16_Weights.COCO_V1.meta``)."""
-    from torchvision.models.detection import SSD300_VGG16_Weights
-
     return list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
 
 
@@ -382,8 +381,6 @@ def _download_state_dict(name: str, progress: bool = True) -> dict[str, Tensor]:
     """
     weights = _published(name)
     if weights.layout == "torchvision":
-        from torchvision.models.detection import SSD300_VGG16_Weights
-
         return download_state_dict(
             SSD300_VGG16_Weights.COCO_V1, progress, check_hash=True, weights_only=True, map_location="cpu"
         )

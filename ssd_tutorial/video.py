@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
 
 from ssd_tutorial.cli import ExternalError
 from ssd_tutorial.detector import detection_records
@@ -113,8 +115,6 @@ def draw_detections(frame: Tensor, detections: dict[str, Tensor], names: Sequenc
     torchvision's ``draw_bounding_boxes``; one colour per class (matplotlib's tab10, as the
     figures of :func:`ssd_tutorial.detect.save_detections_figure`).
     """
-    from torchvision.utils import draw_bounding_boxes
-
     labels = detections["labels"].tolist()
     if not labels:
         return frame
@@ -201,8 +201,6 @@ class _AnnotatedOutput:
             h, w = self._even
             self._stream.add_frames(frame[None, :, :h, :w].contiguous())  # [1, 3, h, w]
         elif self.annotate == "frames":
-            from PIL import Image
-
             Image.fromarray(frame.permute(1, 2, 0).numpy()).save(Path(self.output) / f"{index:06d}.png")
 
     def close(self) -> None:
