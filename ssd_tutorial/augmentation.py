@@ -48,16 +48,13 @@ __all__ = [
     "hsv_to_rgb",
     "sample_photometric",
     "apply_photometric",
-    "photometric_distort",
     "ZoomOutParams",
     "sample_zoom_out",
     "apply_zoom_out",
     "zoom_out",
     "sample_iou_crop",
     "apply_crop",
-    "random_iou_crop",
     "hflip",
-    "random_hflip",
     "resize_image",
     "normalize",
     "denormalize",
@@ -260,11 +257,6 @@ def apply_photometric(image: Tensor, params: PhotometricParams) -> Tensor:
     return out
 
 
-def photometric_distort(image: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Random photometric distortion of float ``[3, H, W]`` in [0, 255] (see :func:`sample_photometric`)."""
-    return apply_photometric(image, sample_photometric(generator))
-
-
 # --------------------------------------------------------------------------------------------
 # Zoom out ("expansion")
 # --------------------------------------------------------------------------------------------
@@ -425,14 +417,6 @@ def apply_crop(
     return image[:, y1:y2, x1:x2], kept, labels[keep], difficult[keep]
 
 
-def random_iou_crop(
-    image: Tensor, boxes: Tensor, labels: Tensor, difficult: Tensor, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Random IoU crop of ``[3, H, W]`` with boxes ``[G, 4]`` xyxy px (see :func:`sample_iou_crop`)."""
-    window, _ = sample_iou_crop(boxes, image.shape[2], image.shape[1], generator)
-    return apply_crop(image, boxes, labels, difficult, window)
-
-
 # --------------------------------------------------------------------------------------------
 # Flip, resize, normalize
 # --------------------------------------------------------------------------------------------
@@ -441,13 +425,6 @@ def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     width = image.shape[2]
     flipped = torch.stack((width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]), dim=1)
     return image.flip(2), flipped
-
-
-def random_hflip(
-    image: Tensor, boxes: Tensor, generator: torch.Generator | None = None, p: float = 0.5
-) -> tuple[Tensor, Tensor]:
-    """:func:`hflip` with probability ``p`` (paper p.6: 0.5)."""
-    return hflip(image, boxes) if _rand(generator) < p else (image, boxes)
 
 
 def resize_image(image: Tensor, size: int) -> Tensor:

@@ -11,6 +11,10 @@ Every dataset here hands out the same item::
 ``transform(image, target) -> (image, target)`` (e.g. :class:`ssd_tutorial.augmentation.SSDAugmentation`)
 is applied last when given.
 
+Images are decoded by :mod:`ssd_tutorial.imageio` and the shapes set is drawn by
+:mod:`ssd_tutorial.shapes`; their public names (``read_image``, ``ShapesDataset``, ...) are
+re-exported here, so ``from ssd_tutorial.data import ...`` finds every dataset-side name.
+
 Box convention for VOC
 ----------------------
 VOC XML stores 1-based, inclusive pixel indices (``1 <= xmin < xmax <= width``).  ``VOCDataset``
@@ -23,21 +27,30 @@ numbers, so we keep them as they are.)
 """
 from __future__ import annotations
 
-import functools
+import json
 import math
-import warnings
+import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import defusedxml.ElementTree as SafeET
-import numpy as np
 import torch
 from defusedxml import DefusedXmlException
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset
+
+# Re-exported: chapters, tests and scripts import these from here (their homes: imageio, shapes).
+from ssd_tutorial.imageio import (
+    decode_jpegs,
+    encode_jpeg,
+    image_backend,
+    image_header_size,
+    read_image,
+    write_jpeg,
+)
+from ssd_tutorial.shapes import SHAPES_CLASSES, ShapesDataset, _shape_mask  # noqa: F401  (_shape_mask: chapter 7)
 
 __all__ = [
     "VOC_CLASSES",
@@ -69,163 +82,13 @@ VOC_CLASSES: tuple[str, ...] = (
     "train", "tvmonitor",
 )  # fmt: skip
 
-# ShapesDataset's classes; label k + 1 is SHAPES_CLASSES[k].
-SHAPES_CLASSES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "ring", "cross")
-
 Target = dict[str, Any]
 Transform = Callable[[Tensor, Target], tuple[Tensor, Target]]
 
 
 # --------------------------------------------------------------------------------------------
-# Reading images and annotations
+# Reading annotations (images: ssd_tutorial.imageio)
 # --------------------------------------------------------------------------------------------
-# Three decoders, one result.  torchvision >= 0.29 deprecates its image codecs in favour of
-# TorchCodec (>= 0.16); TorchCodec needs a recent torch (0.16: torch >= 2.11), and a machine may
-# lack it (the GPU machine of this project has torch 2.11 and no TorchCodec).  So: TorchCodec
-# where it imports, else torchvision.io (its deprecation silenced: it is the fallback, chosen on
-# purpose), else PIL for the files both refuse (some CMYK JPEGs).  All give the same pixels
-# (tests/test_data.py checks it file by file).
-class _Codecs(NamedTuple):
-    decode_image: Callable[..., Tensor]
-    decode_jpeg: Callable[..., Any]
-    JpegEncoder: Callable[..., Any]
-
-
-@functools.cache  # looked up once a process: read_image runs per item, and a failed import is slow
-def _torchcodec_image_codecs() -> _Codecs | None:
-    """TorchCodec's image codecs, or None where it is absent or unusable."""
-    try:
-        from torchcodec.decoders import decode_image, decode_jpeg
-        from torchcodec.encoders import JpegEncoder
-    except Exception:  # ImportError, or its native library refusing this torch (RuntimeError, OSError)
-        return None
-    return _Codecs(decode_image, decode_jpeg, JpegEncoder)
-
-
-@contextmanager
-def _quiet_torchvision_io() -> Iterator[None]:
-    """Silence the DeprecationWarning that torchvision >= 0.29 gives on every image decode/encode:
-    we call it only where TorchCodec is missing, and the warning would flood a chapter."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-        yield
-
-
-def image_backend() -> str:
-    """The decoder :func:`read_image` tries first: ``"torchcodec"`` or ``"torchvision"``."""
-    return "torchcodec" if _torchcodec_image_codecs() is not None else "torchvision"
-
-
-def read_image(path: str | Path, backend: str | None = None) -> Tensor:
-    """Decode an image file to RGB uint8 ``[3, H, W]``.
-
-    Grayscale, RGBA and CMYK files all come out as 3-channel RGB; 16-bit files (PNG) as 8 bits,
-    scaled (65535 -> 255, rounded), as TorchCodec does.  ``backend`` (``"torchcodec"``,
-    ``"torchvision"`` or ``"pil"``; default :func:`image_backend`) picks the first decoder tried;
-    PIL is the fallback for what the others refuse (e.g. some CMYK JPEGs).
-    A missing file raises ``FileNotFoundError``; an undecodable one ``ValueError``; both name
-    the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    backend = backend or image_backend()
-    if backend not in ("torchcodec", "torchvision", "pil"):
-        raise ValueError(f"unknown image backend {backend!r}: use 'torchcodec', 'torchvision' or 'pil'")
-    codecs = _torchcodec_image_codecs() if backend == "torchcodec" else None
-    if backend == "torchcodec" and codecs is None:
-        raise ValueError("image backend 'torchcodec' asked for, but torchcodec does not import")
-    image = None
-    try:
-        if codecs is not None:
-            image = codecs.decode_image(path.read_bytes(), mode="RGB")  # [3, H, W] uint8 (or [N, 3, H, W])
-        elif backend == "torchvision":
-            from torchvision.io import ImageReadMode, decode_image, read_file
-
-            with _quiet_torchvision_io():
-                image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)  # [3, H, W] uint8
-    except (RuntimeError, ValueError):
-        image = None  # refused: PIL below
-    if image is not None and image.ndim == 4:
-        image = image[0]  # first frame of an animated GIF/WebP, as PIL gives
-    if image is not None and image.dtype == torch.uint16:  # torchvision.io keeps a 16-bit PNG's depth
-        image = _to_8_bits(image)
-    if image is not None and image.ndim == 3 and image.shape[0] == 3 and image.dtype == torch.uint8:
-        return image.contiguous()
-    return _read_image_pil(path)
-
-
-def _to_8_bits(image: Tensor) -> Tensor:
-    """16-bit pixels (uint16 tensor or array, any shape) -> uint8: round(v * 255 / 65535), as TorchCodec."""
-    wide = image.to(torch.int32) if isinstance(image, Tensor) else torch.from_numpy(image.astype(np.int32))
-    return ((wide * 255 + 65535 // 2) // 65535).to(torch.uint8)
-
-
-def encode_jpeg(image: Tensor, quality: int = 90) -> Tensor:
-    """uint8 ``[3, H, W]`` (or ``[1, H, W]``) ``image`` -> its JPEG file bytes, uint8 ``[num_bytes]``."""
-    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"encode_jpeg wants uint8 [3, H, W] or [1, H, W], got {image.dtype} {list(image.shape)}")
-    codecs = _torchcodec_image_codecs()
-    if codecs is not None:
-        return codecs.JpegEncoder(image.contiguous()).to_tensor(quality=quality)
-    from torchvision.io import encode_jpeg as torchvision_encode_jpeg
-
-    with _quiet_torchvision_io():
-        return torchvision_encode_jpeg(image, quality=quality)
-
-
-def write_jpeg(image: Tensor, path: str | Path, quality: int = 90) -> None:
-    """Encode uint8 ``[3, H, W]`` (or ``[1, H, W]``) ``image`` as a JPEG file at ``path``."""
-    Path(path).write_bytes(encode_jpeg(image, quality).numpy().tobytes())
-
-
-def decode_jpegs(data: list[Tensor], device: str | torch.device = "cpu") -> list[Tensor]:
-    """JPEG file bytes (uint8 ``[num_bytes]`` each) -> RGB uint8 ``[3, H, W]`` each, decoded on
-    ``device`` (one batched nvJPEG call on CUDA).  Grayscale JPEGs come out with 3 equal channels."""
-    codecs = _torchcodec_image_codecs()
-    if codecs is not None:
-        return list(codecs.decode_jpeg(list(data), mode="RGB", device=device))
-    from torchvision.io import ImageReadMode, decode_jpeg as torchvision_decode_jpeg
-
-    with _quiet_torchvision_io():
-        try:
-            return list(torchvision_decode_jpeg(list(data), mode=ImageReadMode.RGB, device=device))
-        except (RuntimeError, ValueError):  # an nvjpeg without RGB conversion: expand grey here
-            return [im.expand(3, -1, -1) for im in torchvision_decode_jpeg(list(data), device=device)]
-
-
-def _read_image_pil(path: Path) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as pil:
-            if pil.mode.startswith("I;16"):  # 16-bit grey: convert("RGB") would clip it at 255, not scale it
-                gray = _to_8_bits(np.asarray(pil))  # [H, W] uint8
-                return gray.expand(3, -1, -1).contiguous()  # [3, H, W]
-            if pil.mode in ("I", "F"):
-                raise ValueError(f"{pil.mode!r} pixels (32-bit integer or float): save it with 8 bits per channel")
-            array = np.asarray(pil.convert("RGB"))  # [H, W, 3] uint8
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode image {path}: {err}") from err
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # [3, H, W]
-
-
-def image_header_size(path: str | Path) -> tuple[int, int] | None:
-    """``(width, height)`` of an image file from its header, without decoding its pixels (PIL
-    opens files lazily); None when PIL cannot read the header.  For a size check before decoding."""
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as pil:
-                return pil.size
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"{path}: {err}") from err  # over twice PIL's own pixel limit (179 megapixels)
-    except (OSError, ValueError, SyntaxError):
-        return None
-
-
 def _child_text(node: ET.Element, tag: str, xml_path: Path) -> str:
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():
@@ -422,8 +285,6 @@ class COCODataset(Dataset):
         transform: Transform | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        import json
-
         self.annotation_file = path = Path(annotation_file)
         if not path.is_file():
             raise FileNotFoundError(f"annotation file not found: {path}")
@@ -539,9 +400,6 @@ def write_coco_json(
     (``images/x.jpg``), so that the JSON alone finds its images; without ``images_dir``, the
     bare name (the images are said to be beside the JSON, or in a folder given when reading).
     """
-    import json
-    import os
-
     out_file = Path(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
@@ -592,169 +450,6 @@ def voc0712_trainval(root: str | Path, transform: Transform | None = None) -> Co
 def voc2007_test(root: str | Path, transform: Transform | None = None) -> VOCDataset:
     """VOC2007 test (4952 images): the paper's evaluation set."""
     return VOCDataset(_voc_year(root, 2007), "test", transform)
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic shapes
-# --------------------------------------------------------------------------------------------
-def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, param: float) -> np.ndarray:
-    """Pixels of shape ``kind`` in a box; ``u``, ``v`` in [-1, 1] run across its width/height."""
-    name = SHAPES_CLASSES[kind]
-    if name == "ellipse":
-        return u * u + v * v <= 1.0
-    if name == "rectangle":
-        return np.ones(np.broadcast_shapes(u.shape, v.shape), dtype=bool)
-    if name == "triangle":  # apex at the top centre, base along the bottom edge
-        return np.abs(u) <= (v + 1.0) / 2.0 + 1e-6
-    if name == "ring":  # param = inner radius / outer radius
-        r2 = u * u + v * v
-        return (r2 <= 1.0) & (r2 >= param * param)
-    if name == "cross":  # param = half-thickness of each bar
-        return (np.abs(u) <= param) | (np.abs(v) <= param)
-    raise ValueError(f"unknown shape kind {kind}")
-
-
-def _overlap_ok(box: np.ndarray, placed: list[np.ndarray], max_iou: float, max_cover: float) -> bool:
-    """Limit overlaps: IoU <= max_iou and no box covered more than ``max_cover`` by the other."""
-    for other in placed:
-        iw = min(box[2], other[2]) - max(box[0], other[0])
-        ih = min(box[3], other[3]) - max(box[1], other[1])
-        if iw <= 0 or ih <= 0:
-            continue
-        inter = iw * ih
-        a = (box[2] - box[0]) * (box[3] - box[1])
-        b = (other[2] - other[0]) * (other[3] - other[1])
-        if inter / (a + b - inter) > max_iou or inter / min(a, b) > max_cover:
-            return False
-    return True
-
-
-class ShapesDataset(Dataset):
-    """Synthetic detection images, generated on the fly and deterministic by ``(seed, index)``.
-
-    Each image (uint8 ``[3, S, S]``, ``S = image_size``) has a textured, noisy background (a
-    colour gradient with blocky and fine noise, plus a few clutter bars) and 1 to 6 objects of
-    the classes in ``SHAPES_CLASSES``, 15 to 200 px on a side at ``S = 300`` (scaled with
-    ``S``), aspect ratio 1/2 to 2, in random colours.  Objects may overlap, but by at most 0.3
-    IoU, and none is hidden more than half by another.  Boxes are tight xyxy pixel coordinates
-    (pixel edges: a shape covering columns 10..19 has x1 = 10, x2 = 20); labels are 1-based;
-    ``difficult`` is all False.  Items are independent, so DataLoader workers can share it.
-    """
-
-    min_objects, max_objects = 1, 6
-    min_size, max_size = 15.0, 200.0  # px at image_size 300
-
-    def __init__(
-        self, num_images: int, image_size: int = 300, seed: int = 0, transform: Transform | None = None
-    ) -> None:
-        if num_images < 0:
-            raise ValueError(f"num_images must be >= 0, got {num_images}")
-        if image_size < 32:
-            raise ValueError(f"image_size must be >= 32 px, got {image_size}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            # numpy's generator takes only non-negative integers; say so now, not at the first item
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.num_images = num_images
-        self.image_size = image_size
-        self.seed = seed
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return self.num_images
-
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
-        if not -self.num_images <= index < self.num_images:
-            raise IndexError(f"index {index} out of range for {self.num_images} images")
-        index = index % self.num_images
-        image, boxes, labels = self.generate(index)
-        target = {
-            "boxes": torch.from_numpy(boxes),  # [G, 4] xyxy px
-            "labels": torch.from_numpy(labels),  # [G] 1-based
-            "difficult": torch.zeros(len(labels), dtype=torch.bool),
-            "image_id": f"shapes_{self.seed}_{index:06d}",
-        }
-        image = torch.from_numpy(image).permute(2, 0, 1).contiguous()  # [H, W, 3] -> [3, H, W]
-        if self.transform is not None:
-            image, target = self.transform(image, target)
-        return image, target
-
-    def generate(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Draw image ``index``: (uint8 ``[S, S, 3]``, float32 ``[G, 4]`` xyxy px, int64 ``[G]``)."""
-        rng = np.random.default_rng([self.seed, index])
-        s = self.image_size
-        image = self._background(rng, s)  # [S, S, 3] int16
-        scale = s / 300.0
-        boxes: list[np.ndarray] = []
-        labels: list[int] = []
-        for _ in range(int(rng.integers(self.min_objects, self.max_objects + 1))):
-            for _attempt in range(20):
-                size = math.exp(rng.uniform(math.log(self.min_size), math.log(self.max_size))) * scale
-                ratio = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))  # w / h
-                w = int(min(s, max(4, round(size * math.sqrt(ratio)))))
-                h = int(min(s, max(4, round(size / math.sqrt(ratio)))))
-                x1 = int(rng.integers(0, s - w + 1))
-                y1 = int(rng.integers(0, s - h + 1))
-                box = np.array([x1, y1, x1 + w, y1 + h], dtype=np.float32)
-                if _overlap_ok(box, boxes, max_iou=0.3, max_cover=0.5):
-                    break
-            else:
-                continue  # no room for this object: draw fewer
-            kind = int(rng.integers(len(SHAPES_CLASSES)))
-            self._draw(image, rng, kind, x1, y1, w, h)
-            boxes.append(box)
-            labels.append(kind + 1)
-        # Fine per-pixel noise over everything (shapes too): a random crop of a noise tile.
-        tile = rng.integers(-12, 13, size=(64, 64, 1), dtype=np.int16)
-        reps = s // 64 + 2
-        oy, ox = rng.integers(0, 64, size=2)
-        image += np.tile(tile, (reps, reps, 1))[oy : oy + s, ox : ox + s]
-        np.clip(image, 0, 255, out=image)
-        return (
-            image.astype(np.uint8),
-            np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
-            np.asarray(labels, dtype=np.int64),
-        )
-
-    @staticmethod
-    def _background(rng: np.random.Generator, s: int) -> np.ndarray:
-        """Gradient between two random colours + blocky noise + clutter bars, int16 ``[S, S, 3]``."""
-        block = 4
-        n = -(-s // block)  # cells per side (ceil)
-        c0, c1 = rng.uniform(0, 255, size=(2, 3))
-        angle = rng.uniform(0, 2 * math.pi)
-        grid = np.arange(n, dtype=np.float32) / max(n - 1, 1)
-        t = (np.cos(angle) * grid[None, :] + np.sin(angle) * grid[:, None] + 1.5) / 3.0  # [n, n]
-        low = c0 + (c1 - c0) * t[..., None]  # [n, n, 3]
-        low += rng.normal(0, rng.uniform(5, 30), size=(n, n, 1))  # blocky texture
-        image = np.repeat(np.repeat(low.astype(np.int16), block, 0), block, 1)[:s, :s]  # [S, S, 3]
-        image = np.ascontiguousarray(image)
-        for _ in range(int(rng.integers(0, 4))):  # thin clutter bars, not objects
-            colour = rng.integers(0, 256, size=3)
-            pos, thick = int(rng.integers(0, s)), int(rng.integers(1, 4))
-            if rng.random() < 0.5:
-                image[pos : pos + thick, :] = colour
-            else:
-                image[:, pos : pos + thick] = colour
-        return image
-
-    @staticmethod
-    def _draw(image: np.ndarray, rng: np.random.Generator, kind: int, x1: int, y1: int, w: int, h: int) -> None:
-        """Paint shape ``kind`` filling the box ``[x1, x1 + w) x [y1, y1 + h)`` in place."""
-        region = image[y1 : y1 + h, x1 : x1 + w]  # [h, w, 3] view
-        u = ((np.arange(w, dtype=np.float32) + 0.5) / w * 2 - 1)[None, :]  # [1, w]
-        v = ((np.arange(h, dtype=np.float32) + 0.5) / h * 2 - 1)[:, None]  # [h, 1]
-        param = rng.uniform(0.45, 0.65) if SHAPES_CLASSES[kind] == "ring" else rng.uniform(0.2, 0.35)
-        mask = _shape_mask(kind, u, v, param)  # [h, w] bool
-        # A colour that stands out from the background under it (most of the time).
-        under = region[::8, ::8].reshape(-1, 3).mean(0)  # a sparse sample is enough
-        colour = rng.integers(0, 256, size=3)
-        for _ in range(3):
-            if np.abs(colour - under).sum() >= 120:
-                break
-            colour = rng.integers(0, 256, size=3)
-        shade = (v * rng.uniform(-40, 40)).astype(np.int16)  # [h, 1] vertical shading
-        fill = colour[None, None, :] + shade[..., None]  # [h, 1, 3]
-        np.copyto(region, fill, where=mask[..., None])
 
 
 def write_voc_split(

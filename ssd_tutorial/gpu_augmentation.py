@@ -45,6 +45,7 @@ from ssd_tutorial.augmentation import (
     hsv_to_rgb,
     rgb_to_hsv,
 )
+from ssd_tutorial.boxes import box_iou
 
 __all__ = [
     "gpu_ssd_augment",
@@ -124,14 +125,12 @@ def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap
 # geometry
 # ----------------------------------------------------------------------------------------------
 def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of ``a [..., N, 4]`` with ``b [..., M, 4]`` xyxy (same leading dims) -> ``[..., N, M]``."""
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])  # [..., N, M, 2]
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])  # [..., N, M, 2]
-    inter = (rb - lt).clamp(min=0).prod(-1)  # [..., N, M]
-    area_a = (a[..., 2] - a[..., 0]).clamp(min=0) * (a[..., 3] - a[..., 1]).clamp(min=0)  # [..., N]
-    area_b = (b[..., 2] - b[..., 0]).clamp(min=0) * (b[..., 3] - b[..., 1]).clamp(min=0)  # [..., M]
-    union = area_a[..., :, None] + area_b[..., None, :] - inter
-    return inter / union.clamp(min=1e-12)
+    """IoU of ``a [..., N, 4]`` with ``b [..., M, 4]`` xyxy (same leading dims) -> ``[..., N, M]``:
+    :func:`ssd_tutorial.boxes.box_iou`, batched over the leading dims by ``torch.vmap`` (no loop)."""
+    iou = box_iou
+    for _ in range(a.ndim - 2):
+        iou = torch.vmap(iou)
+    return iou(a, b)
 
 
 def _centres_inside(crops: Tensor, boxes: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ from defusedxml import DefusedXmlException
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from ssd_tutorial.data import COCODataset, VOCDataset
+from ssd_tutorial.data import COCODataset, VOCDataset, base_dataset
 
 __all__ = [
     "DatasetError",
@@ -121,16 +121,12 @@ def open_data(
 
 def class_names_of(dataset: Dataset) -> tuple[str, ...]:
     """The class names of a dataset from :func:`open_data` (through any Subset)."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return tuple(dataset.class_names)
+    return tuple(base_dataset(dataset).class_names)
 
 
 def category_ids_of(dataset: Dataset) -> tuple[int, ...] | None:
     """COCO category ids of the labels 1..C (``None`` for a VOC folder), through any Subset."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    ids = getattr(dataset, "category_ids", None)
+    ids = getattr(base_dataset(dataset), "category_ids", None)
     return tuple(ids) if ids is not None else None
 
 
@@ -164,9 +160,7 @@ class DataCheck:
 
 def _listed_problems(dataset: Dataset) -> list[str]:
     """Problems a reader found while opening the data (COCO: annotations it could not place)."""
-    while isinstance(dataset, Subset):
-        dataset = dataset.dataset
-    return list(getattr(dataset, "problems", []))
+    return list(getattr(base_dataset(dataset), "problems", []))
 
 
 def check_dataset(dataset: Dataset, skip_bad: bool = False, name: str = "dataset") -> tuple[Dataset, DataCheck]:

@@ -1,4 +1,5 @@
-"""Tests of ssd_tutorial.data: the VOC reader, ShapesDataset, collate, and the VOC writer."""
+"""Tests of ssd_tutorial.data (the VOC reader, collate, the VOC writer) and of what it re-exports:
+the image decoders of ssd_tutorial.imageio and ShapesDataset of ssd_tutorial.shapes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,8 @@ from ssd_tutorial.data import (
     image_backend,
     parse_voc_xml,
     read_image,
-    write_jpeg,
     voc0712_trainval,
+    write_jpeg,
     write_voc_split,
 )
 
@@ -273,21 +274,32 @@ def test_without_torchcodec_the_torchvision_path_reads_and_writes_quietly(tmp_pa
     same pixels and no DeprecationWarning reaching the user."""
     import warnings
 
-    import ssd_tutorial.data as data
+    from ssd_tutorial import imageio
 
     image, _ = ShapesDataset(1, image_size=64, seed=2)[0]
-    with_codec = data.encode_jpeg(image, quality=90)
-    monkeypatch.setattr(data, "_torchcodec_image_codecs", lambda: None)
-    assert data.image_backend() == "torchvision"
+    with_codec = imageio.encode_jpeg(image, quality=90)
+    monkeypatch.setattr(imageio, "_torchcodec_image_codecs", lambda: None)
+    assert image_backend() == "torchvision"  # the name data re-exports sees the patch too
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        data.write_jpeg(image, tmp_path / "fallback.jpg", quality=90)
+        write_jpeg(image, tmp_path / "fallback.jpg", quality=90)
         fallback = read_image(tmp_path / "fallback.jpg")
-        batch = data.decode_jpegs([with_codec, data.encode_jpeg(image[:1], quality=90)])
+        batch = imageio.decode_jpegs([with_codec, imageio.encode_jpeg(image[:1], quality=90)])
     assert torch.equal(fallback, read_image(tmp_path / "fallback.jpg", "pil"))
     assert (fallback.int() - image.int()).abs().float().mean() < 8  # a q90 JPEG of it (5.2), not noise
     assert [tuple(b.shape) for b in batch] == [(3, 64, 64), (3, 64, 64)]
     assert torch.equal(batch[1][0], batch[1][2])  # grey JPEG: three equal channels
+
+
+def test_data_reexports_the_image_and_shapes_names() -> None:
+    """Chapters and scripts import these from ssd_tutorial.data; their homes are imageio and shapes."""
+    from ssd_tutorial import data, imageio, shapes
+
+    for name in imageio.__all__:
+        assert getattr(data, name) is getattr(imageio, name) and name in data.__all__, name
+    for name in shapes.__all__:
+        assert getattr(data, name) is getattr(shapes, name) and name in data.__all__, name
+    assert data._shape_mask is shapes._shape_mask  # shown in chapter 7
 
 
 def test_read_image_rejects_an_unknown_backend(tmp_path: Path) -> None:
@@ -341,6 +353,24 @@ def test_shapes_item_format_and_statistics() -> None:
     assert classes == set(range(1, len(SHAPES_CLASSES) + 1))
     assert min(sides) < 25 and max(sides) > 150  # tiny to large objects
     assert len(set(counts)) >= 4
+
+
+def test_shapes_items_are_pinned() -> None:
+    """The first items of two seeds, pixel for pixel: the book's stored outputs (and every number
+    measured on ShapesDataset) depend on them, so a refactor must not move a single pixel."""
+    import hashlib
+
+    pinned = {
+        (0, 300): "5fe2648b7a67ba2b1df6efbbfbdb2862be2147378ff87432814b7ef74bea5514",
+        (7, 96): "4f79479a4547e25309d13cef3132a3962804adf3efea2dc74a1ba1a234c4d1b5",
+    }
+    for (seed, size), digest in pinned.items():
+        h = hashlib.sha256()
+        dataset = ShapesDataset(12, image_size=size, seed=seed)
+        for index in range(12):
+            for array in dataset.generate(index):  # image [S, S, 3] uint8, boxes [G, 4], labels [G]
+                h.update(array.tobytes())
+        assert h.hexdigest() == digest, f"ShapesDataset(seed={seed}, image_size={size}) draws other items"
 
 
 def test_shapes_bad_arguments() -> None:
