@@ -61,7 +61,7 @@ from ssd_tutorial.default_boxes import default_boxes  # noqa: E402
 from ssd_tutorial.inference import Predictor, detect  # noqa: E402
 from ssd_tutorial.matching import build_targets  # noqa: E402
 from ssd_tutorial.model import SSD300, TINY_WIDTH  # noqa: E402
-from ssd_tutorial.train import Trainer  # noqa: E402
+from ssd_tutorial.trainer import Trainer  # noqa: E402
 
 Row = tuple[Callable[[], Any], Callable[[], Any]]  # (ours, torchvision's)
 

@@ -54,7 +54,7 @@ from ssd_tutorial.default_boxes import default_boxes  # noqa: E402
 from ssd_tutorial.gpu_augmentation import gpu_ssd_augment  # noqa: E402
 from ssd_tutorial.inference import detect  # noqa: E402
 from ssd_tutorial.model import TINY_WIDTH  # noqa: E402
-from ssd_tutorial.train import Trainer, compute_loss  # noqa: E402
+from ssd_tutorial.trainer import Trainer, compute_loss  # noqa: E402
 
 # Dense bf16 peak (TFLOP/s) by card name, from NVIDIA's data sheets (no sparsity).
 BF16_PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0))

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from ssd_tutorial.config import TrainConfig, get_config  # noqa: E402
 from ssd_tutorial.evaluation import evaluate_voc  # noqa: E402
-from ssd_tutorial.evaluate import collect_detections  # noqa: E402
-from ssd_tutorial.train import Trainer  # noqa: E402
+from ssd_tutorial.trainer import Trainer  # noqa: E402
+from ssd_tutorial.validate import collect_detections  # noqa: E402
 from timing import device_name  # noqa: E402
 
 

@@ -19,7 +19,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "PRESETS", "get_config", "apply_overrides", "parse_value", "config_from_dict"]
+from ssd_tutorial.default_boxes import LAYOUTS
+
+__all__ = ["PRESETS", "TrainConfig", "apply_overrides", "config_from_dict", "get_config", "parse_value"]
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,6 @@ class TrainConfig:
         if self.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"amp must be auto, bf16, fp16 or none, got {self.amp!r}")
         self._check_numbers()
-        from ssd_tutorial.default_boxes import LAYOUTS
-
         if self.prior_layout not in LAYOUTS:
             raise ValueError(f"prior_layout must be one of {sorted(LAYOUTS)}, got {self.prior_layout!r}")
         if LAYOUTS[self.prior_layout].image_size != self.image_size:
@@ -149,7 +149,7 @@ class TrainConfig:
                     rule = _describe_range(low, low_allowed, high, high_allowed)
                     raise ValueError(f"{name} must be {rule}, got {value!r}")
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (the config itself is frozen)."""
         return dataclasses.replace(self, **changes)
 

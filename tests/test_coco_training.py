@@ -14,7 +14,8 @@ from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset, write_coco_json
 from ssd_tutorial.default_boxes import SSD300_COCO, default_boxes
 from ssd_tutorial.detect import load_stored_detector
 from ssd_tutorial.own_data import open_data
-from ssd_tutorial.train import evaluate_model, train
+from ssd_tutorial.train import train
+from ssd_tutorial.validate import evaluate_model
 
 CATEGORY_IDS = [1, 3, 18, 44, 90]  # COCO's 80 classes have ids 1..90 with gaps
 

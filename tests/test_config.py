@@ -1,4 +1,4 @@
-"""Tests for ssd_tutorial.config and the learning-rate schedule of ssd_tutorial.train."""
+"""Tests for ssd_tutorial.config and the learning-rate schedule of ssd_tutorial.optim."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,8 +6,15 @@ import dataclasses
 import pytest
 import torch
 
-from ssd_tutorial.config import PRESETS, TrainConfig, apply_overrides, config_from_dict, get_config, parse_value
-from ssd_tutorial.train import build_scheduler, lr_factor
+from ssd_tutorial.config import (
+    PRESETS,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    get_config,
+    parse_value,
+)
+from ssd_tutorial.optim import build_scheduler, lr_factor
 
 
 def test_presets_exist_and_paper_recipe():

@@ -1,4 +1,5 @@
-"""Tests for ssd_tutorial.train and ssd_tutorial.checkpoint: the loop, exact resume, crashes, DDP.
+"""Tests for the training layer (trainer, sampling, optim, recipes, rundir), its CLI ssd_tutorial.train
+and ssd_tutorial.checkpoint: the loop, exact resume, crashes, DDP.
 
 All runs use the tiny model on a few ShapesDataset images (with the SSD augmentation on, so
 resume also has to reproduce the random crops) and one CPU thread, so results are bit-exact.
@@ -19,7 +20,9 @@ import torch
 
 from ssd_tutorial.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
 from ssd_tutorial.config import get_config
-from ssd_tutorial.train import ResumableBatchSampler, SeededItems, Trainer, train
+from ssd_tutorial.sampling import ResumableBatchSampler, SeededItems
+from ssd_tutorial.train import train
+from ssd_tutorial.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,13 +255,13 @@ def test_nonfinite_loss_skips_the_update(tmp_path, fused):
 
 
 def test_repeated_nonfinite_losses_abort_with_a_clear_message(tmp_path, monkeypatch):
-    import ssd_tutorial.train as train_module
+    import ssd_tutorial.trainer as trainer_module
 
     def nan_loss(loss_fn, loc, conf_logits, gt_boxes, gt_labels, world_size=1):
         total = (loc.sum() + conf_logits.sum()) * float("nan")
         return total, total, total
 
-    monkeypatch.setattr(train_module, "compute_loss", nan_loss)
+    monkeypatch.setattr(trainer_module, "compute_loss", nan_loss)
     with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
         train(tiny_cfg(max_nonfinite=3), tmp_path, progress=False)
     # no checkpoint of the diverged state: the one to go back to stays the newest
@@ -289,7 +292,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
 
 
 def test_kaiming_init_rescales_relu_convs_and_keeps_heads():
-    from ssd_tutorial.train import build_model
+    from ssd_tutorial.recipes import build_model
 
     torch.manual_seed(0)
     xavier = build_model(tiny_cfg(init="xavier"), 6)
@@ -348,7 +351,7 @@ def test_truncated_checkpoint_is_called_truncated(reference_run, tmp_path):
 
 
 def test_missing_val_root_warns_and_trains_without_evaluation(tmp_path):
-    from ssd_tutorial.train import build_datasets
+    from ssd_tutorial.recipes import build_datasets
 
     root = tmp_path / "VOC"
     (root / "ImageSets" / "Main").mkdir(parents=True)
@@ -405,7 +408,8 @@ def test_workers_hand_out_uint8_and_the_device_normalizes(tmp_path):
 # Caffe's solver and filler
 # --------------------------------------------------------------------------------------------
 def test_caffe_bias_groups_get_twice_the_lr_and_no_decay() -> None:
-    from ssd_tutorial.train import build_model, build_optimizer, build_scheduler
+    from ssd_tutorial.optim import build_optimizer, build_scheduler
+    from ssd_tutorial.recipes import build_model
 
     cfg = get_config("shapes_cpu", bias_lr_mult=2.0, bias_weight_decay=False, warmup_iters=10, warmup_factor=0.1)
     model = build_model(cfg, 6)
@@ -431,7 +435,7 @@ def test_caffe_bias_groups_get_twice_the_lr_and_no_decay() -> None:
 def test_caffe_xavier_init_has_fan_in_variance() -> None:
     """Caffe's xavier filler: U(-sqrt(3/fan_in), sqrt(3/fan_in)), variance 1/fan_in; torch's
     xavier_uniform_ (the default "xavier") has 2/(fan_in + fan_out)."""
-    from ssd_tutorial.train import build_model
+    from ssd_tutorial.recipes import build_model
 
     model = build_model(get_config("shapes_cpu", width_mult=0.5, init="caffe_xavier"), 21)
     for conv in (model.fc.fc6, model.extras[0][0], model.conf_heads[0], model.backbone.conv3_1):
@@ -562,3 +566,21 @@ def test_cli_error_in_a_subprocess_is_one_line_without_traceback(tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "error: lr must be a finite number, got inf\n"
+
+
+def test_train_re_exports_the_training_layer():
+    """Chapters and benchmarks import these from ssd_tutorial.train; they live in the L4 modules."""
+    from ssd_tutorial import optim, recipes, rundir, sampling, train, trainer, validate
+
+    homes = {
+        sampling: ("ResumableBatchSampler", "SeededItems"),
+        optim: ("lr_factor", "build_scheduler", "build_optimizer", "parameter_groups"),
+        recipes: ("build_model", "build_datasets", "class_names_for"),
+        rundir: ("run_files",),
+        trainer: ("Trainer", "compute_loss"),
+        validate: ("evaluate_model",),
+    }
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(train, name) is getattr(module, name), name
+    assert train._collate_to_flat is sampling.collate_to_flat
