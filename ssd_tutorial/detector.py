@@ -191,8 +191,10 @@ def _from_checkpoint(state: dict[str, Any], path: str | Path) -> Detector:
         )
     if category_ids is not None and len(category_ids) != len(names or []):
         raise ValueError(f"{path}: {len(category_ids)} category ids for {len(names or [])} class names")
-    model = build_ssd(num_classes, prior_config, None, width)  # SSD300, or SSD512 for 7 maps
-    model.load_state_dict(state)
+    with torch.device("meta"):  # no init (nor random draws) for weights that are overwritten
+        model = build_ssd(num_classes, prior_config, None, width)  # SSD300, or SSD512 for 7 maps
+    model = model.to_empty(device="cpu")
+    model.load_state_dict(state)  # strict: every tensor, the input buffers included
     return Detector(
         model=model,
         class_names=tuple(names if names is not None else default_class_names(num_classes)),
@@ -221,7 +223,8 @@ def load_detector(
     if not path.is_file():
         detectors = ", ".join(n for n, w in PUBLISHED.items() if w.layout in LAYOUTS)
         raise FileNotFoundError(
-            f"weights {str(source)!r}: neither published weights ({detectors}) nor a file"
+            f"{str(source)!r}: no checkpoint or weight file there, nor published weights by that "
+            f"name ({detectors})"
         )
     state = read_state_file(path, expected_sha256)
     if detect_layout(state) is not None:  # torchvision's or ssd.pytorch's keys

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
 from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES, ShapesDataset, VOCDataset
 from ssd_tutorial.detector import load_detector, resolve_class_names, split_class_names
-from ssd_tutorial.evaluation import evaluate_coco, evaluate_voc, per_class_table, plot_pr_curves
-from ssd_tutorial.inference import Predictor
+from ssd_tutorial.evaluation import per_class_table, plot_pr_curves
 from ssd_tutorial.own_data import category_ids_of, class_names_of, open_data
+from ssd_tutorial.validate import collect_detections, score_detections
 
 __all__ = ["load_model", "collect_detections", "main"]
 
@@ -40,47 +40,6 @@ __all__ = ["load_model", "collect_detections", "main"]
 def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """The model of ``checkpoint`` in eval mode (:func:`ssd_tutorial.detector.load_detector`)."""
     return load_detector(checkpoint, device).model
-
-
-def collect_detections(
-    model: nn.Module,
-    dataset: Any,
-    batch_size: int = 16,
-    max_images: int | None = None,
-    device: torch.device | str | None = None,
-    **detect_kwargs: Any,
-) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, Tensor]]]:
-    """Run ``model`` over ``dataset`` (items ``(uint8 [3, H, W], target)`` with pixel boxes).
-
-    Returns ``(detections, ground_truths)`` keyed by ``image_id``, in the format of
-    :func:`ssd_tutorial.evaluation.evaluate_voc` (xyxy pixels, 1-based labels).
-    ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``, thresholds).
-    The model is left in the train/eval mode it came in.  It runs in float32 and in its own memory
-    format unless ``detect_kwargs`` say otherwise (``precision``, ``channels_last``): a score is
-    the model's, the same on every machine, and a model in training is not converted.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1 (or None: every image), got {max_images}")
-    was_training = model.training
-    detect_kwargs = {"precision": "fp32", "channels_last": False, **detect_kwargs}
-    predictor = Predictor(model, device=device, batch_size=batch_size, **detect_kwargs)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    detections: dict[str, dict[str, Tensor]] = {}
-    ground_truths: dict[str, dict[str, Tensor]] = {}
-    for first in range(0, n, batch_size):
-        items = [dataset[i] for i in range(first, min(n, first + batch_size))]
-        for (_, target), det in zip(items, predictor([image for image, _ in items])):
-            image_id = str(target["image_id"])
-            detections[image_id] = {k: det[k].cpu() for k in ("boxes", "scores", "labels")}
-            ground_truths[image_id] = {
-                "boxes": target["boxes"],
-                "labels": target["labels"],
-                "difficult": target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool)),
-            }
-    model.train(was_training)
-    return detections, ground_truths
 
 
 def _round(x: Any) -> Any:
@@ -110,8 +69,8 @@ def _evaluate(
     with torch.inference_mode():
         detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device)
     seconds = time.perf_counter() - start
-    voc07 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=True)
-    voc12 = evaluate_voc(detections, ground_truths, class_names, 0.5, use_07_metric=False)
+    voc07 = score_detections(detections, ground_truths, class_names, use_07_metric=True, coco=coco)
+    voc12 = score_detections(detections, ground_truths, class_names, use_07_metric=False)
     summary: dict[str, Any] = {
         "checkpoint": checkpoint_name,
         "images": len(ground_truths),
@@ -126,7 +85,7 @@ def _evaluate(
         "missing_classes": voc07["missing_classes"],
     }
     if coco:
-        summary["coco"] = evaluate_coco(detections, ground_truths, class_names)
+        summary["coco"] = voc07.pop("coco")
     summary = _round(summary)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

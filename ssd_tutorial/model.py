@@ -232,7 +232,7 @@ class SSD300(nn.Module):
     def _xavier_init(self) -> None:
         # Caffe SSD: every new conv gets Xavier (uniform) weights and zero biases.  Departure:
         # torch's xavier_uniform_ has variance 2 / (fan_in + fan_out), Caffe's filler 1 / fan_in;
-        # train.build_model(init="caffe_xavier") gives Caffe's (the VOC preset does).
+        # recipes.build_model(init="caffe_xavier") gives Caffe's (the VOC preset does).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ssd_tutorial.augmentation import SSDAugmentation
-from ssd_tutorial.checkpoint import load_checkpoint, stored_prior_config
 from ssd_tutorial.config import TrainConfig
 from ssd_tutorial.data import (
     SHAPES_CLASSES,
@@ -27,8 +26,8 @@ from ssd_tutorial.data import (
     VOCDataset,
     base_dataset,
 )
-from ssd_tutorial.default_boxes import LAYOUTS, SSD300_VOC, DefaultBoxConfig
-from ssd_tutorial.detector import load_pretrained
+from ssd_tutorial.default_boxes import LAYOUTS, DefaultBoxConfig
+from ssd_tutorial.detector import load_detector
 from ssd_tutorial.model import SSD300, build_ssd
 from ssd_tutorial.own_data import (
     DatasetError,
@@ -229,20 +228,13 @@ def build_model(cfg: TrainConfig, num_classes: int, prior_config: DefaultBoxConf
 
 
 def initial_weights(source: str) -> tuple[dict[str, Tensor], DefaultBoxConfig, str]:
-    """The detector to fine-tune from: ``(state dict, DefaultBoxConfig its boxes follow, description)``.
+    """The detector to fine-tune from: ``(state dict, DefaultBoxConfig its boxes follow, source)``.
 
-    ``source``: a published detector's name (see :mod:`ssd_tutorial.pretrained`), or a path to a
-    checkpoint of this package (training checkpoint or plain state dict), or published weights
-    on disk.  Read with ``weights_only=True``.
+    ``source``: anything :func:`ssd_tutorial.detector.load_detector` loads -- a checkpoint of
+    this package, a published detector's name, or published weights on disk.  No random
+    numbers are drawn (the model is built without an init), so the run's own init is the same.
     """
-    path = _resolve(source)
-    if source not in PUBLISHED and path.is_file():
-        state = load_checkpoint(path)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a training checkpoint
-            return state["model"], stored_prior_config(state), f"{source} (iteration {state.get('iteration')})"
-        if isinstance(state, dict) and "conf_heads.0.weight" in state:  # this package's state dict
-            return state, SSD300_VOC, source
-    detector = load_pretrained(source, progress=False)  # other layouts, and names
+    detector = load_detector(_resolve(source) if source not in PUBLISHED else source, progress=False)
     return detector.model.state_dict(), detector.prior_config, detector.source
 
 

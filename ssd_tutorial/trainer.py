@@ -425,7 +425,7 @@ class Trainer:
             return None
         return evaluate_model(
             _unwrap(self.model), self.val_set, self.class_names, self.device,
-            max_images=self.cfg.eval_images, size=self.cfg.image_size, priors=self.priors, coco=self.cfg.eval_coco,
+            max_images=self.cfg.eval_images, coco=self.cfg.eval_coco,  # the model's boxes and input size
         )
 
     # -- the loop --------------------------------------------------------------------------

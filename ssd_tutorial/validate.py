@@ -88,7 +88,7 @@ def evaluate_model(
     class_names: Sequence[str],
     device: torch.device | str,
     max_images: int | None = None,
-    size: int = 300,
+    size: int | None = None,
     batch_size: int = 32,
     use_07_metric: bool = True,
     priors: Tensor | None = None,
@@ -97,7 +97,7 @@ def evaluate_model(
     """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class: float}}``, and with
     ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50", "map75"}`` (see :func:`score_detections`).
 
-    ``dataset`` items: ``(uint8 [3, H, W], target)`` with pixel boxes; ``size``: the input side;
+    ``dataset`` items: ``(uint8 [3, H, W], target)`` with pixel boxes; ``size``: the input side (None: the model's);
     ``priors``: ``[P, 4]`` cxcywh default boxes (None: the model's own).  11-point interpolated AP
     (VOC2007 devkit) when ``use_07_metric``, else all-point (VOC2010+).
     """
