@@ -31,14 +31,8 @@ from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
 from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell
 from ssd_tutorial.inference import Predictor
 from ssd_tutorial.model import SSD300, build_ssd
-from ssd_tutorial.pretrained import (
-    LAYOUTS,
-    PUBLISHED,
-    detect_layout,
-    fetch_state_dict,
-    model_from_state_dict,
-    read_state_file,
-)
+from ssd_tutorial.pretrained import LAYOUTS, detect_layout, model_from_state_dict
+from ssd_tutorial.published import PUBLISHED, fetch_state_dict, read_state_file
 
 __all__ = [
     "Detector",

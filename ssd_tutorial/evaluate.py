@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ssd_tutorial.cli import add_debug_flag, int_at_least, run_main
 from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES, ShapesDataset, VOCDataset

@@ -24,10 +24,7 @@ their detections are reproduced, and why not bit for bit, is in the README and c
 """
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -40,10 +37,19 @@ from ssd_tutorial.backbone_weights import (
     CONV_NAMES,
     SSD_PYTORCH_FC_INDICES,
     TORCHVISION_CONV_INDICES,
-    download_state_dict,
     set_input_affine,
 )
 from ssd_tutorial.checkpoint import load_checkpoint
+from ssd_tutorial.published import (  # re-exported: the file names of published weights
+    PUBLISHED,
+    PublishedWeights,
+    _published,
+    _strip_module_prefix,
+    fetch_state_dict,
+    published_file,
+    read_state_file,
+    sha256_of,
+)
 from ssd_tutorial.data import VOC_CLASSES
 from ssd_tutorial.default_boxes import (
     SSD_PYTORCH_VOC,
@@ -51,7 +57,6 @@ from ssd_tutorial.default_boxes import (
     DefaultBoxConfig,
     boxes_per_cell,
 )
-from ssd_tutorial.files import file_digest
 from ssd_tutorial.model import SSD300, VGG16_LAYERS
 
 __all__ = [
@@ -74,43 +79,6 @@ __all__ = [
     "read_state_file",
 ]
 
-
-@dataclass(frozen=True)
-class PublishedWeights:
-    """One published file: where it comes from, what it holds, and how to check it."""
-
-    name: str
-    url: str
-    layout: str  # "torchvision", "ssd.pytorch" or "ssd.pytorch-vgg"
-    description: str
-
-
-PUBLISHED: dict[str, PublishedWeights] = {
-    w.name: w
-    for w in (
-        PublishedWeights(
-            "torchvision-coco",
-            # torchvision.models.detection.SSD300_VGG16_Weights.COCO_V1.url (torchvision 0.29)
-            "https://download.pytorch.org/models/ssd300_vgg16_coco-b556d3b4.pth",
-            "torchvision",
-            "torchvision ssd300_vgg16, SSD300_VGG16_Weights.COCO_V1 (COCO val2017 box AP 25.1)",
-        ),
-        PublishedWeights(
-            "ssd-pytorch-voc",
-            # amdegroot/ssd.pytorch README.md, "Use a pre-trained SSD network for detection"
-            "https://s3.amazonaws.com/amdegroot-models/ssd300_mAP_77.43_v2.pth",
-            "ssd.pytorch",
-            "amdegroot/ssd.pytorch ssd300_mAP_77.43_v2.pth (VOC07+12 trainval, VOC2007 test mAP 77.43)",
-        ),
-        PublishedWeights(
-            "ssd-pytorch-vgg16-reducedfc",
-            # amdegroot/ssd.pytorch README.md, "Training SSD"
-            "https://s3.amazonaws.com/amdegroot-models/vgg16_reducedfc.pth",
-            "ssd.pytorch-vgg",
-            "amdegroot/ssd.pytorch vgg16_reducedfc.pth (ImageNet VGG16, fc6/fc7 reduced; a backbone)",
-        ),
-    )
-}
 
 LAYOUTS = ("torchvision", "ssd.pytorch")
 
@@ -327,102 +295,6 @@ def model_from_state_dict(
     return model, tuple(names)
 
 
-# ----------------------------------------------------------------------------- files
-def published_file(name: str) -> Path:
-    """Where torch.hub keeps (or will keep) the file of published weights ``name``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_published(name).url)
-
-
-def sha256_of(path: str | Path) -> str:
-    """SHA-256 of a file, hex (to pin a copy you trust with ``expected_sha256``)."""
-    return file_digest(path, "sha256").hexdigest()
-
-
-def _published(name: str) -> PublishedWeights:
-    if name not in PUBLISHED:
-        raise ValueError(f"unknown published weights {name!r}; known: {', '.join(PUBLISHED)}")
-    return PUBLISHED[name]
-
-
-def _offline_message(weights: PublishedWeights, err: BaseException) -> str:
-    path = published_file(weights.name)
-    return (
-        f"could not download {weights.name!r} from {weights.url} ({type(err).__name__}: {err}). "
-        f"Without a network: download that URL on a machine with internet and put the file at\n"
-        f"  {path}\n"
-        f"(torch.hub's checkpoints folder; TORCH_HOME moves it), or pass the file's path instead of "
-        f"the name (--weights /path/to/{path.name})."
-    )
-
-
-def _check_file_hash(weights: PublishedWeights, path: Path, expected_sha256: str | None) -> None:
-    """torchvision's hash prefix from the file name (re-checked: torch.hub checks only downloads),
-    and ``expected_sha256`` when given."""
-    digest: str | None = None
-    match = re.search(r"-([a-f0-9]{8,})\.", path.name)  # torch.hub's HASH_REGEX convention
-    if weights.layout == "torchvision" and match:
-        digest = sha256_of(path)
-        if not digest.startswith(match.group(1)):
-            raise ExternalError(
-                f"{path}: SHA-256 {digest[:16]}... does not start with {match.group(1)} as its name says "
-                f"(a corrupt or partial copy?); delete it to download again"
-            )
-    if expected_sha256 is not None:
-        digest = digest or sha256_of(path)
-        if digest != expected_sha256.lower():
-            raise ExternalError(f"{path}: SHA-256 {digest} differs from the expected {expected_sha256}")
-
-
-def _download_state_dict(name: str, progress: bool = True) -> dict[str, Tensor]:
-    """The state dict of published weights ``name``: from torch.hub's cache, or downloaded into
-    it (:func:`ssd_tutorial.backbone_weights.download_state_dict`, the one network call).
-    torchvision's file goes through its weights API, which checks the hash prefix of the file
-    name when downloading; amdegroot's through its URL.  Both load with ``weights_only=True``.
-    """
-    weights = _published(name)
-    if weights.layout == "torchvision":
-        return download_state_dict(
-            SSD300_VGG16_Weights.COCO_V1, progress, check_hash=True, weights_only=True, map_location="cpu"
-        )
-    return download_state_dict(
-        weights.url,
-        progress,
-        model_dir=str(published_file(name).parent),
-        check_hash=False,  # no hash in amdegroot's file names
-    )
-
-
-def fetch_state_dict(name: str, progress: bool = True, expected_sha256: str | None = None) -> dict[str, Tensor]:
-    """Published weights ``name`` (cached or downloaded) with failures explained, and the cached
-    file's hash checked (torchvision's name prefix; ``expected_sha256`` when given)."""
-    weights = _published(name)
-    path = published_file(name)
-    had_file = path.is_file()
-    try:
-        state = _download_state_dict(name, progress)
-    except Exception as err:
-        if had_file:  # the cached copy itself is unreadable: no network would help
-            raise ExternalError(
-                f"cannot read the cached {name!r} weights {path} ({type(err).__name__}: {err}); "
-                f"delete it to download again from {weights.url}"
-            ) from err
-        raise ExternalError(_offline_message(weights, err)) from err
-    if path.is_file():  # absent only when a test replaced the download
-        _check_file_hash(weights, path, expected_sha256)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ExternalError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return _strip_module_prefix(state)
-
-
-def _strip_module_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Keys saved from an ``nn.DataParallel`` wrapper start with ``module.``; drop it."""
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def _vgg16_reducedfc_shapes() -> dict[str, tuple[int, ...]]:
     """Key -> shape of ssd.pytorch's ``vgg`` ModuleList (vgg16_reducedfc.pth), from VGG16_LAYERS."""
     shapes: dict[str, tuple[int, ...]] = {}
@@ -486,15 +358,3 @@ def fetch_published(name: str, *, progress: bool = True, expected_sha256: str | 
     return published_file(name)
 
 
-def read_state_file(path: str | Path, expected_sha256: str | None = None) -> dict[str, Tensor]:
-    """A state-dict file read with ``weights_only=True`` (a ``{"state_dict": ...}`` wrapper and
-    ``module.`` prefixes of nn.DataParallel removed), its SHA-256 checked when given."""
-    path = Path(path)
-    state = load_checkpoint(path)  # weights_only=True; RuntimeError for pickled objects
-    if expected_sha256 is not None and (got := sha256_of(path)) != expected_sha256.lower():
-        raise ExternalError(f"{path}: SHA-256 {got} differs from the expected {expected_sha256}")
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
-    return _strip_module_prefix(state)

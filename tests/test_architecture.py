@@ -62,6 +62,7 @@ LAYERS: dict[str, int] = {
     "gpu_augmentation": 2,
     # L3: weights and the one Detector.
     "checkpoint": 3,
+    "published": 3,
     "pretrained": 3,
     "detector": 3,
     "onnx_export": 3,

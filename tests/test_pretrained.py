@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
 
-from ssd_tutorial import pretrained
+from ssd_tutorial import pretrained, published
 from ssd_tutorial.augmentation import resize_image
 from ssd_tutorial.boxes import cxcywh_to_xyxy
 from ssd_tutorial.data import VOC_CLASSES, ShapesDataset, read_image
@@ -229,7 +229,7 @@ def test_detect_cli_runs_torchvision_coco(tmp_path, monkeypatch, capsys, tv_mode
 
     from ssd_tutorial.detect import main
 
-    monkeypatch.setattr(pretrained, "_download_state_dict", lambda name, progress=True: tv_model.state_dict())
+    monkeypatch.setattr(published, "_download_state_dict", lambda name, progress=True: tv_model.state_dict())
     path = tmp_path / "photo.png"
     Image.fromarray(images[1].permute(1, 2, 0).numpy()).save(path)
     threshold = 0.015
