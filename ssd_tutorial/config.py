@@ -3,10 +3,14 @@
 * ``ssd300_voc0712`` -- the paper's recipe: SSD300 on VOC2007 trainval + VOC2012 trainval,
   tested on VOC2007 test, with the zoom-out augmentation and the doubled schedule: the paper's
   SSD300* (Sec. 3.6, Table 6: 77.2% mAP; 74.3% in Table 1 is the model without zoom-out).
+* ``ssd512_voc0712`` -- the same recipe for SSD512 (Table 6: SSD512* 79.8% mAP).
+* ``ssd300_coco`` -- SSD300 with the smaller default boxes of the paper's COCO model (Sec. 3.4).
 * ``shapes_gpu`` -- the full SSD300 trained from scratch on the synthetic ``ShapesDataset``,
-  sized for a few minutes on one H100.
+  sized for a few minutes on one GPU.
 * ``shapes_cpu`` -- the same code path with the tiny model (``width_mult = 0.125``) and a few
   hundred small images: seconds on a laptop CPU.
+* ``finetune`` / ``finetune_cpu`` -- your own data (``--data``) from published or ImageNet
+  weights, on a GPU / with the tiny model on a CPU (chapter 11).
 
 Every field can be overridden from the command line (``--set lr=0.002`` or ``--lr 0.002``), see
 :func:`apply_overrides`.
@@ -216,7 +220,7 @@ PRESETS: dict[str, TrainConfig] = {
         eval_every=10_000,
         eval_images=4952,
     ),
-    # Full SSD300 from scratch on synthetic shapes, ~4-5 minutes on one H100.  The paper's
+    # Full SSD300 from scratch on synthetic shapes, minutes on one GPU (book/results/).  The paper's
     # optimizer and lr (1e-3; 4e-3 stalled the tiny model); departures, because the paper never
     # trains VGG from scratch: He init instead of Xavier for the ReLU convs, a linear warmup from
     # lr/100 over 500 iterations, gradient-norm clipping at 10 against early spikes, and the
@@ -286,7 +290,7 @@ PRESETS: dict[str, TrainConfig] = {
         num_workers=0,
         pin_memory=False,
         amp="none",
-        channels_last=True,  # on CPUs too: train step 1.5x (tiny, batch 8), 1.1x (SSD300, batch 2), 2-core EPYC
+        channels_last=True,  # on CPUs too: a faster train step (benchmarks/results/)
         log_every=25,
         checkpoint_every=0,
         eval_every=150,  # at the end: the held-out mAP in the run's summary
@@ -314,7 +318,7 @@ PRESETS: dict[str, TrainConfig] = {
         num_workers=0,
         pin_memory=False,
         amp="none",
-        channels_last=True,  # on CPUs too: train step 1.5x (tiny, batch 8), 1.1x (SSD300, batch 2), 2-core EPYC
+        channels_last=True,  # on CPUs too: a faster train step (benchmarks/results/)
         log_every=5,
         checkpoint_every=20,
         eval_every=0,
