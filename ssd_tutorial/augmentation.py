@@ -18,21 +18,51 @@ and ``apply_*`` (deterministic), so a chapter or a test can fix the parameters, 
 :class:`SSDAugmentation` can run the pieces in a cheaper order with the same result (see its
 docstring).  Images are ``[3, H, W]`` tensors: uint8 in, float in [0, 255] in between, float
 normalized out.  Boxes are xyxy in pixels until the end, where they become normalized xyxy.
+
+The photometric distortion lives in :mod:`ssd_tutorial.photometric`, the resize and the
+normalization in :mod:`ssd_tutorial.preprocessing`; their names are re-exported here, so
+``from ssd_tutorial.augmentation import ...`` finds every piece of the pipeline.
 """
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ssd_tutorial.boxes import box_iou
+
+# Re-exported: chapters, tests and scripts import these from here (their homes: photometric,
+# preprocessing).
+from ssd_tutorial.photometric import (
+    BRIGHTNESS_DELTA,
+    CHANNEL_PERMUTATIONS,
+    CONTRAST_RANGE,
+    HUE_DELTA,
+    SATURATION_RANGE,
+    PhotometricParams,
+    _adjust_saturation_hue,  # noqa: F401  (tests)
+    _rand,
+    _uniform,
+    apply_photometric,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    sample_photometric,
+)
+from ssd_tutorial.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_MODES,
+    InputTransform,
+    _mean_pixel,
+    _resize_pasted,
+    denormalize,
+    normalize,
+    resize_image,
+)
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -64,197 +94,10 @@ __all__ = [
     "SSDAugmentation",
 ]
 
-# ImageNet statistics (RGB, images in [0, 1]) that torchvision's VGG16 weights expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 # The crop options; None = keep the whole image, -inf = any patch (no overlap constraint).
 # paper p.6: min IoU in {0.1, 0.3, 0.5, 0.7, 0.9}; ssd_pascal.py's batch_sampler has these
 # seven (the last as max_jaccard_overlap 1.0).  (ssd.pytorch drops 0.5; we keep it.)
 MIN_IOU_CHOICES: tuple[float | None, ...] = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -math.inf)
-
-# Caffe SSD's photometric distortion (distort_param of ssd_pascal.py); the batched GPU pipeline
-# (ssd_tutorial.gpu_augmentation) draws from these same numbers.
-BRIGHTNESS_DELTA = 32.0  # add U(-32, 32) to every channel, on the 0..255 scale
-CONTRAST_RANGE = (0.5, 1.5)  # multiply every channel by U(0.5, 1.5)
-SATURATION_RANGE = (0.5, 1.5)  # multiply S (HSV) by U(0.5, 1.5)
-# Caffe's hue_delta is 18 in OpenCV's 8-bit hue units (cvtColor to HSV on uint8: 180 units a
-# turn, im_transforms.cpp AdjustHue), so +-18 units is +-36 degrees.  (ssd.pytorch adds 18 to
-# OpenCV's float hue, which is in degrees: half Caffe's range.)
-HUE_DELTA = 36.0  # add U(-36, 36) degrees to H
-# The orders of the RGB channels a channel swap picks from (all but the identity).
-CHANNEL_PERMUTATIONS: tuple[tuple[int, int, int], ...] = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-
-def _rand(generator: torch.Generator | None) -> float:
-    """One uniform draw in [0, 1)."""
-    return float(torch.rand((), generator=generator))
-
-
-def _uniform(generator: torch.Generator | None, low: float, high: float) -> float:
-    return low + (high - low) * _rand(generator)
-
-
-def _mean_pixel(dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
-    """The fill colour of zoom-out: ImageNet mean in [0, 255] (rounded for uint8), ``[3, 1, 1]``.
-
-    Caffe SSD: fills with its mean pixel (104, 117, 123) BGR, the same colour; after
-    normalization it becomes 0.
-    """
-    mean = torch.tensor(IMAGENET_MEAN, device=device).mul(255.0)
-    if dtype == torch.uint8:
-        mean = mean.round()
-    return mean.to(dtype).reshape(3, 1, 1)  # [3, 1, 1]
-
-
-# --------------------------------------------------------------------------------------------
-# Photometric distortion
-# --------------------------------------------------------------------------------------------
-def rgb_to_hsv(image: Tensor) -> Tensor:
-    """RGB float ``[..., 3, H, W]`` in [0, 255] -> HSV ``[..., 3, H, W]``: H in [0, 1), S in [0, 1], V in [0, 255].
-
-    H and S are ratios, so any RGB scale works: V comes out on the scale that went in (the
-    batched GPU pipeline passes ``[B, 3, H, W]``).  Written with arithmetic on masks rather than
-    ``torch.where``/``gather``: several times faster on CPU.
-    """
-    r, g, b = image.unbind(-3)  # each [..., H, W]
-    maxc = torch.maximum(torch.maximum(r, g), b)
-    minc = torch.minimum(torch.minimum(r, g), b)
-    delta = maxc - minc
-    safe = delta + (delta == 0).to(image.dtype)  # 1 where grey: the hue formulas give 0 there
-    is_r = (maxc == r).to(image.dtype)
-    is_g = (maxc == g).to(image.dtype) * (1 - is_r)
-    is_b = 1 - is_r - is_g
-    hue = (is_r * (g - b) + is_g * (2 * delta + b - r) + is_b * (4 * delta + r - g)) / (6 * safe)
-    hue = hue - torch.floor(hue)  # wrap to [0, 1)
-    sat = delta / maxc.clamp_min(1e-12)
-    return torch.stack((hue, sat, maxc), dim=-3)  # [..., 3, H, W]
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """Inverse of :func:`rgb_to_hsv`: HSV ``[..., 3, H, W]`` -> RGB float ``[..., 3, H, W]`` on V's scale.
-
-    Channel n of (R, G, B) = V - V S clamp(min(k, 4 - k), 0, 1) with k = (n + 6 H) mod 6 and
-    n = 5, 3, 1 (the closed form of the six-sector table).
-    """
-    hue, sat, val = hsv.unbind(-3)  # each [..., H, W]
-    channels = []
-    for n in (5.0, 3.0, 1.0):
-        k = n + 6.0 * hue
-        k = k - 6.0 * torch.floor(k / 6.0)  # mod 6
-        channels.append(val - val * sat * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
-    return torch.stack(channels, dim=-3)  # [..., 3, H, W]
-
-
-@dataclass(frozen=True)
-class PhotometricParams:
-    """One draw of the photometric distortion; ``None`` = that step is skipped.
-
-    brightness: added to every channel; contrast: multiplies every channel; saturation:
-    multiplies S; hue: added to H, in degrees; contrast_first: contrast before (True) or after
-    the HSV steps; channel_order: a permutation of (0, 1, 2) or None.
-    """
-
-    brightness: float | None = None
-    contrast: float | None = None
-    contrast_first: bool = True
-    saturation: float | None = None
-    hue: float | None = None
-    channel_order: tuple[int, int, int] | None = None
-
-
-def sample_photometric(
-    generator: torch.Generator | None = None,
-    brightness_delta: float = BRIGHTNESS_DELTA,
-    contrast_range: tuple[float, float] = CONTRAST_RANGE,
-    saturation_range: tuple[float, float] = SATURATION_RANGE,
-    hue_delta: float = HUE_DELTA,
-    channel_swap_prob: float = 0.0,
-) -> PhotometricParams:
-    """Draw the distortion of the released Caffe SSD (``distort_param`` of ssd_pascal.py).
-
-    Each of brightness (+-32), contrast (x0.5-1.5), saturation (x0.5-1.5) and hue (+-36 deg)
-    happens with probability 0.5; contrast goes before or after the HSV steps with equal odds
-    (the "random order").  Caffe SSD: ``random_order_prob`` = 0, so channels are never swapped
-    by default; ssd.pytorch swaps them with probability 0.5 (pass ``channel_swap_prob=0.5``).
-    """
-    brightness = _uniform(generator, -brightness_delta, brightness_delta) if _rand(generator) < 0.5 else None
-    contrast_first = _rand(generator) < 0.5
-    contrast = _uniform(generator, *contrast_range) if _rand(generator) < 0.5 else None
-    saturation = _uniform(generator, *saturation_range) if _rand(generator) < 0.5 else None
-    hue = _uniform(generator, -hue_delta, hue_delta) if _rand(generator) < 0.5 else None
-    order = None
-    if _rand(generator) < channel_swap_prob:
-        order = CHANNEL_PERMUTATIONS[int(torch.randint(len(CHANNEL_PERMUTATIONS), (), generator=generator))]
-    return PhotometricParams(brightness, contrast, contrast_first, saturation, hue, order)
-
-
-def _adjust_saturation_hue(image: Tensor, saturation: float | None, hue: float | None) -> Tensor:
-    """Scale HSV saturation by ``saturation`` (capped at S = 1) and add ``hue`` degrees to H, in RGB.
-
-    ``image`` float ``[3, H, W]`` in [0, 255] -> a new float ``[3, H, W]`` in [0, 255]; the same
-    numbers as the round trip ``rgb_to_hsv`` -> change S and H -> ``hsv_to_rgb`` (tests check it,
-    and against colorsys/torchvision), several times faster, because it never builds the HSV
-    image.  V = max and the spread max - min (= V S) are all that H and S leave:
-
-    * saturation x k keeps V and H, so the spread becomes min(k spread, max);
-    * the hue of a pixel is a position 6H in [0, 6) on the colour wheel, and its channel c is
-      max - spread' (1 - p_c(6H)), where p_c is the fully saturated colour's channel, a
-      triangle wave: p_R = clamp(|6H - 3| - 1, 0, 1), p_G = clamp(2 - |6H - 2|, 0, 1),
-      p_B = clamp(2 - |6H - 4|, 0, 1).
-
-    Why this shape: every step is one pass over one plane with no boolean temporaries (on a CPU a
-    comparison that makes a mask costs several times an add); this is most of a DataLoader
-    worker's time.
-    """
-    maxc = image.amax(0)  # [H, W]
-    spread = maxc - image.amin(0)  # [H, W]
-    new_spread = spread if saturation is None else torch.minimum(spread * saturation, maxc)
-    if hue is None:  # c' = max - (max - c) spread' / spread; a grey pixel (spread 0) stays grey
-        return image.sub(maxc).mul_(new_spread / spread.clamp_min(1e-12)).add_(maxc).clamp_(0.0, 255.0)
-    r, g, b = image.unbind(0)  # each [H, W]
-    # Which channel is the max (ties: R before G before B), as 0/1 floats: 1 - sign(max - c).
-    is_r = 1.0 - torch.sign(maxc - r)
-    is_g = torch.sign(maxc - g).sub_(1.0).mul_(is_r - 1.0)
-    is_b = 1.0 - is_r - is_g
-    # 6H times the spread, sector by sector: (g - b), 2 spread + (b - r), 4 spread + (r - g).
-    wheel = (g - b).mul_(is_r)
-    wheel.addcmul_(is_g, (b - r).add_(spread, alpha=2.0))
-    wheel.addcmul_(is_b, (r - g).add_(spread, alpha=4.0))
-    wheel.div_(spread + 1.0 - torch.sign(spread)).add_(hue / 60.0)  # 6H + shift (grey: H = 0)
-    wheel.sub_(torch.floor(wheel / 6.0).mul_(6.0))  # wrap into [0, 6)
-    out = torch.empty_like(image)  # [3, H, W]: first 1 - p_c, then the channels
-    torch.sub(wheel, 3.0, out=out[0]).abs_().neg_().add_(2.0)
-    torch.sub(wheel, 2.0, out=out[1]).abs_().sub_(1.0)
-    torch.sub(wheel, 4.0, out=out[2]).abs_().sub_(1.0)
-    return out.clamp_(0.0, 1.0).mul_(new_spread).neg_().add_(maxc).clamp_(0.0, 255.0)
-
-
-def apply_photometric(image: Tensor, params: PhotometricParams) -> Tensor:
-    """Apply a drawn distortion to float ``[3, H, W]`` in [0, 255]; returns the same shape and range.
-
-    Every step is per pixel, so it commutes with cropping and flipping (used by SSDAugmentation).
-    Values are clamped to [0, 255] after each step, as on Caffe's 8-bit images.
-    """
-    out = image
-    if params.brightness is not None:
-        out = (out + params.brightness).clamp_(0.0, 255.0)
-
-    def contrast(x: Tensor) -> Tensor:
-        return (x * params.contrast).clamp_(0.0, 255.0) if params.contrast is not None else x
-
-    if params.contrast_first:
-        out = contrast(out)
-    if params.saturation is not None or params.hue is not None:
-        # Saturation then hue, in one pass (as rgb_to_hsv -> scale S, shift H -> hsv_to_rgb), on
-        # planes: decoders hand out [3, H, W] views of H x W x 3 memory, and arithmetic across the
-        # channels runs several times slower on that interleaved layout than the copy costs.
-        out = _adjust_saturation_hue(out.contiguous(), params.saturation, params.hue)
-    if not params.contrast_first:
-        out = contrast(out)
-    if params.channel_order is not None:
-        out = out[list(params.channel_order)]
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +261,7 @@ def apply_crop(
 
 
 # --------------------------------------------------------------------------------------------
-# Flip, resize, normalize
+# Flip, boxes to normalized
 # --------------------------------------------------------------------------------------------
 def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Mirror ``[3, H, W]`` left-right; boxes ``[G, 4]`` xyxy px: ``x -> W - x``."""
@@ -427,153 +270,10 @@ def hflip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
     return image.flip(2), flipped
 
 
-def resize_image(image: Tensor, size: int) -> Tensor:
-    """Bilinear resize of ``[3, H, W]`` (uint8 or float) to ``[3, size, size]``, same dtype.
-
-    The aspect ratio is not kept (SSD warps).  Caffe SSD: OpenCV's linear warp on 8-bit images,
-    no antialiasing; torch's uint8 bilinear does the same and is several times faster than float.
-    """
-    if image.shape[1:] == (size, size):
-        return image
-    try:
-        return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]  # [3, S, S]
-    except RuntimeError:  # an older torch without uint8 bilinear: go through float
-        out = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False)[0]
-        return out.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else out
-
-
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The two source indices ``[out]`` and the weight of the second ``[out]`` that
-    ``F.interpolate(mode="bilinear", align_corners=False)`` uses along one axis of length ``in_size``.
-
-    Output pixel j samples x = (j + 0.5) in/out - 0.5, clamped to >= 0; it mixes pixels floor(x)
-    and floor(x) + 1 (both clamped to the last pixel) with weights 1 - t and t, t = x - floor(x).
-    """
-    scale = torch.tensor(in_size, dtype=torch.float32) / out_size  # in float32, as torch does
-    x = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
-    first = x.floor().clamp(max=in_size - 1)
-    weight = (x - first).clamp(0.0, 1.0)  # [out]
-    first = first.long()
-    return first, (first + 1).clamp(max=in_size - 1), weight
-
-
-def _read_positions(taps: tuple[Tensor, Tensor], offset: int, length: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Which of a part's ``length`` rows (or columns) the bilinear taps read, and where each tap reads.
-
-    ``taps``: canvas indices ``[S]`` twice; the part starts at canvas index ``offset``.  Returns
-    ``(kept, first, second)``: the part indices read, sorted ``[K]``, and for each tap its index
-    into those K framed by one pixel of fill: 0 before the part, K + 1 after it.
-    """
-    inside = [tap - offset for tap in taps]  # part indices, outside [0, length) for the fill
-    kept = torch.cat(inside).unique()
-    kept = kept[(kept >= 0) & (kept < length)]  # [K]
-    frame_index = [
-        torch.where(t < 0, 0, torch.where(t >= length, len(kept) + 1, torch.searchsorted(kept, t) + 1)) for t in inside
-    ]
-    return kept, frame_index[0], frame_index[1]
-
-
-def _resize_pasted(
-    part: Tensor,
-    offset: tuple[int, int],
-    canvas: tuple[int, int],
-    size: int,
-    distort: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
-    """Bilinear resize to ``[3, size, size]`` of a mean-filled canvas ``(width, height)`` with ``part``
-    (uint8 ``[3, h, w]``, after ``distort``) pasted at ``offset = (x, y)``, without building the
-    canvas; uint8 out.
-
-    Why: with zoom-out, the crop of the canvas can be 16x the image's area, almost all of it fill,
-    and building it and resizing it was the largest cost of a DataLoader worker.  Bilinear
-    resizing is separable and reads only two source rows per output row and two source columns
-    per output column, so those rows and columns of ``part`` are gathered, framed by one pixel of
-    fill that every canvas index outside the part reads.  ``distort`` (a per-pixel map, uint8 to
-    uint8: the photometric distortion) is applied to the gathered pixels only -- the same result
-    as distorting the whole part first, on a fraction of the pixels when the part shrinks.  The
-    same arithmetic as ``F.interpolate`` on the built canvas (a test checks it, up to 1 of 255
-    from rounding).
-    """
-    (x, y), (width, height) = offset, canvas
-    top, bottom, row_weight = _bilinear_taps(height, size)  # canvas rows, [S] each
-    left, right, col_weight = _bilinear_taps(width, size)  # canvas columns, [S] each
-    rows, top, bottom = _read_positions((top, bottom), y, part.shape[1])
-    cols, left, right = _read_positions((left, right), x, part.shape[2])
-    # Gathered as H x W x 3, the decoder's layout: a pixel's three bytes move together (4x faster).
-    read = part.permute(1, 2, 0).index_select(0, rows).index_select(1, cols).permute(2, 0, 1)  # [3, R, C] uint8
-    if distort is not None:
-        read = distort(read)
-    framed = _mean_pixel(torch.uint8).float().expand(3, len(rows) + 2, len(cols) + 2).clone()  # [3, R + 2, C + 2]
-    framed[:, 1:-1, 1:-1] = read
-    mixed = framed.index_select(1, top).lerp_(framed.index_select(1, bottom), row_weight[:, None])  # [3, S, C + 2]
-    # torch.gather: several times faster than index_select along the last dimension on a CPU.
-    left, right = left.expand(3, size, size), right.expand(3, size, size)
-    out = mixed.gather(2, left).lerp_(mixed.gather(2, right), col_weight)  # [3, S, S]
-    return out.round_().to(torch.uint8)
-
-
-@functools.lru_cache(maxsize=8)
-def _normalization_constants(device: torch.device) -> tuple[Tensor, Tensor]:
-    """ImageNet mean and std ``[3, 1, 1]`` on ``device``, made once: building them from Python
-    lists every batch would be a host->device copy that waits for the host."""
-    mean = torch.tensor(IMAGENET_MEAN, device=device).reshape(3, 1, 1)  # [3, 1, 1]
-    std = torch.tensor(IMAGENET_STD, device=device).reshape(3, 1, 1)  # [3, 1, 1]
-    return mean, std
-
-
-def normalize(image: Tensor) -> Tensor:
-    """``[..., 3, H, W]`` in [0, 255] (uint8 or float) -> float ``(x / 255 - mean) / std`` (ImageNet)."""
-    mean, std = _normalization_constants(image.device)
-    return (image.float() / 255.0 - mean) / std
-
-
-def denormalize(image: Tensor) -> Tensor:
-    """Undo :func:`normalize` for display: ``[..., 3, H, W]`` -> float in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
-    std = torch.tensor(IMAGENET_STD, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
-    return (image * std + mean).clamp(0.0, 1.0)
-
-
 def to_normalized_boxes(boxes: Tensor, width: int, height: int) -> Tensor:
     """Pixel xyxy ``[G, 4]`` -> normalized xyxy ``[G, 4]``, clamped to [0, 1]."""
     scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=boxes.device)
     return (boxes.float() / scale).clamp_(0.0, 1.0)
-
-
-RESIZE_MODES = ("uint8", "float")
-
-
-@dataclass(frozen=True)
-class InputTransform:
-    """What a network wants from a raw image: uint8 ``[3, H, W]`` (or ``[1, H, W]`` grey) ->
-    float ``[3, size, size]``, resized bilinearly (aspect ratio not kept) and ImageNet-normalized.
-
-    ``resize="uint8"``: the resize runs on whole grey levels, as Caffe SSD's OpenCV warp of
-    8-bit images and this package's training do.  ``"float"``: on the float image, as
-    torchvision's ``GeneralizedRCNNTransform`` does for its ``ssd300_vgg16``; weights trained
-    that way give their authors' detections only when run that way.  Each model carries its
-    own (``model.input_transform``), so that ``Predictor(model)`` feeds it what it was trained on.
-    """
-
-    size: int = 300
-    resize: str = "uint8"
-
-    def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"InputTransform.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if int(self.size) != self.size or self.size < 1:
-            raise ValueError(f"InputTransform.size must be a positive integer, got {self.size}")
-
-    def __call__(self, image: Tensor) -> Tensor:
-        if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3):
-            shape = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"an image must be a uint8 tensor [3, H, W] (or [1, H, W]), got {shape}")
-        if image.dtype != torch.uint8:
-            raise TypeError(f"an image must be uint8 (0..255), got {image.dtype}")
-        x = image.expand(3, -1, -1).contiguous()  # [3, H, W] uint8; grey -> 3 channels
-        if self.resize == "float":
-            x = x.float()  # bilinear is linear: resizing before normalizing is the same map
-        return normalize(resize_image(x, self.size))  # [3, S, S] float
 
 
 # --------------------------------------------------------------------------------------------

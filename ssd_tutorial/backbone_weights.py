@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models import VGG16_Weights
 
 from ssd_tutorial.cli import ExternalError
-from ssd_tutorial.augmentation import IMAGENET_MEAN, IMAGENET_STD
+from ssd_tutorial.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CONV_NAMES",

@@ -15,7 +15,7 @@ size, with a fixed number of batched tensor operations and no Python loop over p
 2. **photometric distortion on the output.**  Brightness, contrast, saturation, hue and channel
    swap are pointwise colour maps with per-image random parameters, applied as broadcast tensor
    arithmetic to the ``[B, 3, size, size]`` result (not to the full-size inputs: cheaper).
-3. **normalize** with the ImageNet mean/std of :mod:`ssd_tutorial.augmentation`.
+3. **normalize** with the ImageNet mean/std of :mod:`ssd_tutorial.preprocessing`.
 
 Box format: inputs are absolute-pixel ``xyxy`` boxes of each image; outputs are ``xyxy``
 normalized to ``[0, 1]`` of the ``size x size`` output, as the CPU pipeline returns them.
@@ -33,19 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssd_tutorial.augmentation import (
+from ssd_tutorial.augmentation import MIN_IOU_CHOICES
+from ssd_tutorial.boxes import box_iou
+from ssd_tutorial.photometric import (
     BRIGHTNESS_DELTA,
     CHANNEL_PERMUTATIONS,
     CONTRAST_RANGE,
     HUE_DELTA,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MIN_IOU_CHOICES,
     SATURATION_RANGE,
     hsv_to_rgb,
     rgb_to_hsv,
 )
-from ssd_tutorial.boxes import box_iou
+from ssd_tutorial.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "gpu_ssd_augment",

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssd_tutorial.augmentation import InputTransform
 from ssd_tutorial.backbone_weights import (
     CAFFE_MEAN,
     CONV_NAMES,
@@ -40,6 +39,7 @@ from ssd_tutorial.backbone_weights import (
     subsample_fc,
 )
 from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell, default_boxes
+from ssd_tutorial.preprocessing import InputTransform
 
 __all__ = [
     "TINY_WIDTH",

@@ -29,7 +29,8 @@ from defusedxml import DefusedXmlException
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from ssd_tutorial.data import COCODataset, VOCDataset, base_dataset
+from ssd_tutorial.coco import COCODataset
+from ssd_tutorial.data import VOCDataset, base_dataset
 
 __all__ = [
     "DatasetError",

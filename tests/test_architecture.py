@@ -50,6 +50,8 @@ LAYERS: dict[str, int] = {
     "loss": 1,
     "model": 1,
     "augmentation": 1,
+    "photometric": 1,
+    "preprocessing": 1,
     "inference": 1,
     "evaluation": 1,
     "viz": 1,
@@ -58,6 +60,7 @@ LAYERS: dict[str, int] = {
     "imageio": 2,
     "data": 2,
     "shapes": 2,
+    "coco": 2,
     "own_data": 2,
     "gpu_augmentation": 2,
     # L3: weights and the one Detector.

@@ -550,3 +550,18 @@ def test_crop_rule_matches_caffe_on_voc_mini100() -> None:
         whole, side = _mini100_crop_stats(rule, 3000, seed=1)
         assert abs(whole - ref_whole) <= 0.035, (rule.__name__, whole, ref_whole)
         assert abs(side - ref_side) <= 0.06 * ref_side, (rule.__name__, side, ref_side)
+
+
+def test_augmentation_reexports_the_photometric_and_preprocessing_names() -> None:
+    """Chapters, tests and scripts import these from ssd_tutorial.augmentation; their homes are
+    photometric and preprocessing."""
+    from ssd_tutorial import augmentation, photometric, preprocessing
+
+    for module in (photometric, preprocessing):
+        for name in module.__all__:
+            assert getattr(augmentation, name) is getattr(module, name), name
+            assert name in augmentation.__all__, name
+    for name in ("_rand", "_uniform", "_adjust_saturation_hue"):
+        assert getattr(augmentation, name) is getattr(photometric, name), name
+    for name in ("_mean_pixel", "_resize_pasted"):  # appendix A imports these from augmentation
+        assert getattr(augmentation, name) is getattr(preprocessing, name), name

@@ -302,6 +302,15 @@ def test_data_reexports_the_image_and_shapes_names() -> None:
     assert data._shape_mask is shapes._shape_mask  # shown in chapter 7
 
 
+def test_data_reexports_the_coco_names() -> None:
+    """``data.COCODataset`` is public API; its home is coco, which data.VOCDataset shares checks with."""
+    from ssd_tutorial import coco, data
+
+    for name in coco.__all__:
+        assert getattr(data, name) is getattr(coco, name) and name in data.__all__, name
+    assert data._check_inside is coco._check_inside and data._with_file is coco._with_file
+
+
 def test_read_image_rejects_an_unknown_backend(tmp_path: Path) -> None:
     write_jpeg(torch.zeros(3, 4, 4, dtype=torch.uint8), tmp_path / "x.jpg")
     with pytest.raises(ValueError, match="unknown image backend 'opencv'"):
