@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssd_tutorial.augmentation import InputTransform
+from ssd_tutorial.preprocessing import InputTransform
 from ssd_tutorial.checkpoint import stored_prior_config
 from ssd_tutorial.data import SHAPES_CLASSES, VOC_CLASSES
 from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, boxes_per_cell

@@ -33,7 +33,7 @@ __all__ = [
 
 # Three decoders, one result.  torchvision >= 0.29 deprecates its image codecs in favour of
 # TorchCodec (>= 0.16); TorchCodec needs a recent torch (0.16: torch >= 2.11), and a machine may
-# lack it (the GPU machine of this project has torch 2.11 and no TorchCodec).  So: TorchCodec
+# lack it.  So: TorchCodec
 # where it imports, else torchvision.io (its deprecation silenced: it is the fallback, chosen on
 # purpose), else PIL for the files both refuse (some CMYK JPEGs).  All give the same pixels
 # (tests/test_data.py checks it file by file).

@@ -32,7 +32,7 @@ from torch import Tensor
 from torchvision.models.detection import SSD300_VGG16_Weights
 
 from ssd_tutorial.cli import ExternalError
-from ssd_tutorial.augmentation import InputTransform
+from ssd_tutorial.preprocessing import InputTransform
 from ssd_tutorial.backbone_weights import (
     CONV_NAMES,
     SSD_PYTORCH_FC_INDICES,
