@@ -14,12 +14,12 @@ Several processes (``torchrun``): ``cfg.batch_size`` is the global batch; proces
 slice of every global batch and the loss is normalized by the number of positives of the
 WHOLE global batch (:func:`compute_loss`), so W processes compute the same step as one (up to
 float summation order).
+
+What the trainer is set up with (process group, device, precision, model wrappers, the batches,
+a checkpoint's plain data, the loss window) is in :mod:`ssd_tutorial.train_setup`.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-import random
 import signal
 import sys
 import threading
@@ -28,13 +28,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ssd_tutorial.augmentation import normalize
 from ssd_tutorial.checkpoint import (
     latest_checkpoint,
     load_latest_checkpoint,
@@ -43,7 +41,6 @@ from ssd_tutorial.checkpoint import (
     set_rng_state,
 )
 from ssd_tutorial.config import TrainConfig
-from ssd_tutorial.gpu_augmentation import gpu_ssd_augment
 from ssd_tutorial.loss import MultiboxLoss, multibox_loss
 from ssd_tutorial.optim import build_optimizer, build_scheduler
 from ssd_tutorial.own_data import category_ids_of
@@ -60,11 +57,20 @@ from ssd_tutorial.rundir import (
     start_run_dir,
     tensorboard_writer,
 )
-from ssd_tutorial.sampling import (
-    ResumableBatchSampler,
-    SeededItems,
-    collate_to_flat,
-    mix_seed,
+from ssd_tutorial.train_setup import (
+    LossWindow,
+    amp_dtype,
+    batch_to_device,
+    check_same_batch_size,
+    init_distributed,
+    load_scheduler_state,
+    pick_device,
+    plain_prior_config,
+    scheduler_state,
+    seed_everything,
+    train_loader,
+    unwrap,
+    wrap_for_training,
 )
 from ssd_tutorial.validate import evaluate_model
 
@@ -97,90 +103,12 @@ def compute_loss(
     return out.total * scale, out.loc * scale, out.conf * scale
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain SSD300 inside DDP and/or torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # type: ignore[assignment]
-        else:
-            return model
-
-
-def _init_distributed(device: str | torch.device | None) -> tuple[int, int, int]:
-    """``(world_size, rank, local_rank)`` from torchrun's environment, joining the process group
-    (nccl on CUDA, else gloo) when there are several processes; ``(1, 0, 0)`` otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 1, 0, 0
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return world_size, rank, local_rank
-
-
-def _pick_device(device: str | torch.device | None, local_rank: int) -> torch.device:
-    """``device``, or this process's GPU (else the CPU); a CUDA device is made current, with an
-    index, and cuDNN autotuning on."""
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if device.index is None:  # "cuda" -> the current card, so set_device gets an index
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    return device
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``cfg.amp`` on ``device`` (None: float32 throughout)."""
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if amp == "none":
-        return None
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp=fp16 needs CUDA (use bf16 or none on CPU)")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _seed_everything(seed: int) -> None:
-    """Seed torch's, numpy's and Python's global generators (the model's init draws from them)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-class _Window:
-    """The losses of one log interval, summed on the device (no host synchronisation until logged)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum: dict[str, Tensor] = {}
-        self.images, self.iters = 0, 0
-        self.start = time.perf_counter()
-
-    def add(self, out: dict[str, Tensor], images: int) -> None:
-        """Add one step's 0-dim losses ``out`` over ``images`` images."""
-        self.images += images
-        self.iters += 1
-        for k, v in out.items():
-            self.loss_sum[k] = self.loss_sum[k] + v if k in self.loss_sum else v
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,16 +139,16 @@ class Trainer:
         if not resume:
             # Every process checks before the process group forms: nothing is written before then.
             check_new_run(self.output_dir, overwrite)
-        self.world_size, self.rank, local_rank = _init_distributed(device)
-        self.device = _pick_device(device, local_rank)
+        self.world_size, self.rank, local_rank = init_distributed(device)
+        self.device = pick_device(device, local_rank)
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self._build_data()  # first: for your own data it names the classes (checked before any model)
         self._build_model()
         self._build_optimization()
         self.resumed_from = self._resume() if resume else None
-        self.train_model = self._wrap_for_training(self.model)
+        self.train_model = wrap_for_training(self.model, self.world_size, self.device, cfg.compile)
         if self.is_main:
             start_run_dir(self.output_dir, cfg.to_dict(), overwrite)
             self.metrics = MetricsWriter(self.output_dir / "metrics.jsonl", self.resumed_from)
@@ -239,7 +167,7 @@ class Trainer:
     def _build_model(self) -> None:
         """The seeded model on the device and its default boxes (the fine-tuned weights' own)."""
         cfg = self.cfg
-        _seed_everything(cfg.seed)
+        seed_everything(cfg.seed)
         self.class_names = class_names_for(cfg, self.train_set)
         self.num_classes = len(self.class_names) + 1
         model = initial_model(cfg, self.num_classes, log=_to_stderr if self.is_main else None)
@@ -270,41 +198,17 @@ class Trainer:
         self.load_state(state)
         return self.iteration
 
-    def _wrap_for_training(self, model: nn.Module) -> nn.Module:
-        """``model`` in DDP with several processes, then compiled with ``cfg.compile``."""
-        if self.world_size > 1:
-            model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if self.cfg.compile:
-            model = torch.compile(model)
-        return model
-
     def data_loader(self, start: int, end: int) -> DataLoader:
-        """Batches of iterations ``start .. end-1`` for this process (see :class:`ResumableBatchSampler`):
-        ``(images, boxes [sum G_i, 4], labels [sum G_i], counts)`` (:func:`collate_to_flat`)."""
-        cfg = self.cfg
-        sampler = ResumableBatchSampler(
-            len(self.train_set), cfg.batch_size, cfg.seed, start, end, self.rank, self.world_size
-        )
-        workers = cfg.num_workers
-        return DataLoader(
-            SeededItems(self.train_set, cfg.seed),
-            batch_sampler=sampler,
-            collate_fn=collate_to_flat,
-            num_workers=workers,
-            pin_memory=cfg.pin_memory and self.device.type == "cuda",
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+        """Batches of iterations ``start .. end-1`` for this process (:func:`train_loader`)."""
+        return train_loader(self.train_set, self.cfg, start, end, self.rank, self.world_size, self.device)
 
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly; plain data only (loads with weights_only=True)."""
         return {
-            "model": _unwrap(self.model).state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {k: v for k, v in self.scheduler.state_dict().items() if k != "lr_lambdas"},
+            "scheduler": scheduler_state(self.scheduler),
             "scaler": self.scaler.state_dict(),
             "iteration": self.iteration,
             "rng": rng_state(),
@@ -314,24 +218,16 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
-            "prior_config": {k: list(v) if isinstance(v, tuple) else v
-                             for k, v in dataclasses.asdict(self.prior_config).items()},
+            "prior_config": plain_prior_config(self.prior_config),
             **({"category_ids": list(self.category_ids)} if self.category_ids is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (the data order follows from the iteration)."""
-        saved_cfg = state.get("config", {})
-        if saved_cfg.get("batch_size") not in (None, self.cfg.batch_size):
-            raise ValueError(
-                f"checkpoint was trained with batch_size {saved_cfg['batch_size']}, this run has "
-                f"{self.cfg.batch_size}: resuming would change the data order"
-            )
-        _unwrap(self.model).load_state_dict(state["model"])
+        check_same_batch_size(state, self.cfg.batch_size)
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        scheduler_state = dict(state["scheduler"])
-        scheduler_state["lr_lambdas"] = [None] * len(self.optimizer.param_groups)
-        self.scheduler.load_state_dict(scheduler_state)
+        load_scheduler_state(self.scheduler, state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.nonfinite_streak.fill_(int(state.get("nonfinite_streak", 0)))
@@ -391,30 +287,8 @@ class Trainer:
     def _to_device(
         self, batch: tuple[Tensor | list[Tensor], Tensor, Tensor, list[int]]
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        """A loader batch -> ``(images float [B, 3, S, S] normalized, B boxes [G_i, 4], B labels [G_i])``
-        on the device, augmented there with ``augment_on_gpu``."""
-        images, boxes, labels, counts = batch
-        dev = self.device
-        if isinstance(images, list):  # photos of different sizes, for gpu_ssd_augment
-            if not self.gpu_augment:
-                raise ValueError("images of different sizes reached the model: resize them (augment=True)")
-            images = [image.to(dev, non_blocking=True) for image in images]
-        else:
-            images = images.to(dev, non_blocking=True)
-        boxes = boxes.to(dev, non_blocking=True)
-        labels = labels.to(dev, non_blocking=True)
-        if self.gpu_augment:
-            generator = torch.Generator(device=dev).manual_seed(mix_seed(self.cfg.seed, 31, self.iteration, self.rank))
-            images, box_list, label_list = gpu_ssd_augment(
-                images, list(boxes.split(counts)), list(labels.split(counts)), generator, size=self.cfg.image_size
-            )
-        else:
-            if images.dtype == torch.uint8:  # from the workers (see recipes.worker_transform): normalize here
-                images = normalize(images)
-            box_list, label_list = list(boxes.split(counts)), list(labels.split(counts))  # [G_i, 4], [G_i]
-        if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, box_list, label_list
+        """A loader batch on the device, augmented there with ``augment_on_gpu`` (:func:`batch_to_device`)."""
+        return batch_to_device(batch, self.device, self.cfg, self.gpu_augment, self.iteration, self.rank)
 
     # -- evaluation ------------------------------------------------------------------------
     @torch.no_grad()
@@ -424,7 +298,7 @@ class Trainer:
         if self.val_set is None:
             return None
         return evaluate_model(
-            _unwrap(self.model), self.val_set, self.class_names, self.device,
+            unwrap(self.model), self.val_set, self.class_names, self.device,
             max_images=self.cfg.eval_images, coco=self.cfg.eval_coco,  # the model's boxes and input size
         )
 
@@ -446,7 +320,7 @@ class Trainer:
         bar = progress_bar(total=end, initial=start, enabled=self.progress)
         self.model.train()
         losses: list[dict[str, Any]] = []
-        window, t0 = _Window(), time.perf_counter()
+        window, t0 = LossWindow(), time.perf_counter()
         saved_at, stopped_by_signal = start, False
         stepping = False  # True while an update is under way: the state is then not that of one iteration
         try:
@@ -542,7 +416,7 @@ class Trainer:
             dist.all_reduce(flag)
         return bool(flag > 0)
 
-    def _log_window(self, window: _Window, bar: Any) -> dict[str, Any]:
+    def _log_window(self, window: LossWindow, bar: Any) -> dict[str, Any]:
         """:meth:`_log` at a log interval: the record also goes to the progress bar, and the
         window starts afresh."""
         record = self._log(window)
@@ -550,14 +424,10 @@ class Trainer:
         window.reset()
         return record
 
-    def _log(self, window: _Window) -> dict[str, Any]:
+    def _log(self, window: LossWindow) -> dict[str, Any]:
         """Average the window's losses (the one host synchronisation per log interval), write them."""
         seconds = window.seconds()
-        stacked = torch.stack([window.loss_sum["loss"], window.loss_sum["loc"], window.loss_sum["conf"]]) / window.iters
-        if self.world_size > 1:
-            dist.all_reduce(stacked)
-            stacked /= self.world_size
-        loss, loc, conf = stacked.tolist()
+        loss, loc, conf = window.mean_losses(self.world_size)
         streak = int(self.nonfinite_streak)
         if streak >= self.cfg.max_nonfinite:
             raise FloatingPointError(

@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     "photometric": 1,
     "preprocessing": 1,
     "inference": 1,
+    "nms": 1,
     "evaluation": 1,
     "viz": 1,
     "backbone_weights": 1,
@@ -76,6 +77,7 @@ LAYERS: dict[str, int] = {
     "recipes": 4,
     "rundir": 4,
     "validate": 4,
+    "train_setup": 4,
     "trainer": 4,
     "video": 4,
     # L5: the CLIs (argparse and outputs); leaves that nothing imports.

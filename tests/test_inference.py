@@ -1,5 +1,6 @@
-"""Tests for ssd_tutorial.inference: a hand-worked case, parity with a per-class loop over
-torchvision.ops.nms, empty results, batches of 1 and 64, the Predictor's pixel boxes, bad input."""
+"""Tests for ssd_tutorial.inference and the NMS forms behind it (ssd_tutorial.nms): a hand-worked
+case, parity with a per-class loop over torchvision.ops.nms, empty results, batches of 1 and 64,
+the Predictor's pixel boxes, bad input."""
 from __future__ import annotations
 
 import math
@@ -258,7 +259,7 @@ def test_padded_empty_results_and_hand_case() -> None:
 
 
 def test_nms_choice(monkeypatch) -> None:
-    import ssd_tutorial.inference as inference
+    import ssd_tutorial.inference as inference  # detect looks the forms up in its own module
 
     loc, logits, priors = hand_case()
     with pytest.raises(ValueError, match="nms"):
@@ -279,14 +280,14 @@ def test_nms_choice(monkeypatch) -> None:
 
 def test_padded_chunks_the_iou_temporaries(monkeypatch) -> None:
     """A tiny temporary budget: one image per chunk, same detections."""
-    import ssd_tutorial.inference as inference
+    import ssd_tutorial.nms as nms_module  # where _padded_overlaps reads the budget
 
     g = torch.Generator().manual_seed(9)
     priors = random_priors(400, g)
     loc = torch.randn(5, 400, 4, generator=g)
     logits = torch.randn(5, 400, 4, generator=g)
     whole = detect(loc, logits, priors, 0.05, 0.45, 100, nms="padded")
-    monkeypatch.setattr(inference, "_PADDED_NMS_TEMP_BYTES", 1)
+    monkeypatch.setattr(nms_module, "_PADDED_NMS_TEMP_BYTES", 1)
     assert_same(detect(loc, logits, priors, 0.05, 0.45, 100, nms="padded"), whole)
     assert_same(whole, detect(loc, logits, priors, 0.05, 0.45, 100, nms="batched"))
 
@@ -361,15 +362,15 @@ def test_per_class_lowers_the_cut_until_top_k_survive(monkeypatch) -> None:
     all), so the first cut (2 x top_k entries) leaves too few and it must be lowered, round after
     round (until the candidates run out for top_k = 50 or 200); the result is still the plain
     per-class loop's."""
-    import ssd_tutorial.inference as inference
+    import ssd_tutorial.nms as nms_module  # where _per_class_nms_detect looks up _best_entries
 
     g = torch.Generator().manual_seed(11)
     priors = random_priors(8, g).repeat(75, 1)  # [600, 4]
     loc = 0.01 * torch.randn(2, 600, 4, generator=g)  # nearly the default boxes: copies overlap
     logits = torch.randn(2, 600, 6, generator=g)
     rounds = []
-    original = inference._best_entries
-    monkeypatch.setattr(inference, "_best_entries", lambda *a: rounds.append(a[1]) or original(*a))
+    original = nms_module._best_entries
+    monkeypatch.setattr(nms_module, "_best_entries", lambda *a: rounds.append(a[1]) or original(*a))
     for top_k, cap in ((50, None), (200, None), (45, 100), (60, 3)):  # top_k > 40: never reached
         rounds.clear()
         got = detect(loc, logits, priors, 0.01, 0.45, top_k, candidates_per_class=cap)
