@@ -1,22 +1,24 @@
 """Speed of ``inference.detect`` on a batch of 64 vs torchvision's SSD post-processing.
 
-    python benchmarks/bench_inference.py                       # CPU, writes benchmarks/results/
+    python benchmarks/bench_inference.py         # CPU, writes benchmarks/results/
     python benchmarks/bench_inference.py --device cuda --out DIR
 
-Both sides get the same inputs: SSD300's 8732 default boxes, 21 classes, and logits shaped like a
-trained model's (background dominant, a few confident objects per image, the rest noise), so the
-number of candidates above the 0.01 threshold is realistic rather than 8732 x 20.  torchvision's
-``SSD.postprocess_detections`` (ssd300_vgg16, no weights) is set to the same thresholds: score
-0.01, NMS IoU 0.45, 200 detections per image, 400 candidates per class.  It loops over images and
-classes in Python; ``detect`` uses its default NMS path (``"auto"``: ``"per_class"`` on a CPU,
-an NMS call per (image, class) on only the candidates that can make the top 200; ``"padded"``,
-all (image, class) groups at once, on a GPU).  ``"batched"`` and ``"padded"`` are timed too, and
+Both sides get the same inputs: SSD300's 8732 default boxes, 21 classes, and logits
+shaped like a trained model's (background dominant, a few confident objects per image,
+the rest noise), so the number of candidates above the 0.01 threshold is realistic
+rather than 8732 x 20.  torchvision's ``SSD.postprocess_detections`` (ssd300_vgg16, no
+weights) is set to the same thresholds: score 0.01, NMS IoU 0.45, 200 detections per
+image, 400 candidates per class.  It loops over images and classes in Python; ``detect``
+uses its default NMS path (``"auto"``: ``"per_class"`` on a CPU, an NMS call per (image,
+class) on only the candidates that can make the top 200; ``"padded"``, all (image,
+class) groups at once, on a GPU).  ``"batched"`` and ``"padded"`` are timed too, and
 their detections compared with each other.
 
-Printed and written to ``OUT/inference_<device>.json``: median times, the speed-up ratio, and how
-many detections of the two agree (same label, score and box within 1e-4).  On a GPU, the CPU
-result of ``detect`` is compared with the GPU one too.
+Printed and written to ``OUT/inference_<device>.json``: median times, the speed-up
+ratio, and how many detections of the two agree (same label, score and box within 1e-4).
+On a GPU, the CPU result of ``detect`` is compared with the GPU one too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +34,17 @@ from ssd_tutorial.inference import detect
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
-
-def synthetic_outputs(batch: int, num_priors: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``loc [B, P, 4]`` and ``conf_logits [B, P, C]`` that look like a trained SSD's."""
+def synthetic_outputs(
+    batch: int, num_priors: int, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loc [B, P, 4]`` and ``conf_logits [B, P, C]`` that look like a trained
+    SSD's."""
     g = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, num_priors, 4, generator=g)
     logits = torch.randn(batch, num_priors, num_classes, generator=g)
-    logits[..., 0] += 7.0  # background wins almost everywhere: ~1% of (box, class) pairs pass 0.01
+    logits[..., 0] += (
+        7.0  # background wins almost everywhere: ~1% of (box, class) pairs pass 0.01
+    )
     # ~6 objects per image, each claimed confidently by ~30 default boxes
     for b in range(batch):
         for _ in range(6):
@@ -49,10 +54,9 @@ def synthetic_outputs(batch: int, num_priors: int, num_classes: int, seed: int) 
     return loc, logits
 
 
-
-
 def agreement(ours: list[dict], theirs: list[dict], size: float) -> tuple[int, int]:
-    """(detections that agree, detections in total); boxes compared in normalized coordinates."""
+    """(detections that agree, detections in total); boxes compared in normalized
+    coordinates."""
     same = total = 0
     for a, b in zip(ours, theirs):
         total += max(len(a["scores"]), len(b["scores"]))
@@ -83,23 +87,52 @@ def main() -> int:
     loc, logits = loc.to(device), logits.to(device)
     candidates = int((logits.softmax(-1)[..., 1:] > 0.01).sum())
 
-    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes).to(device).eval()
-    tv.score_thresh, tv.nms_thresh, tv.detections_per_img, tv.topk_candidates = 0.01, 0.45, 200, 400
-    anchors = [cxcywh_to_xyxy(priors) * size] * args.batch  # torchvision wants xyxy pixel anchors
+    tv = (
+        ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes)
+        .to(device)
+        .eval()
+    )
+    tv.score_thresh, tv.nms_thresh, tv.detections_per_img, tv.topk_candidates = (
+        0.01,
+        0.45,
+        200,
+        400,
+    )
+    anchors = [
+        cxcywh_to_xyxy(priors) * size
+    ] * args.batch  # torchvision wants xyxy pixel anchors
     head = {"bbox_regression": loc, "cls_logits": logits}
     shapes = [(size, size)] * args.batch
 
     with torch.inference_mode():
-        t_ours, ours = timed(lambda: detect(loc, logits, priors, 0.01, 0.45, 200), device, args.repeats)
-        t_all, _ = timed(lambda: detect(loc, logits, priors, 0.01, 0.45, 200, candidates_per_class=None), device, args.repeats)
-        t_tv, theirs = timed(lambda: tv.postprocess_detections(head, anchors, shapes), device, args.repeats)
+        t_ours, ours = timed(
+            lambda: detect(loc, logits, priors, 0.01, 0.45, 200), device, args.repeats
+        )
+        t_all, _ = timed(
+            lambda: detect(
+                loc, logits, priors, 0.01, 0.45, 200, candidates_per_class=None
+            ),
+            device,
+            args.repeats,
+        )
+        t_tv, theirs = timed(
+            lambda: tv.postprocess_detections(head, anchors, shapes),
+            device,
+            args.repeats,
+        )
         paths = {
-            nms: timed(lambda nms=nms: detect(loc, logits, priors, 0.01, 0.45, 200, nms=nms), device, args.repeats)
+            nms: timed(
+                lambda nms=nms: detect(loc, logits, priors, 0.01, 0.45, 200, nms=nms),
+                device,
+                args.repeats,
+            )
             for nms in ("batched", "padded")
         }
     same, total = agreement(ours, theirs, size)
     batched_dets, padded_dets = paths["batched"][1], paths["padded"][1]
-    same_nms, total_nms = agreement(padded_dets, [{**d, "boxes": d["boxes"] * size} for d in batched_dets], size)
+    same_nms, total_nms = agreement(
+        padded_dets, [{**d, "boxes": d["boxes"] * size} for d in batched_dets], size
+    )
     result = {
         "benchmark": "inference.detect vs torchvision SSD.postprocess_detections",
         "device": device_name(device),
@@ -121,14 +154,19 @@ def main() -> int:
     if device.type == "cuda":
         with torch.inference_mode():
             cpu = detect(loc.cpu(), logits.cpu(), priors.cpu(), 0.01, 0.45, 200)
-        same_cpu, total_cpu = agreement(ours, [{**d, "boxes": d["boxes"] * size} for d in cpu], size)
+        same_cpu, total_cpu = agreement(
+            ours, [{**d, "boxes": d["boxes"] * size} for d in cpu], size
+        )
         result["cpu_gpu_detections_agreeing"] = f"{same_cpu}/{total_cpu}"
     report(
         result,
-        f"detect: {t_ours * 1e3:.1f} ms, torchvision postprocess: {t_tv * 1e3:.1f} ms per batch of {args.batch} "
+        f"detect: {t_ours * 1e3:.1f} ms, torchvision postprocess: {t_tv * 1e3:.1f} ms "
+        f"per batch of {args.batch} "
         f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})\n"
-        f"detect nms=batched: {paths['batched'][0] * 1e3:.1f} ms, nms=padded: {paths['padded'][0] * 1e3:.1f} ms "
-        f"(default here: {result['detect_nms_default']}; detections agreeing {same_nms}/{total_nms})",
+        f"detect nms=batched: {paths['batched'][0] * 1e3:.1f} ms, nms=padded: "
+        f"{paths['padded'][0] * 1e3:.1f} ms "
+        f"(default here: {result['detect_nms_default']}; detections agreeing "
+        f"{same_nms}/{total_nms})",
         args.out,
         f"inference_{device.type}.json",
     )

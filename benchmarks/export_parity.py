@@ -3,14 +3,16 @@
     python benchmarks/export_parity.py --out benchmarks/results
 
 1. The book's trained tiny SSD300 (``book/results/shapes_tiny.pt``), exported with the
-   post-processing, on 32 held-out ShapesDataset images and on random inputs: max |diff| of loc
-   and conf logits, the same against a float64 run of the network, and whether the detections
-   are the same as ``inference.detect`` on PyTorch's outputs.
-2. The full-width SSD300 and SSD512 with random weights (seed 0), network only: max |diff| of
-   loc and conf on random inputs and, where ``../shared/data/raccoon`` exists, on 4 real photos.
+   post-processing, on 32 held-out ShapesDataset images and on random inputs: max |diff|
+   of loc and conf logits, the same against a float64 run of the network, and whether
+   the detections are the same as ``inference.detect`` on PyTorch's outputs.
+2. The full-width SSD300 and SSD512 with random weights (seed 0), network only: max
+   |diff| of loc and conf on random inputs and, where ``../shared/data/raccoon`` exists,
+   on 4 real photos.
 
 Writes ``export_parity_cpu.json`` (numbers, versions, the command).  One CPU thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +50,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     results: dict = {
-        "command": "python benchmarks/export_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version(), "machine": platform.machine()},  # fmt: skip
+        "command": "python benchmarks/export_parity.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "versions": {
+            "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
     }
     work = Path(tempfile.mkdtemp())
 
@@ -65,23 +72,30 @@ def main(argv: list[str] | None = None) -> dict:
         loc64, conf64 = copy.deepcopy(model).double()(x.double())
     expected = detect(loc, conf, default_boxes())
     same = all(
-        int(got["num_detections"][b]) == len(d["scores"]) and torch.equal(got["labels"][b, : len(d["scores"])], d["labels"])
+        int(got["num_detections"][b]) == len(d["scores"])
+        and torch.equal(got["labels"][b, : len(d["scores"])], d["labels"])
         for b, d in enumerate(expected)
-    )  # fmt: skip
+    )
     shown = [(b, d) for b, d in enumerate(expected) if len(d["scores"])]
     results["tiny_trained_shapes"] = {
         "images": args.images,
         "loc_onnxruntime_vs_torch": _max_diff(got["loc"], loc),
         "conf_onnxruntime_vs_torch": _max_diff(got["conf_logits"], conf),
         "largest_conf_logit": float(conf.abs().max()),
-        "loc_torch_vs_float64": _max_diff(loc, loc64), "loc_onnxruntime_vs_float64": _max_diff(got["loc"], loc64),
+        "loc_torch_vs_float64": _max_diff(loc, loc64),
+        "loc_onnxruntime_vs_float64": _max_diff(got["loc"], loc64),
         "conf_torch_vs_float64": _max_diff(conf, conf64),
         "conf_onnxruntime_vs_float64": _max_diff(got["conf_logits"], conf64),
         "detections": sum(len(d["scores"]) for d in expected),
         "labels_and_counts_identical": same,
-        "boxes": max(_max_diff(got["boxes"][b, : len(d["scores"])], d["boxes"]) for b, d in shown),
-        "scores": max(_max_diff(got["scores"][b, : len(d["scores"])], d["scores"]) for b, d in shown),
-    }  # fmt: skip
+        "boxes": max(
+            _max_diff(got["boxes"][b, : len(d["scores"])], d["boxes"]) for b, d in shown
+        ),
+        "scores": max(
+            _max_diff(got["scores"][b, : len(d["scores"])], d["scores"])
+            for b, d in shown
+        ),
+    }
     results["tiny_trained_random_inputs"] = check_onnx(path, model, batch=4)
     print(json.dumps(results["tiny_trained_shapes"]), flush=True)
 
@@ -95,16 +109,24 @@ def main(argv: list[str] | None = None) -> dict:
         entry = check_onnx(path, net, batch=2)
         entry["export_seconds"] = round(time.perf_counter() - start, 1)
         if photos:
-            xs = torch.stack([preprocess(read_image(f), net.image_size) for f in photos])
+            xs = torch.stack(
+                [preprocess(read_image(f), net.image_size) for f in photos]
+            )
             out = run_onnx(path, xs)
             with torch.no_grad():
                 l, c = net(xs)
-            entry["real_photos"] = {"n": len(photos), "loc": _max_diff(out["loc"], l), "conf": _max_diff(out["conf_logits"], c)}
+            entry["real_photos"] = {
+                "n": len(photos),
+                "loc": _max_diff(out["loc"], l),
+                "conf": _max_diff(out["conf_logits"], c),
+            }
         results[name] = entry
         print(name, json.dumps(entry), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "export_parity_cpu.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "export_parity_cpu.json").write_text(
+        json.dumps(results, indent=1) + "\n"
+    )
     return results
 
 

@@ -1,8 +1,9 @@
 """Helpers the micro-benchmarks share: a device's name and a median wall-clock timer.
 
-Imported by the scripts in this folder (run as ``python benchmarks/NAME.py``, so this folder is
-on ``sys.path``).
+Imported by the scripts in this folder (run as ``python benchmarks/NAME.py``, so this
+folder is on ``sys.path``).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,13 +21,18 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's kind and the threads torch uses."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} ({torch.get_num_threads()} threads)"
 
 
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, Any]:
-    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call, and that call's result.
+def timed(
+    fn: Callable[[], Any], device: torch.device, repeats: int
+) -> tuple[float, Any]:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call, and that
+    call's result.
 
-    On CUDA the clock reads are fenced with ``synchronize`` so they time the kernels, not the launches.
+    On CUDA the clock reads are fenced with ``synchronize`` so they time the kernels,
+    not the launches.
     """
     result = fn()  # warm-up (and the result to compare)
     times = []
@@ -41,8 +47,11 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[fl
     return statistics.median(times), result
 
 
-def report(result: dict[str, Any], summary: str, out_dir: str | Path, file_name: str) -> Path:
-    """Print ``result`` (as JSON) and a one-line ``summary``, and write the JSON to ``out_dir/file_name``."""
+def report(
+    result: dict[str, Any], summary: str, out_dir: str | Path, file_name: str
+) -> Path:
+    """Print ``result`` (as JSON) and a one-line ``summary``, and write the JSON to
+    ``out_dir/file_name``."""
     print(json.dumps(result, indent=2))
     print(summary)
     out = Path(out_dir)

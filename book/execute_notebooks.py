@@ -1,13 +1,16 @@
-"""Execute the book's chapters in place so that every stored output comes from a real run.
+"""Execute the book's chapters in place so that every stored output comes from a real
+run.
 
     python book/execute_notebooks.py                 # every chapter listed in _toc.yml
     python book/execute_notebooks.py book/03_matching.ipynb ...
 
-Each chapter runs in a fresh kernel of the current Python under fixed settings (hash seed,
-thread count, plot backend), the same ones book/conftest.py gives nbval, so the tests compare
-like with like.  Before running, the first cell of each chapter is (re)written as the Colab
-install cell, built from the repository URL in _config.yml: the URL lives in one place.
+Each chapter runs in a fresh kernel of the current Python under fixed settings (hash
+seed, thread count, plot backend), the same ones book/conftest.py gives nbval, so the
+tests compare like with like.  Before running, the first cell of each chapter is
+(re)written as the Colab install cell, built from the repository URL in _config.yml: the
+URL lives in one place.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +29,8 @@ COLAB_MARKER = "# Colab only"
 
 
 def repository_url() -> str:
-    """The repository URL from _config.yml (read with a regex: no YAML dependency needed)."""
+    """The repository URL from _config.yml (read with a regex: no YAML dependency
+    needed)."""
     text = (ROOT / "_config.yml").read_text()
     match = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", text, flags=re.M)
     if not match:
@@ -35,18 +39,21 @@ def repository_url() -> str:
 
 
 def colab_cell_source() -> str:
-    """The first cell of every chapter.  In Colab it clones the repository (the chapters read
-    results/ and figures beside them), installs the package and moves into book/; elsewhere it
-    does nothing."""
+    """The first cell of every chapter.  In Colab it clones the repository (the chapters
+    read results/ and figures beside them), installs the package and moves into book/;
+    elsewhere it does nothing."""
     return (
-        f"{COLAB_MARKER}: fetch ssd_tutorial (code and results) and install it. Does nothing elsewhere.\n"
+        f"{COLAB_MARKER}: fetch ssd_tutorial (code and results) and install it. Does "
+        "nothing elsewhere.\n"
         "import importlib, os, subprocess, sys\n"
         "\n"
         'if "google.colab" in sys.modules:\n'
         '    checkout = "/content/ssd_tutorial"\n'
         "    if not os.path.exists(checkout):\n"
-        f'        subprocess.run(["git", "clone", "-q", "--depth", "1", "{repository_url()}", checkout], check=True)\n'
-        '        subprocess.run([sys.executable, "-m", "pip", "install", "-q", checkout], check=True)\n'
+        '        subprocess.run(["git", "clone", "-q", "--depth", "1", '
+        f'"{repository_url()}", checkout], check=True)\n'
+        '        subprocess.run([sys.executable, "-m", "pip", "install", "-q", '
+        "checkout], check=True)\n"
         "        importlib.invalidate_caches()\n"
         '    os.chdir(os.path.join(checkout, "book"))'
     )
@@ -57,7 +64,8 @@ def chapters_from_toc() -> list[Path]:
     return [ROOT / f"{name}.ipynb" for name in names]
 
 
-# A figure-only cell longer than this is folded in the rendered book ("Show code cell source").
+# A figure-only cell longer than this is folded in the rendered book ("Show code cell
+# source").
 LONG_PLOT_CELL_LINES = 20
 
 
@@ -69,12 +77,17 @@ def _set_tag(cell, tag: str, on: bool) -> None:
 
 
 def prepare(nb) -> None:
-    """Colab cell first (hidden in the rendered book: it is for Colab only), long plotting cells
-    folded in the rendered book, and one kernel name for every chapter."""
+    """Colab cell first (hidden in the rendered book: it is for Colab only), long
+    plotting cells folded in the rendered book, and one kernel name for every
+    chapter."""
     import nbformat
 
     colab = nbformat.v4.new_code_cell(colab_cell_source())
-    if nb.cells and nb.cells[0].cell_type == "code" and nb.cells[0].source.startswith(COLAB_MARKER):
+    if (
+        nb.cells
+        and nb.cells[0].cell_type == "code"
+        and nb.cells[0].source.startswith(COLAB_MARKER)
+    ):
         nb.cells[0].source = colab.source
     else:
         nb.cells.insert(0, colab)
@@ -82,18 +95,34 @@ def prepare(nb) -> None:
     for cell in nb.cells[1:]:
         if cell.cell_type == "code":
             source = cell.source.rstrip()
-            long_plot = source.endswith("plt.show()") and source.count("\n") + 1 > LONG_PLOT_CELL_LINES
+            long_plot = (
+                source.endswith("plt.show()")
+                and source.count("\n") + 1 > LONG_PLOT_CELL_LINES
+            )
             _set_tag(cell, "hide-input", long_plot)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
 
 
-# Recorded in each notebook's metadata (``ssd_tutorial.executed_with``): the versions that made
-# its stored outputs.  requirements.lock pins the whole environment.
-RECORDED_PACKAGES = ("torch", "torchvision", "torchcodec", "numpy", "pillow", "matplotlib", "pycocotools")
+# Recorded in each notebook's metadata (``ssd_tutorial.executed_with``): the versions
+# that made its stored outputs.  requirements.lock pins the whole environment.
+RECORDED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "torchcodec",
+    "numpy",
+    "pillow",
+    "matplotlib",
+    "pycocotools",
+)
 
 
 def executed_with() -> dict[str, str]:
-    """Python and the versions of the packages whose results a chapter's outputs show."""
+    """Python and the versions of the packages whose results a chapter's outputs
+    show."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
@@ -114,7 +143,10 @@ def execute(path: Path) -> float:
     prepare(nb)
     start = time.perf_counter()
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()
     elapsed = time.perf_counter() - start
@@ -124,7 +156,8 @@ def execute(path: Path) -> float:
 
 
 def apply_deterministic_env() -> None:
-    """Set the fixed settings; leave the plot backend to the kernel (inline), whatever the shell says."""
+    """Set the fixed settings; leave the plot backend to the kernel (inline), whatever
+    the shell says."""
     os.environ.update(DETERMINISTIC_ENV)
     os.environ.pop("MPLBACKEND", None)
 

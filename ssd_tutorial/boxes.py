@@ -5,10 +5,11 @@ Formats (every function says which it takes):
 * ``xyxy``   -- corners ``(x1, y1, x2, y2)``, with ``x1 <= x2`` and ``y1 <= y2``.
 * ``cxcywh`` -- centre and size ``(cx, cy, w, h)``.
 
-Boxes are float tensors of shape ``[..., 4]``.  Inside the model pipeline they are normalized
-to ``[0, 1]`` by the image size; datasets hand out absolute pixels.  Nothing here cares which,
-as long as both arguments of a comparison use the same units.
+Boxes are float tensors of shape ``[..., 4]``.  Inside the model pipeline they are
+normalized to ``[0, 1]`` by the image size; datasets hand out absolute pixels.  Nothing
+here cares which, as long as both arguments of a comparison use the same units.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,7 +26,9 @@ __all__ = [
 ]
 
 
-def check_boxes(boxes: Tensor, name: str = "boxes", *, require_ordered: bool = False) -> None:
+def check_boxes(
+    boxes: Tensor, name: str = "boxes", *, require_ordered: bool = False
+) -> None:
     """Raise a clear error unless ``boxes`` is a floating ``[..., 4]`` tensor.
 
     With ``require_ordered`` it also refuses ``xyxy`` boxes whose corners are reversed
@@ -38,12 +41,15 @@ def check_boxes(boxes: Tensor, name: str = "boxes", *, require_ordered: bool = F
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
     if require_ordered:
-        reversed_rows = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+        reversed_rows = (boxes[..., 2] < boxes[..., 0]) | (
+            boxes[..., 3] < boxes[..., 1]
+        )
         if bool(reversed_rows.any()):
             first = reversed_rows.reshape(-1).nonzero()[0].item()
             row = boxes.reshape(-1, 4)[first].tolist()
             raise ValueError(
-                f"{name} row {first} is not a valid xyxy box (x2 < x1 or y2 < y1): {row}"
+                f"{name} row {first} is not a valid xyxy box (x2 < x1 or y2 < y1): "
+                f"{row}"
             )
 
 
@@ -64,7 +70,8 @@ def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
 def box_area(boxes: Tensor) -> Tensor:
     """Area of ``[..., 4]`` xyxy boxes -> ``[...]``.
 
-    A reversed box (x2 < x1 or y2 < y1) has area 0, not a negative one: it covers nothing.
+    A reversed box (x2 < x1 or y2 < y1) has area 0, not a negative one: it covers
+    nothing.
     """
     check_boxes(boxes)
     w = (boxes[..., 2] - boxes[..., 0]).clamp(min=0)
@@ -75,8 +82,9 @@ def box_area(boxes: Tensor) -> Tensor:
 def clip_boxes(boxes: Tensor, width: float = 1.0, height: float = 1.0) -> Tensor:
     """Clip ``[..., 4]`` xyxy boxes to the image ``[0, width] x [0, height]``.
 
-    The defaults suit normalized boxes.  A box wholly outside the image becomes a zero-area
-    box on the border; callers that must drop such boxes check ``box_area(...) > 0``.
+    The defaults suit normalized boxes.  A box wholly outside the image becomes a
+    zero-area box on the border; callers that must drop such boxes check ``box_area(...)
+    > 0``.
     """
     check_boxes(boxes)
     x = boxes[..., 0::2].clamp(0, width)
@@ -85,11 +93,15 @@ def clip_boxes(boxes: Tensor, width: float = 1.0, height: float = 1.0) -> Tensor
 
 
 def box_intersection(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise intersection areas of xyxy boxes: ``a [N,4]``, ``b [M,4]`` -> ``[N, M]``."""
+    """Pairwise intersection areas of xyxy boxes: ``a [N,4]``, ``b [M,4]`` -> ``[N,
+    M]``."""
     check_boxes(a, "a")
     check_boxes(b, "b")
     if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"box_intersection takes [N,4] and [M,4], got {list(a.shape)} and {list(b.shape)}")
+        raise ValueError(
+            f"box_intersection takes [N,4] and [M,4], got {list(a.shape)} and "
+            f"{list(b.shape)}"
+        )
     top_left = torch.maximum(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
     bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # [N, M, 2]
     wh = (bottom_right - top_left).clamp(min=0)  # [N, M, 2]; disjoint boxes give 0
@@ -97,10 +109,12 @@ def box_intersection(a: Tensor, b: Tensor) -> Tensor:
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Intersection over union of every pair: ``a [N,4]`` xyxy, ``b [M,4]`` xyxy -> ``[N, M]``.
+    """Intersection over union of every pair: ``a [N,4]`` xyxy, ``b [M,4]`` xyxy ->
+    ``[N, M]``.
 
-    IoU = |a ∩ b| / (|a| + |b| - |a ∩ b|).  Two zero-area boxes have union 0; their IoU is
-    defined as 0 (they overlap nothing), never NaN.  Reversed boxes count as zero-area.
+    IoU = |a ∩ b| / (|a| + |b| - |a ∩ b|).  Two zero-area boxes have union 0; their IoU
+    is defined as 0 (they overlap nothing), never NaN.  Reversed boxes count as
+    zero-area.
     """
     inter = box_intersection(a, b)  # [N, M]
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter  # [N, M]

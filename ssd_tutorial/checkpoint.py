@@ -1,17 +1,20 @@
 """Checkpoints that survive a crash and load safely.
 
-* Written atomically: to a temporary file in the same folder, flushed to disk, read back and
-  compared (SHA-256) with what was meant to be written, then renamed over the target with
-  ``os.replace`` -- a process killed mid-write leaves the previous checkpoint intact and, at
-  worst, a stray ``*.tmp`` file that is never read.
-* ``last.pt`` is a copy of the newest numbered checkpoint, not a link to it: a file damaged in
-  place (truncated, overwritten) leaves the other one intact, and ``--resume`` falls back to the
-  newest checkpoint that still reads (:func:`load_latest_checkpoint`).
-* Only plain data inside (tensors, numbers, strings, lists, dicts), so ``torch.load(path,
+* Written atomically: to a temporary file in the same folder, flushed to disk, read back
+  and compared (SHA-256) with what was meant to be written, then renamed over the target
+  with ``os.replace`` -- a process killed mid-write leaves the previous checkpoint
+  intact and, at worst, a stray ``*.tmp`` file that is never read.
+* ``last.pt`` is a copy of the newest numbered checkpoint, not a link to it: a file
+  damaged in place (truncated, overwritten) leaves the other one intact, and
+  ``--resume`` falls back to the newest checkpoint that still reads
+  (:func:`load_latest_checkpoint`).
+* Only plain data inside (tensors, numbers, strings, lists, dicts), so
+  ``torch.load(path,
   weights_only=True)`` reads it and a checkpoint carrying a pickled object is refused.
-* They hold everything needed to continue exactly: model, optimizer, scheduler, grad scaler,
-  iteration, and the random states of torch, CUDA, numpy and Python.
+* They hold everything needed to continue exactly: model, optimizer, scheduler, grad
+  scaler, iteration, and the random states of torch, CUDA, numpy and Python.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,10 +56,11 @@ CHUNK = 1 << 24  # bytes per read when a written file is checked
 
 
 class CheckpointError(ValueError, RuntimeError):
-    """A checkpoint file that cannot be used: truncated, not ``torch.save`` output, or unsafe.
+    """A checkpoint file that cannot be used: truncated, not ``torch.save`` output, or
+    unsafe.
 
-    A ValueError (a bad input file: the command-line tools report it in one line) and, as this
-    module raised before, a RuntimeError.
+    A ValueError (a bad input file: the command-line tools report it in one line) and,
+    as this module raised before, a RuntimeError.
     """
 
 
@@ -76,10 +80,12 @@ def _sha256_of_file(path: Path) -> bytes:
 
 
 def _write_verified(data: bytes, path: Path) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file + fsync + read-back check + os.replace.
+    """Write ``data`` to ``path`` atomically: temp file + fsync + read-back check +
+    os.replace.
 
-    The read-back compares SHA-256 digests, so a short or damaged write raises ``OSError``
-    and leaves the previous ``path`` in place instead of replacing it with a broken file.
+    The read-back compares SHA-256 digests, so a short or damaged write raises
+    ``OSError`` and leaves the previous ``path`` in place instead of replacing it with a
+    broken file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -89,7 +95,10 @@ def _write_verified(data: bytes, path: Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         if _sha256_of_file(tmp) != hashlib.sha256(data).digest():
-            raise OSError(f"{path}: the file read back differs from what was written (disk full or failing?)")
+            raise OSError(
+                f"{path}: the file read back differs from what was written (disk full "
+                "or failing?)"
+            )
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -98,29 +107,37 @@ def _write_verified(data: bytes, path: Path) -> Path:
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync, read-back check, os.replace)."""
+    """``torch.save`` to ``path`` atomically (temp file in the same folder, fsync,
+    read-back check, os.replace)."""
     return _write_verified(_serialize(obj), Path(path))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``.
 
-    A missing file raises ``FileNotFoundError``; an unsafe (pickled objects), truncated or
-    foreign one :class:`CheckpointError`; all name the file.
+    A missing file raises ``FileNotFoundError``; an unsafe (pickled objects), truncated
+    or foreign one :class:`CheckpointError`; all name the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:  # what weights_only=True raises for a pickled object
+    except (
+        pickle.UnpicklingError
+    ) as error:  # what weights_only=True raises for a pickled object
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain-data checkpoint readable with "
             f"weights_only=True ({_first_line(error)})"
         ) from error
-    except Exception as error:  # a truncated copy, or a file that is no torch.save output at all
+    except (
+        Exception
+    ) as error:  # a truncated copy, or a file that is no torch.save output at all
         raise CheckpointError(
-            f"cannot read {path} as a checkpoint: truncated or not written by torch.save ({_first_line(error)})"
+            f"cannot read {path} as a checkpoint: truncated or not written by "
+            f"torch.save ({_first_line(error)})"
         ) from error
 
 
@@ -130,7 +147,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """The random states of torch (CPU and every CUDA device), numpy and Python, as plain data."""
+    """The random states of torch (CPU and every CUDA device), numpy and Python, as
+    plain data."""
     kind, keys, pos, has_gauss, cached_gauss = np.random.get_state()
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
@@ -154,7 +172,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(
-        (n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gauss"])
+        (
+            n["kind"],
+            n["keys"].cpu().numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gauss"],
+        )
     )
     p = state["python"]
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
@@ -166,33 +190,42 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def _numbered(folder: Path) -> list[Path]:
     """The ``checkpoint_XXXXXXX.pt`` files of ``folder``, oldest first."""
-    return sorted(p for p in folder.glob("checkpoint_*.pt") if CHECKPOINT_PATTERN.match(p.name))
+    return sorted(
+        p for p in folder.glob("checkpoint_*.pt") if CHECKPOINT_PATTERN.match(p.name)
+    )
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """``last.pt`` in ``folder`` if present, else the highest-numbered ``checkpoint_*.pt``, else None."""
+    """``last.pt`` in ``folder`` if present, else the highest-numbered
+    ``checkpoint_*.pt``, else None."""
     candidates = checkpoint_candidates(folder)
     return candidates[0] if candidates else None
 
 
 def checkpoint_candidates(folder: str | Path) -> list[Path]:
-    """The checkpoints of ``folder`` in the order a resume tries them: ``last.pt``, then the
-    numbered ones, newest first."""
+    """The checkpoints of ``folder`` in the order a resume tries them: ``last.pt``, then
+    the numbered ones, newest first."""
     folder = Path(folder)
     last = [folder / LAST] if (folder / LAST).is_file() else []
     return last + _numbered(folder)[::-1]
 
 
-def load_latest_checkpoint(folder: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]]:
-    """``(path, state)`` of the newest checkpoint in ``folder`` that reads (see :func:`checkpoint_candidates`).
+def load_latest_checkpoint(
+    folder: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]]:
+    """``(path, state)`` of the newest checkpoint in ``folder`` that reads (see
+    :func:`checkpoint_candidates`).
 
-    A file that does not read (truncated, unsafe) is passed over with a warning that names it,
-    says why and says which file is used instead.  ``FileNotFoundError`` when ``folder`` has no
-    checkpoint; :class:`CheckpointError` listing every reason when none of them reads.
+    A file that does not read (truncated, unsafe) is passed over with a warning that
+    names it, says why and says which file is used instead.  ``FileNotFoundError`` when
+    ``folder`` has no checkpoint; :class:`CheckpointError` listing every reason when
+    none of them reads.
     """
     candidates = checkpoint_candidates(folder)
     if not candidates:
-        raise FileNotFoundError(f"no checkpoint (last.pt or checkpoint_*.pt) in {folder}")
+        raise FileNotFoundError(
+            f"no checkpoint (last.pt or checkpoint_*.pt) in {folder}"
+        )
     unreadable: list[str] = []
     for path in candidates:
         try:
@@ -202,13 +235,20 @@ def load_latest_checkpoint(folder: str | Path, map_location: str | torch.device 
             continue
         if unreadable:
             passed_over = "; ".join(unreadable)
-            warnings.warn(f"using {path}, the newest checkpoint that reads; passed over: {passed_over}", stacklevel=2)
+            warnings.warn(
+                f"using {path}, the newest checkpoint that reads; passed over: "
+                f"{passed_over}",
+                stacklevel=2,
+            )
         return path, state
-    raise CheckpointError(f"no readable checkpoint in {folder}:\n  " + "\n  ".join(unreadable))
+    raise CheckpointError(
+        f"no readable checkpoint in {folder}:\n  " + "\n  ".join(unreadable)
+    )
 
 
 def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` highest-numbered checkpoints (``last.pt`` is never deleted)."""
+    """Delete all but the ``keep`` highest-numbered checkpoints (``last.pt`` is never
+    deleted)."""
     numbered = _numbered(Path(folder))
     removed = numbered[: max(0, len(numbered) - max(keep, 1))]
     for p in removed:
@@ -216,11 +256,14 @@ def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
     return removed
 
 
-def save_checkpoint(obj: dict[str, Any], folder: str | Path, iteration: int, keep: int = 3) -> Path:
-    """Write ``checkpoint_XXXXXXX.pt`` and then ``last.pt`` (each atomically, each checked), prune old ones.
+def save_checkpoint(
+    obj: dict[str, Any], folder: str | Path, iteration: int, keep: int = 3
+) -> Path:
+    """Write ``checkpoint_XXXXXXX.pt`` and then ``last.pt`` (each atomically, each
+    checked), prune old ones.
 
-    ``last.pt`` is a second file with the same bytes, not a hard link: a link would share its
-    storage, so damage to one (a copy truncated in place) would destroy both.
+    ``last.pt`` is a second file with the same bytes, not a hard link: a link would
+    share its storage, so damage to one (a copy truncated in place) would destroy both.
     """
     folder = Path(folder)
     data = _serialize(obj)  # once, for both files
@@ -232,6 +275,7 @@ def save_checkpoint(obj: dict[str, Any], folder: str | Path, iteration: int, kee
 
 def stored_prior_config(state: dict[str, Any]) -> DefaultBoxConfig:
     """The default-box layout a training checkpoint's model was trained with: its
-    ``"prior_config"`` entry (:meth:`DefaultBoxConfig.to_dict`), SSD300_VOC when it has none."""
+    ``"prior_config"`` entry (:meth:`DefaultBoxConfig.to_dict`), SSD300_VOC when it has
+    none."""
     saved = state.get("prior_config")
     return DefaultBoxConfig.from_dict(saved) if saved else SSD300_VOC

@@ -1,30 +1,38 @@
-"""SSD's training augmentation for a whole batch at once, on the device that holds the images.
+"""SSD's training augmentation for a whole batch at once, on the device that holds the
+images.
 
-The CPU pipeline (:class:`ssd_tutorial.augmentation.SSDAugmentation`) handles one image at a
-time in a DataLoader worker.  On a fast GPU the workers cannot keep up (decoding and augmenting
-a VOC image costs milliseconds of CPU; an H100 trains SSD300 on hundreds of images a second).
-This module does the same augmentation for a batch of decoded ``uint8`` images, each of its own
-size, with a fixed number of batched tensor operations and no Python loop over pixels or boxes:
+The CPU pipeline (:class:`ssd_tutorial.augmentation.SSDAugmentation`) handles one image
+at a time in a DataLoader worker.  On a fast GPU the workers cannot keep up (decoding
+and augmenting a VOC image costs milliseconds of CPU; an H100 trains SSD300 on hundreds
+of images a second).
+This module does the same augmentation for a batch of decoded ``uint8`` images, each of
+its own size, with a fixed number of batched tensor operations and no Python loop over
+pixels or boxes:
 
-1. **geometry as one affine map per image.**  Zoom-out (expand), the random min-IoU crop and the
-   horizontal flip only move and scale the image, so together they are one affine map from the
-   output grid to the input pixels.  All the random crops of the batch are sampled in parallel
-   (``max_trials`` candidate patches per image, IoU with the image's boxes computed for all of
-   them at once; the first valid patch wins), then one
-   ``torch.nn.functional.grid_sample`` call resamples every image to ``size x size``.
-2. **photometric distortion on the output.**  Brightness, contrast, saturation, hue and channel
-   swap are pointwise colour maps with per-image random parameters, applied as broadcast tensor
-   arithmetic to the ``[B, 3, size, size]`` result (not to the full-size inputs: cheaper).
+1. **geometry as one affine map per image.**  Zoom-out (expand), the random min-IoU crop
+   and the horizontal flip only move and scale the image, so together they are one
+   affine map from the output grid to the input pixels.  All the random crops of the
+   batch are sampled in parallel (``max_trials`` candidate patches per image, IoU with
+   the image's boxes computed for all of them at once; the first valid patch wins), then
+   one ``torch.nn.functional.grid_sample`` call resamples every image to ``size x
+   size``.
+2. **photometric distortion on the output.**  Brightness, contrast, saturation, hue and
+   channel swap are pointwise colour maps with per-image random parameters, applied as
+   broadcast tensor arithmetic to the ``[B, 3, size, size]`` result (not to the
+   full-size inputs: cheaper).
 3. **normalize** with the ImageNet mean/std of :mod:`ssd_tutorial.preprocessing`.
 
 Box format: inputs are absolute-pixel ``xyxy`` boxes of each image; outputs are ``xyxy``
-normalized to ``[0, 1]`` of the ``size x size`` output, as the CPU pipeline returns them.
+normalized to ``[0, 1]`` of the ``size x size`` output, as the CPU pipeline returns
+them.
 
-The random choices follow the same distributions as ``SSDAugmentation`` (the released Caffe
-SSD's); the few departures are marked where they happen.  Every random number comes from the
-``torch.Generator`` passed in, so a seeded generator gives the same batch twice (on one device;
+The random choices follow the same distributions as ``SSDAugmentation`` (the released
+Caffe SSD's); the few departures are marked where they happen.  Every random number
+comes from the ``torch.Generator`` passed in, so a seeded generator gives the same batch
+twice (on one device;
 CPU and CUDA generators draw different streams).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,54 +63,86 @@ __all__ = [
     "sample_crops",
 ]
 
-CROP_MIN_SCALE = 0.3  # Caffe SSD: patch scale in [0.3, 1] (paper p.6: size [0.1, 1] of the image)
-CROP_ASPECT_RANGE = (0.5, 2.0)  # paper p.6: patch aspect ratio between 1/2 and 2 (normalized w / h, as Caffe)
-EXPAND_MAX_RATIO = 4.0  # paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
+CROP_MIN_SCALE = (
+    0.3  # Caffe SSD: patch scale in [0.3, 1] (paper p.6: size [0.1, 1] of the image)
+)
+CROP_ASPECT_RANGE = (
+    0.5,
+    2.0,
+)  # paper p.6: patch aspect ratio between 1/2 and 2 (normalized w / h, as Caffe)
+EXPAND_MAX_RATIO = (
+    4.0  # paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
+)
 
 
-def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator, device: torch.device) -> Tensor:
-    """``U(low, high)`` float32 of ``shape``, drawn on the generator's device, moved to ``device``."""
+def _uniform(
+    shape: Sequence[int],
+    low: float,
+    high: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Tensor:
+    """``U(low, high)`` float32 of ``shape``, drawn on the generator's device, moved to
+    ``device``."""
     u = torch.rand(tuple(shape), generator=generator, device=generator.device)
     return (low + (high - low) * u).to(device)
 
 
-def _coin(shape: Sequence[int], generator: torch.Generator, device: torch.device, p: float = 0.5) -> Tensor:
+def _coin(
+    shape: Sequence[int],
+    generator: torch.Generator,
+    device: torch.device,
+    p: float = 0.5,
+) -> Tensor:
     """Bernoulli(p) bool tensor of ``shape``."""
     return _uniform(shape, 0.0, 1.0, generator, device) < p
 
 
-def _randint(shape: Sequence[int], high: int, generator: torch.Generator, device: torch.device) -> Tensor:
+def _randint(
+    shape: Sequence[int], high: int, generator: torch.Generator, device: torch.device
+) -> Tensor:
     """Uniform integers in ``[0, high)`` (long)."""
-    return torch.randint(high, tuple(shape), generator=generator, device=generator.device).to(device)
+    return torch.randint(
+        high, tuple(shape), generator=generator, device=generator.device
+    ).to(device)
 
 
-# ----------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # colour
-# ----------------------------------------------------------------------------------------------
-def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap_prob: float = 0.0) -> Tensor:
-    """Random colour distortion of ``[B, 3, H, W]`` float RGB on the 0..255 scale -> same shape.
+# --------------------------------------------------------------------------------------
+def photometric_distort(
+    images: Tensor, generator: torch.Generator, channel_swap_prob: float = 0.0
+) -> Tensor:
+    """Random colour distortion of ``[B, 3, H, W]`` float RGB on the 0..255 scale ->
+    same shape.
 
     Per image, with the distributions of Caffe SSD / ``SSDAugmentation``: brightness
-    (p=0.5, +U(-32, 32)), contrast (p=0.5, x U(0.5, 1.5)) before or after the HSV steps with
-    equal odds, saturation (p=0.5, S x U(0.5, 1.5)), hue (p=0.5, H + U(-36, 36) degrees), and a
-    channel swap with probability ``channel_swap_prob`` (Caffe SSD: 0; ssd.pytorch: 0.5).
+    (p=0.5, +U(-32, 32)), contrast (p=0.5, x U(0.5, 1.5)) before or after the HSV steps
+    with equal odds, saturation (p=0.5, S x U(0.5, 1.5)), hue (p=0.5, H + U(-36, 36)
+    degrees), and a channel swap with probability ``channel_swap_prob`` (Caffe SSD: 0;
+    ssd.pytorch: 0.5).
     Values are clamped to [0, 255] after brightness and contrast, S to [0, 1].
-    Images that skip a step get the identity parameter (0 shift, factor 1), so every step is one
-    tensor operation for the whole batch.
+    Images that skip a step get the identity parameter (0 shift, factor 1), so every
+    step is one tensor operation for the whole batch.
     """
     B, device = images.shape[0], images.device
 
     def maybe(low: float, high: float, identity: float) -> Tensor:
-        """With p = 0.5 per image a draw from U(low, high), else ``identity`` -> [B, 1, 1, 1]."""
+        """With p = 0.5 per image a draw from U(low, high), else ``identity`` -> [B, 1,
+        1, 1]."""
         apply = _coin((B,), generator, device)
         value = _uniform((B,), low, high, generator, device)
-        return torch.where(apply, value, torch.full_like(value, identity)).view(B, 1, 1, 1)  # [B, 1, 1, 1]
+        return torch.where(apply, value, torch.full_like(value, identity)).view(
+            B, 1, 1, 1
+        )  # [B, 1, 1, 1]
 
     brightness = maybe(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, 0.0)  # [B, 1, 1, 1]
     contrast = maybe(*CONTRAST_RANGE, 1.0)
     contrast_first = _coin((B,), generator, device).view(B, 1, 1, 1)  # [B, 1, 1, 1]
     saturation = maybe(*SATURATION_RANGE, 1.0)
-    hue_shift = maybe(-HUE_DELTA, HUE_DELTA, 0.0) / 360.0  # degrees -> fraction of a turn
+    hue_shift = (
+        maybe(-HUE_DELTA, HUE_DELTA, 0.0) / 360.0
+    )  # degrees -> fraction of a turn
     swap = _coin((B,), generator, device, p=channel_swap_prob)  # [B]
     perm_index = _randint((B,), len(CHANNEL_PERMUTATIONS), generator, device)  # [B]
 
@@ -111,21 +151,28 @@ def photometric_distort(images: Tensor, generator: torch.Generator, channel_swap
     x = (x * torch.where(contrast_first, contrast, one)).clamp(0.0, 255.0)
     hsv = rgb_to_hsv(x)  # [B, 3, H, W]; V stays on the 0..255 scale
     hue, sat, val = hsv.unbind(1)  # each [B, H, W]
-    hue = torch.remainder(hue + hue_shift[:, 0], 1.0)  # [B, 1, 1] broadcast over [B, H, W]
+    hue = torch.remainder(
+        hue + hue_shift[:, 0], 1.0
+    )  # [B, 1, 1] broadcast over [B, H, W]
     sat = (sat * saturation[:, 0]).clamp(0.0, 1.0)
     x = hsv_to_rgb(torch.stack((hue, sat, val), dim=1))  # [B, 3, H, W]
     x = (x * torch.where(contrast_first, one, contrast)).clamp(0.0, 255.0)
     perms = torch.tensor(CHANNEL_PERMUTATIONS, device=device)[perm_index]  # [B, 3]
-    perms = torch.where(swap[:, None], perms, torch.arange(3, device=device).expand(B, 3))  # [B, 3]
-    return torch.gather(x, 1, perms.view(B, 3, 1, 1).expand_as(x))  # [B, 3, 1, 1] -> [B, 3, H, W]
+    perms = torch.where(
+        swap[:, None], perms, torch.arange(3, device=device).expand(B, 3)
+    )  # [B, 3]
+    return torch.gather(
+        x, 1, perms.view(B, 3, 1, 1).expand_as(x)
+    )  # [B, 3, 1, 1] -> [B, 3, H, W]
 
 
-# ----------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # geometry
-# ----------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of ``a [..., N, 4]`` with ``b [..., M, 4]`` xyxy (same leading dims) -> ``[..., N, M]``:
-    :func:`ssd_tutorial.boxes.box_iou`, batched over the leading dims by ``torch.vmap`` (no loop)."""
+    """IoU of ``a [..., N, 4]`` with ``b [..., M, 4]`` xyxy (same leading dims) ->
+    ``[..., N, M]``: :func:`ssd_tutorial.boxes.box_iou`, batched over the leading dims
+    by ``torch.vmap`` (no loop)."""
     iou = box_iou
     for _ in range(a.ndim - 2):
         iou = torch.vmap(iou)
@@ -133,7 +180,8 @@ def _pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _centres_inside(crops: Tensor, boxes: Tensor) -> Tensor:
-    """Whether each box's centre lies strictly inside each crop: ``[..., N, 4]``, ``[..., M, 4]`` -> ``[..., N, M]``."""
+    """Whether each box's centre lies strictly inside each crop: ``[..., N, 4]``,
+    ``[..., M, 4]`` -> ``[..., N, M]``."""
     centres = (boxes[..., :2] + boxes[..., 2:]) / 2  # [..., M, 2]
     c = centres[..., None, :, :]  # [..., 1, M, 2]
     return (
@@ -153,22 +201,23 @@ def sample_crops(
 ) -> Tensor:
     """Draw one random min-IoU crop per image, for the whole batch at once.
 
-    ``boxes`` [B, G, 4] xyxy normalized to each image's (or zoom-out canvas's) width and height,
-    ``valid`` [B, G] bool (False = padding).  Returns ``[B, 4]`` crops in the same normalized
-    xyxy coordinates.
+    ``boxes`` [B, G, 4] xyxy normalized to each image's (or zoom-out canvas's) width and
+    height, ``valid`` [B, G] bool (False = padding).  Returns ``[B, 4]`` crops in the
+    same normalized xyxy coordinates.
 
     The rule of :func:`ssd_tutorial.augmentation.sample_iou_crop` (Caffe's
-    ``GenerateBatchSamples`` and uniform pick), for every image in parallel: a pool holds the
-    whole image (if None is among ``min_ious``) and, for each numeric option (-inf = no overlap
-    constraint), the first of ``max_trials`` candidate patches that passes it; one member of the
-    pool is picked uniformly.  A candidate has scale ``s ~ U(0.3, 1)``, aspect ratio
-    ``ar ~ U(max(1/2, s^2), min(2, 1/s^2))``, width ``s * sqrt(ar)`` and height ``s / sqrt(ar)``
-    of the image's; it passes when its IoU with at least one object is >= the option's minimum
-    and the centre of at least one object lies inside it.  An empty pool (no None option and
-    every trial failed) or an image without objects keeps the whole image.  IoU is computed in
-    normalized coordinates: scaling x and y changes every area by the same factor, so it changes
-    no IoU.  Departure: patches are not rounded to whole pixels (the CPU pipeline crops integer
-    pixels).
+    ``GenerateBatchSamples`` and uniform pick), for every image in parallel: a pool
+    holds the whole image (if None is among ``min_ious``) and, for each numeric option
+    (-inf = no overlap constraint), the first of ``max_trials`` candidate patches that
+    passes it; one member of the pool is picked uniformly.  A candidate has scale ``s ~
+    U(0.3, 1)``, aspect ratio ``ar ~ U(max(1/2, s^2), min(2, 1/s^2))``, width ``s *
+    sqrt(ar)`` and height ``s / sqrt(ar)`` of the image's; it passes when its IoU with
+    at least one object is >= the option's minimum and the centre of at least one object
+    lies inside it.  An empty pool (no None option and every trial failed) or an image
+    without objects keeps the whole image.  IoU is computed in normalized coordinates:
+    scaling x and y changes every area by the same factor, so it changes
+    no IoU.  Departure: patches are not rounded to whole pixels (the CPU pipeline crops
+    integer pixels).
     """
     B, G = valid.shape
     device = boxes.device
@@ -176,39 +225,63 @@ def sample_crops(
     numeric = [m for m in min_ious if m is not None]
     K = len(numeric)
     has_whole = len(numeric) < len(min_ious)
-    threshold = torch.tensor(numeric, device=device).view(1, K, 1).expand(B, K, T).reshape(B, K * T)  # [B, K*T]
+    threshold = (
+        torch.tensor(numeric, device=device)
+        .view(1, K, 1)
+        .expand(B, K, T)
+        .reshape(B, K * T)
+    )  # [B, K*T]
 
     s = _uniform((B, K, T), CROP_MIN_SCALE, 1.0, generator, device)  # [B, K, T]
     ar_lo = torch.clamp(s * s, min=CROP_ASPECT_RANGE[0])
     ar_hi = torch.clamp(1.0 / (s * s), max=CROP_ASPECT_RANGE[1])
-    root_ar = (ar_lo + (ar_hi - ar_lo) * _uniform((B, K, T), 0.0, 1.0, generator, device)).sqrt()
+    root_ar = (
+        ar_lo + (ar_hi - ar_lo) * _uniform((B, K, T), 0.0, 1.0, generator, device)
+    ).sqrt()
     w, h = s * root_ar, s / root_ar  # [B, K, T] fractions of the width and height
     left = _uniform((B, K, T), 0.0, 1.0, generator, device) * (1.0 - w)
     top = _uniform((B, K, T), 0.0, 1.0, generator, device) * (1.0 - h)
-    crops = torch.stack((left, top, left + w, top + h), dim=-1).view(B, K * T, 4)  # [B, K*T, 4]
+    crops = torch.stack((left, top, left + w, top + h), dim=-1).view(
+        B, K * T, 4
+    )  # [B, K*T, 4]
 
     iou = _pairwise_iou(crops, boxes)  # [B, K*T, G]
-    best_iou = torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0)).amax(dim=-1)  # [B, K*T]; G >= 1
-    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(dim=-1)  # [B, K*T]
+    best_iou = torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0)).amax(
+        dim=-1
+    )  # [B, K*T]; G >= 1
+    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(
+        dim=-1
+    )  # [B, K*T]
     ok = (any_inside & (best_iou >= threshold)).view(B, K, T)
 
     first = ok.float().argmax(dim=-1)  # [B, K]; argmax returns the first maximum
-    samples = crops.view(B, K, T, 4).gather(2, first[:, :, None, None].expand(B, K, 1, 4)).squeeze(2)  # [B, K, 4]
+    samples = (
+        crops.view(B, K, T, 4)
+        .gather(2, first[:, :, None, None].expand(B, K, 1, 4))
+        .squeeze(2)
+    )  # [B, K, 4]
     found = ok.any(dim=-1) & valid.any(dim=-1, keepdim=True)  # [B, K]
     full = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device)
-    # The pool: [whole image, one sample per option that succeeded]; pick the k-th member,
-    # k uniform in [0, pool size), without leaving the device.
-    pool_ok = torch.cat((torch.full((B, 1), has_whole, device=device), found), dim=1)  # [B, 1+K]
+    # The pool: [whole image, one sample per option that succeeded]; pick the k-th
+    # member, k uniform in [0, pool size), without leaving the device.
+    pool_ok = torch.cat(
+        (torch.full((B, 1), has_whole, device=device), found), dim=1
+    )  # [B, 1+K]
     pool = torch.cat((full.expand(B, 1, 4), samples), dim=1)  # [B, 1+K, 4]
     size = pool_ok.sum(dim=1)  # [B]
-    pick = (_uniform((B,), 0.0, 1.0, generator, device) * size).long().clamp(max=K)  # [B]
-    chosen = pool_ok & (pool_ok.cumsum(dim=1) - 1 == pick[:, None])  # [B, 1+K]: one True, or none
+    pick = (
+        (_uniform((B,), 0.0, 1.0, generator, device) * size).long().clamp(max=K)
+    )  # [B]
+    chosen = pool_ok & (
+        pool_ok.cumsum(dim=1) - 1 == pick[:, None]
+    )  # [B, 1+K]: one True, or none
     crop = pool[torch.arange(B, device=device), chosen.float().argmax(dim=1)]  # [B, 4]
     return torch.where((size > 0)[:, None], crop, full.expand(B, 4))
 
 
 def _pad_images(images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
-    """Images of different sizes -> one zero-padded ``[B, 3, H_max, W_max]`` tensor + sizes ``[B, 2]`` (H, W)."""
+    """Images of different sizes -> one zero-padded ``[B, 3, H_max, W_max]`` tensor +
+    sizes ``[B, 2]`` (H, W)."""
     if isinstance(images, Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
@@ -225,7 +298,10 @@ def _pad_images(images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
     padded = images[0].new_zeros((len(images), 3, h_max, w_max))
     for i, img in enumerate(images):
         padded[i, :, : img.shape[1], : img.shape[2]] = img
-    sizes = torch.tensor([[int(img.shape[1]), int(img.shape[2])] for img in images], device=images[0].device)
+    sizes = torch.tensor(
+        [[int(img.shape[1]), int(img.shape[2])] for img in images],
+        device=images[0].device,
+    )
     return padded, sizes
 
 
@@ -242,9 +318,9 @@ def gpu_ssd_augment_padded(
     """:func:`gpu_ssd_augment` on padded box tensors, with no host synchronisation.
 
     ``boxes`` [B, G, 4] absolute-pixel xyxy, ``valid`` [B, G] bool (False = padding).
-    Returns ``(images float [B, 3, size, size] normalized, boxes [B, G, 4] normalized xyxy,
-    keep [B, G] bool)``: ``keep`` marks the objects that survive (a subset of ``valid``);
-    rows where it is False hold meaningless numbers.
+    Returns ``(images float [B, 3, size, size] normalized, boxes [B, G, 4] normalized
+    xyxy, keep [B, G] bool)``: ``keep`` marks the objects that survive (a subset of
+    ``valid``); rows where it is False hold meaningless numbers.
     """
     padded, sizes = _pad_images(images)
     device = padded.device
@@ -252,33 +328,62 @@ def gpu_ssd_augment_padded(
     if boxes.ndim != 3 or boxes.shape[0] != B or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be [B={B}, G, 4], got {list(boxes.shape)}")
     if valid.shape != boxes.shape[:2]:
-        raise ValueError(f"valid must be [B, G] = {list(boxes.shape[:2])}, got {list(valid.shape)}")
+        raise ValueError(
+            f"valid must be [B, G] = {list(boxes.shape[:2])}, got {list(valid.shape)}"
+        )
     height = sizes[:, 0].float()  # [B]
     width = sizes[:, 1].float()  # [B]
     wh = torch.stack((width, height, width, height), dim=-1)[:, None, :]  # [B, 1, 4]
-    unit_boxes = boxes.to(device=device, dtype=torch.float32) / wh  # [B, G, 4] normalized to the image
+    unit_boxes = (
+        boxes.to(device=device, dtype=torch.float32) / wh
+    )  # [B, G, 4] normalized to the image
     valid = valid.to(device)
 
     if train:
-        # zoom out (p=0.5): the image becomes a 1/ratio-sized tile at a random place of a canvas
-        # ratio x its width and height.  Departure: the CPU pipeline rounds the canvas and the
-        # offsets to whole pixels; here they stay continuous.
+        # zoom out (p=0.5): the image becomes a 1/ratio-sized tile at a random place of
+        # a canvas ratio x its width and height.  Departure: the CPU pipeline rounds the
+        # canvas and the offsets to whole pixels; here they stay continuous.
         expand = _coin((B,), generator, device)
-        ratio = torch.where(expand, _uniform((B,), 1.0, EXPAND_MAX_RATIO, generator, device), torch.ones(B, device=device))
-        offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)  # image's left edge on the canvas
+        ratio = torch.where(
+            expand,
+            _uniform((B,), 1.0, EXPAND_MAX_RATIO, generator, device),
+            torch.ones(B, device=device),
+        )
+        offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (
+            1.0 - 1.0 / ratio
+        )  # image's left edge on the canvas
         offset_y = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
-        offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[:, None, :]  # [B, 1, 4]
-        canvas_boxes = offset + unit_boxes / ratio.view(B, 1, 1)  # [B, G, 4] normalized to the canvas
+        offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[
+            :, None, :
+        ]  # [B, 1, 4]
+        canvas_boxes = offset + unit_boxes / ratio.view(
+            B, 1, 1
+        )  # [B, G, 4] normalized to the canvas
         crop = sample_crops(canvas_boxes, valid, generator, max_trials)  # [B, 4]
         flip = _coin((B,), generator, device)  # [B]
-        # Boxes: keep those whose centre is in the crop, clip them to it, express them in its frame.
+        # Boxes: keep those whose centre is in the crop, clip them to it, express them
+        # in its frame.
         crop_lo = crop[:, None, :2].repeat(1, 1, 2)  # [B, 1, 4] (x1, y1, x1, y1)
         crop_hi = crop[:, None, 2:].repeat(1, 1, 2)  # [B, 1, 4] (x2, y2, x2, y2)
-        clipped = torch.minimum(torch.maximum(canvas_boxes, crop_lo), crop_hi)  # [B, G, 4]
-        out_boxes = (clipped - crop_lo) / (crop_hi - crop_lo)  # [B, G, 4] normalized to the output
-        mirrored = torch.stack((1 - out_boxes[..., 2], out_boxes[..., 1], 1 - out_boxes[..., 0], out_boxes[..., 3]), -1)
+        clipped = torch.minimum(
+            torch.maximum(canvas_boxes, crop_lo), crop_hi
+        )  # [B, G, 4]
+        out_boxes = (clipped - crop_lo) / (
+            crop_hi - crop_lo
+        )  # [B, G, 4] normalized to the output
+        mirrored = torch.stack(
+            (
+                1 - out_boxes[..., 2],
+                out_boxes[..., 1],
+                1 - out_boxes[..., 0],
+                out_boxes[..., 3],
+            ),
+            -1,
+        )
         out_boxes = torch.where(flip.view(B, 1, 1), mirrored, out_boxes)  # [B, G, 4]
-        keep = valid & _centres_inside(crop[:, None, :], canvas_boxes)[:, 0, :]  # [B, G]
+        keep = (
+            valid & _centres_inside(crop[:, None, :], canvas_boxes)[:, 0, :]
+        )  # [B, G]
     else:
         ratio = torch.ones(B, device=device)
         offset_x = offset_y = torch.zeros(B, device=device)
@@ -288,34 +393,60 @@ def gpu_ssd_augment_padded(
         keep = valid
     out_boxes = out_boxes.clamp(0.0, 1.0)
     # never a degenerate box, as SSDAugmentation
-    keep = keep & (out_boxes[..., 2] > out_boxes[..., 0]) & (out_boxes[..., 3] > out_boxes[..., 1])
+    keep = (
+        keep
+        & (out_boxes[..., 2] > out_boxes[..., 0])
+        & (out_boxes[..., 3] > out_boxes[..., 1])
+    )
 
-    # Image: output pixel centre t = (j + 0.5) / size -> crop -> canvas -> image pixels, per axis.
+    # Image: output pixel centre t = (j + 0.5) / size -> crop -> canvas -> image pixels,
+    # per axis.
     t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # [size]
     crop_w, crop_h = crop[:, 2] - crop[:, 0], crop[:, 3] - crop[:, 1]  # [B]
-    t_x = torch.where(flip[:, None], 1.0 - t, t)  # [B, size]; a flip reads the crop right to left
+    t_x = torch.where(
+        flip[:, None], 1.0 - t, t
+    )  # [B, size]; a flip reads the crop right to left
     x_canvas = crop[:, 0:1] + crop_w[:, None] * t_x  # [B, size]
     y_canvas = crop[:, 1:2] + crop_h[:, None] * t  # [B, size]
-    u = (x_canvas - offset_x[:, None]) * ratio[:, None]  # [B, size] x normalized to the image
-    v = (y_canvas - offset_y[:, None]) * ratio[:, None]  # [B, size] y normalized to the image
-    # Clamp to the image's own pixel centres (as F.interpolate does at the border), so the zero
-    # padding of the smaller images in the batch is never read.
-    px = torch.minimum((u * width[:, None]).clamp(min=0.5), width[:, None] - 0.5)  # [B, size] pixels
+    u = (x_canvas - offset_x[:, None]) * ratio[
+        :, None
+    ]  # [B, size] x normalized to the image
+    v = (y_canvas - offset_y[:, None]) * ratio[
+        :, None
+    ]  # [B, size] y normalized to the image
+    # Clamp to the image's own pixel centres (as F.interpolate does at the border), so
+    # the zero padding of the smaller images in the batch is never read.
+    px = torch.minimum(
+        (u * width[:, None]).clamp(min=0.5), width[:, None] - 0.5
+    )  # [B, size] pixels
     py = torch.minimum((v * height[:, None]).clamp(min=0.5), height[:, None] - 0.5)
     gx = (2.0 * px / w_max - 1.0)[:, None, :].expand(B, size, size)  # [B, size, size]
     gy = (2.0 * py / h_max - 1.0)[:, :, None].expand(B, size, size)  # [B, size, size]
     grid = torch.stack((gx, gy), dim=-1)  # [B, size, size, 2] (x, y) in [-1, 1]
-    out = F.grid_sample(padded.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        padded.float(),
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
 
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(1, 3, 1, 1)  # [1, 3, 1, 1]
-    std = torch.tensor(IMAGENET_STD, device=device, dtype=torch.float32).view(1, 3, 1, 1)  # [1, 3, 1, 1]
+    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(
+        1, 3, 1, 1
+    )  # [1, 3, 1, 1]
+    std = torch.tensor(IMAGENET_STD, device=device, dtype=torch.float32).view(
+        1, 3, 1, 1
+    )  # [1, 3, 1, 1]
     if train:
-        # Departure: SSDAugmentation distorts the colours before resizing; here they are distorted
-        # after it, on size x size pixels instead of the full image.  The maps are per pixel, so
-        # the two orders differ only where bilinear interpolation mixes pixels across a clamp or
-        # a hue wrap-around (edges).  The zoom-out fill stays the undistorted mean, as in Caffe SSD.
+        # Departure: SSDAugmentation distorts the colours before resizing; here they are
+        # distorted after it, on size x size pixels instead of the full image.  The maps
+        # are per pixel, so the two orders differ only where bilinear interpolation
+        # mixes pixels across a clamp or a hue wrap-around (edges).  The zoom-out fill
+        # stays the undistorted mean, as in Caffe SSD.
         out = photometric_distort(out, generator, channel_swap_prob)
-        on_image = ((v >= 0) & (v <= 1))[:, None, :, None] & ((u >= 0) & (u <= 1))[:, None, None, :]  # [B, 1, S, S]
+        on_image = ((v >= 0) & (v <= 1))[:, None, :, None] & ((u >= 0) & (u <= 1))[
+            :, None, None, :
+        ]  # [B, 1, S, S]
         out = torch.where(on_image, out, mean * 255.0)
     normalized = (out / 255.0 - mean) / std  # [B, 3, size, size]
     return normalized, out_boxes, keep
@@ -333,14 +464,16 @@ def gpu_ssd_augment(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """SSD augmentation of a batch, on the images' device.
 
-    ``images``: a list of uint8 ``[3, H_i, W_i]`` (sizes may differ) or one ``[B, 3, H, W]``;
+    ``images``: a list of uint8 ``[3, H_i, W_i]`` (sizes may differ) or one ``[B, 3, H,
+    W]``;
     ``boxes``: list of ``[G_i, 4]`` absolute-pixel xyxy; ``labels``: list of ``[G_i]``.
     Returns ``(images float [B, 3, size, size] normalized with the ImageNet mean/std,
-    boxes: list of [G'_i, 4] normalized xyxy, labels: list of [G'_i])``, ``G'_i <= G_i`` the
-    objects whose centre falls inside the sampled crop, in their original order.
+    boxes: list of [G'_i, 4] normalized xyxy, labels: list of [G'_i])``, ``G'_i <= G_i``
+    the objects whose centre falls inside the sampled crop, in their original order.
 
-    ``train=False`` is the evaluation transform: a plain bilinear resize of the whole image and
-    normalization (as ``SSDAugmentation(train=False)``); boxes are only normalized.
+    ``train=False`` is the evaluation transform: a plain bilinear resize of the whole
+    image and normalization (as ``SSDAugmentation(train=False)``); boxes are only
+    normalized.
     Splitting the surviving objects into per-image lists needs one host synchronisation;
     :func:`gpu_ssd_augment_padded` has none.
     """
@@ -348,24 +481,45 @@ def gpu_ssd_augment(
     if n == 0:
         raise ValueError("images is empty: need at least one image")
     if len(boxes) != n or len(labels) != n:
-        raise ValueError(f"got {n} images but {len(boxes)} box tensors and {len(labels)} label tensors")
+        raise ValueError(
+            f"got {n} images but {len(boxes)} box tensors and {len(labels)} label "
+            "tensors"
+        )
     for i, (b, lab) in enumerate(zip(boxes, labels)):
-        if b.ndim != 2 or b.shape[-1] != 4 or lab.ndim != 1 or lab.shape[0] != b.shape[0]:
+        if (
+            b.ndim != 2
+            or b.shape[-1] != 4
+            or lab.ndim != 1
+            or lab.shape[0] != b.shape[0]
+        ):
             raise ValueError(
-                f"image {i}: boxes must be [G, 4] and labels [G], got {list(b.shape)} and {list(lab.shape)}"
+                f"image {i}: boxes must be [G, 4] and labels [G], got {list(b.shape)} "
+                f"and {list(lab.shape)}"
             )
     device = images.device if isinstance(images, Tensor) else images[0].device
     counts = [int(b.shape[0]) for b in boxes]
     g_max = max(max(counts, default=0), 1)
     padded_boxes = torch.zeros((n, g_max, 4), device=device)
     padded_labels = torch.zeros((n, g_max), dtype=torch.long, device=device)
-    for i, (b, lab) in enumerate(zip(boxes, labels)):  # one copy per image, no per-box work
+    for i, (b, lab) in enumerate(
+        zip(boxes, labels)
+    ):  # one copy per image, no per-box work
         padded_boxes[i, : counts[i]] = b.to(device=device, dtype=torch.float32)
         padded_labels[i, : counts[i]] = lab.to(device)
-    valid = torch.arange(g_max, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]  # [B, G]
+    valid = (
+        torch.arange(g_max, device=device)[None, :]
+        < torch.tensor(counts, device=device)[:, None]
+    )  # [B, G]
 
     out, out_boxes, keep = gpu_ssd_augment_padded(
-        images, padded_boxes, valid, generator, size, train, max_trials, channel_swap_prob
+        images,
+        padded_boxes,
+        valid,
+        generator,
+        size,
+        train,
+        max_trials,
+        channel_swap_prob,
     )
     kept_counts = keep.sum(dim=1).tolist()  # the one host synchronisation
     box_list = list(out_boxes[keep].split(kept_counts))  # [G'_i, 4] each

@@ -1,14 +1,18 @@
-"""The training data order: a function of ``(seed, iteration)`` only, and seeded augmentation.
+"""The training data order: a function of ``(seed, iteration)`` only, and seeded
+augmentation.
 
 Exact resume: the data order is a function of ``(seed, iteration)`` only
-(:class:`ResumableBatchSampler`) and the augmentation of each image is seeded by its position in
-that stream (:class:`SeededItems`), so a run resumed from iteration k sees the same batches as
-one never stopped; the checkpoint holds everything else (see :mod:`ssd_tutorial.trainer`).
+(:class:`ResumableBatchSampler`) and the augmentation of each image is seeded by its
+position in that stream (:class:`SeededItems`), so a run resumed from iteration k sees
+the same batches as one never stopped; the checkpoint holds everything else (see
+:mod:`ssd_tutorial.trainer`).
 
-Several processes (``torchrun``): ``batch_size`` is the global batch; process r takes its slice
-of every global batch, so W processes read the same images as one.  :func:`collate_to_flat`
-packs a batch's boxes and labels into one tensor each (one host->device copy each).
+Several processes (``torchrun``): ``batch_size`` is the global batch; process r takes
+its slice of every global batch, so W processes read the same images as one.
+:func:`collate_to_flat` packs a batch's boxes and labels into one tensor each (one
+host->device copy each).
 """
+
 from __future__ import annotations
 
 import random
@@ -29,21 +33,24 @@ def mix_seed(*numbers: int) -> int:
     """A deterministic 63-bit seed from a few integers (SplitMix64-style mixing)."""
     x = 0x9E3779B97F4A7C15
     for n in numbers:
-        x = (x ^ (int(n) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (
+            x ^ (int(n) & 0xFFFFFFFFFFFFFFFF)
+        ) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         x ^= x >> 31
     return x & 0x7FFFFFFFFFFFFFFF
 
 
 class ResumableBatchSampler:
-    """Batches of ``(dataset index, stream position)`` pairs whose order depends only on the seed.
+    """Batches of ``(dataset index, stream position)`` pairs whose order depends only on
+    the seed.
 
-    Epoch e is the permutation ``randperm(num_items)`` drawn from a generator seeded with
-    ``(seed, e)``; it is cut into global batches of ``global_batch`` items (an incomplete last
-    batch is dropped).  Iteration i reads global batch i of that endless stream, so starting at
-    ``start_iteration`` replays exactly what an uninterrupted run would have read.  With
-    ``world_size`` processes, process ``rank`` yields its slice ``[rank*b, (rank+1)*b)`` of
-    each global batch (``b = global_batch // world_size``).  The stream position of an item
-    seeds its augmentation (see :class:`SeededItems`).
+    Epoch e is the permutation ``randperm(num_items)`` drawn from a generator seeded
+    with ``(seed, e)``; it is cut into global batches of ``global_batch`` items (an
+    incomplete last batch is dropped).  Iteration i reads global batch i of that endless
+    stream, so starting at ``start_iteration`` replays exactly what an uninterrupted run
+    would have read.  With ``world_size`` processes, process ``rank`` yields its slice
+    ``[rank*b, (rank+1)*b)`` of each global batch (``b = global_batch // world_size``).
+    The stream position of an item seeds its augmentation (see :class:`SeededItems`).
     """
 
     def __init__(
@@ -57,9 +64,15 @@ class ResumableBatchSampler:
         world_size: int = 1,
     ) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch_size {global_batch} is not divisible by the {world_size} processes")
+            raise ValueError(
+                f"batch_size {global_batch} is not divisible by the {world_size} "
+                "processes"
+            )
         if num_items < global_batch:
-            raise ValueError(f"the dataset has {num_items} items, fewer than one batch of {global_batch}")
+            raise ValueError(
+                f"the dataset has {num_items} items, fewer than one batch of "
+                f"{global_batch}"
+            )
         self.num_items = num_items
         self.global_batch = global_batch
         self.local_batch = global_batch // world_size
@@ -68,7 +81,10 @@ class ResumableBatchSampler:
         self.end_iteration = end_iteration
         self.rank = rank
         self.batches_per_epoch = num_items // global_batch
-        self._cached_order: tuple[int, list[int]] = (-1, [])  # (epoch, its order): one randperm per epoch
+        self._cached_order: tuple[int, list[int]] = (
+            -1,
+            [],
+        )  # (epoch, its order): one randperm per epoch
 
     def epoch_order(self, epoch: int) -> Tensor:
         """``[num_items]`` permutation used in ``epoch``."""
@@ -100,10 +116,11 @@ class ResumableBatchSampler:
 class SeededItems(Dataset):
     """``dataset[index]`` with every random generator seeded by ``(seed, position)``.
 
-    Augmentations draw from the global torch / numpy / Python generators; seeding them per item
-    makes the augmented image a function of its place in the data stream, whatever worker
-    process builds it and whether the run was resumed.  The caller's generator states are
-    restored afterwards, so this has no side effect in the main process.
+    Augmentations draw from the global torch / numpy / Python generators; seeding them
+    per item makes the augmented image a function of its place in the data stream,
+    whatever worker process builds it and whether the run was resumed.  The caller's
+    generator states are restored afterwards, so this has no side effect in the main
+    process.
     """
 
     def __init__(self, dataset: Dataset, seed: int) -> None:
@@ -118,8 +135,9 @@ class SeededItems(Dataset):
         item_seed = mix_seed(self.seed, 7919, position)
         saved = (torch.get_rng_state(), np.random.get_state(), random.getstate())
         try:
-            # The CPU generator only: torch.manual_seed also queues a lazy seeding of every
-            # accelerator generator, which records a Python stack trace each call (about 1 ms).
+            # The CPU generator only: torch.manual_seed also queues a lazy seeding of
+            # every accelerator generator, which records a Python stack trace each call
+            # (about 1 ms).
             torch.default_generator.manual_seed(item_seed)
             np.random.seed(item_seed % 2**32)
             random.seed(item_seed)
@@ -133,11 +151,14 @@ class SeededItems(Dataset):
 def collate_to_flat(
     batch: Sequence[tuple[Tensor, dict[str, Any]]],
 ) -> tuple[Tensor | list[Tensor], Tensor, Tensor, list[int]]:
-    """Stack images; concatenate every box and label into one tensor (one host->device copy each).
+    """Stack images; concatenate every box and label into one tensor (one host->device
+    copy each).
 
-    Returns ``(images [B, 3, H, W], boxes [sum G_i, 4], labels [sum G_i], counts [G_i per image])``.
-    Images of different sizes (photos not yet augmented: ``augment_on_gpu``) stay a list of
-    ``[3, H_i, W_i]``, which :func:`ssd_tutorial.gpu_augmentation.gpu_ssd_augment` takes.
+    Returns ``(images [B, 3, H, W], boxes [sum G_i, 4], labels [sum G_i], counts [G_i
+    per image])``.
+    Images of different sizes (photos not yet augmented: ``augment_on_gpu``) stay a list
+    of ``[3, H_i, W_i]``, which :func:`ssd_tutorial.gpu_augmentation.gpu_ssd_augment`
+    takes.
     """
     if len({tuple(image.shape) for image, _ in batch}) > 1:
         images: Tensor | list[Tensor] = [image for image, _ in batch]
@@ -145,6 +166,8 @@ def collate_to_flat(
     else:
         images, targets = detection_collate(batch)
     counts = [int(t["boxes"].shape[0]) for t in targets]
-    boxes = torch.cat([t["boxes"].reshape(-1, 4).float() for t in targets])  # [sum G_i, 4]
+    boxes = torch.cat(
+        [t["boxes"].reshape(-1, 4).float() for t in targets]
+    )  # [sum G_i, 4]
     labels = torch.cat([t["labels"].reshape(-1).long() for t in targets])  # [sum G_i]
     return images, boxes, labels, counts

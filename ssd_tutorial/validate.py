@@ -1,10 +1,13 @@
-"""Validation during and after training: run a model over a dataset, score its detections.
+"""Validation during and after training: run a model over a dataset, score its
+detections.
 
-:func:`collect_detections` runs the model (through :class:`ssd_tutorial.inference.Predictor`)
-and gathers detections and ground truth in the format of :mod:`ssd_tutorial.evaluation`;
-:func:`score_detections` is the one place they are scored (VOC AP50, optionally COCO AP), for
-the trainer's periodic evaluation (:func:`evaluate_model`) and the evaluate CLI alike.
+:func:`collect_detections` runs the model (through
+:class:`ssd_tutorial.inference.Predictor`) and gathers detections and ground truth in
+the format of :mod:`ssd_tutorial.evaluation`; :func:`score_detections` is the one place
+they are scored (VOC AP50, optionally COCO AP), for the trainer's periodic evaluation
+(:func:`evaluate_model`) and the evaluate CLI alike.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -27,19 +30,24 @@ def collect_detections(
     device: torch.device | str | None = None,
     **detect_kwargs: Any,
 ) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, Tensor]]]:
-    """Run ``model`` over ``dataset`` (items ``(uint8 [3, H, W], target)`` with pixel boxes).
+    """Run ``model`` over ``dataset`` (items ``(uint8 [3, H, W], target)`` with pixel
+    boxes).
 
     Returns ``(detections, ground_truths)`` keyed by ``image_id``, in the format of
     :func:`ssd_tutorial.evaluation.evaluate_voc` (xyxy pixels, 1-based labels).
-    ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``, thresholds).
-    The model is left in the train/eval mode it came in.  It runs in float32 and in its own memory
-    format unless ``detect_kwargs`` say otherwise (``precision``, ``channels_last``): a score is
-    the model's, the same on every machine, and a model in training is not converted.
+    ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``,
+    thresholds).
+    The model is left in the train/eval mode it came in.  It runs in float32 and in its
+    own memory format unless ``detect_kwargs`` say otherwise (``precision``,
+    ``channels_last``): a score is the model's, the same on every machine, and a model
+    in training is not converted.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be >= 1 (or None: every image), got {max_images}")
+        raise ValueError(
+            f"max_images must be >= 1 (or None: every image), got {max_images}"
+        )
     was_training = model.training
     detect_kwargs = {"precision": "fp32", "channels_last": False, **detect_kwargs}
     predictor = Predictor(model, device=device, batch_size=batch_size, **detect_kwargs)
@@ -50,11 +58,15 @@ def collect_detections(
         items = [dataset[i] for i in range(first, min(n, first + batch_size))]
         for (_, target), det in zip(items, predictor([image for image, _ in items])):
             image_id = str(target["image_id"])
-            detections[image_id] = {k: det[k].cpu() for k in ("boxes", "scores", "labels")}
+            detections[image_id] = {
+                k: det[k].cpu() for k in ("boxes", "scores", "labels")
+            }
             ground_truths[image_id] = {
                 "boxes": target["boxes"],
                 "labels": target["labels"],
-                "difficult": target.get("difficult", torch.zeros(len(target["labels"]), dtype=torch.bool)),
+                "difficult": target.get(
+                    "difficult", torch.zeros(len(target["labels"]), dtype=torch.bool)
+                ),
             }
     model.train(was_training)
     return detections, ground_truths
@@ -67,16 +79,21 @@ def score_detections(
     use_07_metric: bool = True,
     coco: bool = False,
 ) -> dict[str, Any]:
-    """VOC AP at IoU 0.5 of ``detections`` against ``ground_truths`` (both keyed by image id:
-    ``boxes [N, 4]`` xyxy pixels, 1-based ``labels [N]``, ``scores [N]`` / ``difficult [N]``).
+    """VOC AP at IoU 0.5 of ``detections`` against ``ground_truths`` (both keyed by
+    image id: ``boxes [N, 4]`` xyxy pixels, 1-based ``labels [N]``, ``scores [N]`` /
+    ``difficult [N]``).
 
-    Returns :func:`ssd_tutorial.evaluation.evaluate_voc`'s dict (``{"map": float, "ap": {class:
-    float}, ...}``): 11-point interpolated AP (VOC2007 devkit) when ``use_07_metric``, else
-    all-point (VOC2010+).  With ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50", "map75"}``
-    from pycocotools on the same detections (:func:`ssd_tutorial.evaluation.evaluate_coco`).
+    Returns :func:`ssd_tutorial.evaluation.evaluate_voc`'s dict (``{"map": float, "ap":
+    {class:
+    float}, ...}``): 11-point interpolated AP (VOC2007 devkit) when ``use_07_metric``,
+    else all-point (VOC2010+).  With ``coco`` also ``"coco": {"map": AP@[.5:.95],
+    "map50", "map75"}`` from pycocotools on the same detections
+    (:func:`ssd_tutorial.evaluation.evaluate_coco`).
     """
     names = list(class_names)
-    result = evaluate_voc(detections, ground_truths, names, iou_threshold=0.5, use_07_metric=use_07_metric)
+    result = evaluate_voc(
+        detections, ground_truths, names, iou_threshold=0.5, use_07_metric=use_07_metric
+    )
     if coco:
         result["coco"] = evaluate_coco(detections, ground_truths, names)
     return result
@@ -94,13 +111,19 @@ def evaluate_model(
     priors: Tensor | None = None,
     coco: bool = False,
 ) -> dict[str, Any]:
-    """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class: float}}``, and with
-    ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50", "map75"}`` (see :func:`score_detections`).
+    """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class:
+    float}}``, and with
+    ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50", "map75"}`` (see
+    :func:`score_detections`).
 
-    ``dataset`` items: ``(uint8 [3, H, W], target)`` with pixel boxes; ``size``: the input side (None: the model's);
-    ``priors``: ``[P, 4]`` cxcywh default boxes (None: the model's own).  11-point interpolated AP
-    (VOC2007 devkit) when ``use_07_metric``, else all-point (VOC2010+).
+    ``dataset`` items: ``(uint8 [3, H, W], target)`` with pixel boxes; ``size``: the
+    input side (None: the model's);
+    ``priors``: ``[P, 4]`` cxcywh default boxes (None: the model's own).  11-point
+    interpolated AP (VOC2007 devkit) when ``use_07_metric``, else all-point (VOC2010+).
     """
-    detections, ground_truths = collect_detections(model, dataset, batch_size, max_images, device, size=size,
-                                                   priors=priors)
-    return score_detections(detections, ground_truths, class_names, use_07_metric=use_07_metric, coco=coco)
+    detections, ground_truths = collect_detections(
+        model, dataset, batch_size, max_images, device, size=size, priors=priors
+    )
+    return score_detections(
+        detections, ground_truths, class_names, use_07_metric=use_07_metric, coco=coco
+    )

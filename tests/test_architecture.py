@@ -1,25 +1,28 @@
 """The package's layering ("The house" in DESIGN.md), checked on the source text.
 
-Every module of ``ssd_tutorial/`` is parsed with :mod:`ast` (never imported) and its WHOLE
-syntax tree is walked: module-, class- and function-level imports, ``import x``,
+Every module of ``ssd_tutorial/`` is parsed with :mod:`ast` (never imported) and its
+WHOLE syntax tree is walked: module-, class- and function-level imports, ``import x``,
 ``from x import y``, relative imports (``from . import y``, ``from .mod import y``), and
 ``from ssd_tutorial import model`` (which imports the module ``ssd_tutorial.model``).
-``importlib.import_module("ssd_tutorial.x")`` / ``__import__(...)`` with a literal name count too.
+``importlib.import_module("ssd_tutorial.x")`` / ``__import__(...)`` with a literal name
+count too.
 
 The rules (each test fails with ``path:line: module -> import`` for every violation):
 
 a) every module file is placed in ``LAYERS`` and every module ``LAYERS`` names exists;
-b) a module imports only package modules of its own layer or below (and ``__init__`` imports
+b) a module imports only package modules of its own layer or below (and ``__init__``
+imports
    nothing of the package);
-c) nothing imports a CLI module (L5): not the library, and not another CLI (CLIs are leaves);
-d) the import graph among package modules has no cycle;
+c) nothing imports a CLI module (L5): not the library, and not another CLI (CLIs are
+leaves); d) the import graph among package modules has no cycle;
 e) L0 modules import neither torch nor numpy;
-f) imports inside functions: never of a package module, and of a third-party or standard-library
+f) imports inside functions: never of a package module, and of a third-party or
+standard-library
    module only for the optional heavy dependencies in ``LAZY_ALLOWED``;
 g) ``test_print_import_graph`` prints the graph layer by layer (``pytest -s``).
 
-The analysis functions take ``{module_name: source_text}``, so the meta-tests at the bottom can
-feed them tiny synthetic packages and show that each checker really fails.
+The analysis functions take ``{module_name: source_text}``, so the meta-tests at the
+bottom can feed them tiny synthetic packages and show that each checker really fails.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from pathlib import Path
 PACKAGE = "ssd_tutorial"
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
-# module -> layer, from DESIGN.md "The house".  A module may import package modules of its own
-# layer or below.  A new module must be placed here (test a), and a name that no longer exists
-# must be removed (so the map cannot rot).
+# module -> layer, from DESIGN.md "The house".  A module may import package modules of
+# its own layer or below.  A new module must be placed here (test a), and a name that no
+# longer exists must be removed (so the map cannot rot).
 LAYERS: dict[str, int] = {
-    # L0: no torch; cli.run_main is the one error policy.  __init__ imports nothing of ours.
+    # L0: no torch; cli.run_main is the one error policy.  __init__ imports nothing of
+    # ours.
     "__init__": 0,
     "files": 0,
     "cli": 0,
@@ -89,15 +93,16 @@ LAYERS: dict[str, int] = {
 CLI_LAYER = 5
 CLI_MODULES = frozenset(m for m, layer in LAYERS.items() if layer == CLI_LAYER)
 
-# L0 must stay light (cli and files are imported by every entry point before any work starts).
-# torchvision imports torch, so it is the same dependency under another name.
+# L0 must stay light (cli and files are imported by every entry point before any work
+# starts). torchvision imports torch, so it is the same dependency under another name.
 FORBIDDEN_IN_L0 = ("torch", "numpy", "torchvision")
 
-# The only modules that may be imported inside a function.  Each is either an optional extra
-# (not installed everywhere, so a module-level import would break the whole package) or slow to
-# import and needed by one feature only.  Everything else -- package modules, the standard
-# library, torch/torchvision/numpy/PIL/defusedxml (hard dependencies, already loaded with torch or
-# cheap) -- is imported at module level, where a reader sees a module's dependencies at a glance.
+# The only modules that may be imported inside a function.  Each is either an optional
+# extra (not installed everywhere, so a module-level import would break the whole
+# package) or slow to import and needed by one feature only.  Everything else -- package
+# modules, the standard library, torch/torchvision/numpy/PIL/defusedxml (hard
+# dependencies, already loaded with torch or cheap) -- is imported at module level,
+# where a reader sees a module's dependencies at a glance.
 LAZY_ALLOWED = (
     "onnx",  # `export` extra: ONNX export only
     "onnxruntime",  # `export` extra: checking an exported graph
@@ -111,22 +116,25 @@ LAZY_ALLOWED = (
 )
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Analysis (pure: source text in, facts out)
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Import:
     """One imported module, as found in ``module``'s source."""
 
     module: str  # the importing package module, e.g. "detect"
     line: int
-    target: str  # the full dotted name of the imported module, e.g. "ssd_tutorial.model"
+    target: (
+        str  # the full dotted name of the imported module, e.g. "ssd_tutorial.model"
+    )
     statement: str  # the source of the import statement, for messages
     in_function: bool  # inside a def/lambda (runs late) rather than at import time
 
     @property
     def package_module(self) -> str | None:
-        """``"model"`` for ``ssd_tutorial.model``, ``"__init__"`` for ``ssd_tutorial``."""
+        """``"model"`` for ``ssd_tutorial.model``, ``"__init__"`` for
+        ``ssd_tutorial``."""
         if self.target == PACKAGE:
             return "__init__"
         if self.target.startswith(PACKAGE + "."):
@@ -142,7 +150,9 @@ class Import:
 
 
 def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
-    return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    return {
+        child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)
+    }
 
 
 def _in_function(node: ast.AST, parents: Mapping[ast.AST, ast.AST]) -> bool:
@@ -153,22 +163,28 @@ def _in_function(node: ast.AST, parents: Mapping[ast.AST, ast.AST]) -> bool:
     return False
 
 
-def _resolve_from(module: str, node: ast.ImportFrom, modules: Iterable[str]) -> list[str]:
+def _resolve_from(
+    module: str, node: ast.ImportFrom, modules: Iterable[str]
+) -> list[str]:
     """Full names of the modules a ``from ... import ...`` statement imports."""
     if node.level:
         # The package is flat: the package of every module (and of __init__) is PACKAGE.
-        if node.level > 1:  # above the package: not ours (and an ImportError at runtime)
+        if (
+            node.level > 1
+        ):  # above the package: not ours (and an ImportError at runtime)
             return ["." * node.level + (node.module or "")]
         base = f"{PACKAGE}.{node.module}" if node.module else PACKAGE
     else:
         base = node.module or ""
     if base != PACKAGE:
-        # `from ssd_tutorial.model import X` imports ssd_tutorial.model (the package is flat);
-        # `from torch.utils import tensorboard` may import torch.utils.tensorboard.
+        # `from ssd_tutorial.model import X` imports ssd_tutorial.model (the package is
+        # flat); `from torch.utils import tensorboard` may import
+        # torch.utils.tensorboard.
         if base.startswith(PACKAGE + "."):
             return [base]
         return [base] + [f"{base}.{a.name}" for a in node.names if a.name != "*"]
-    # `from ssd_tutorial import model, VOC_CLASSES`: a module where it names one, else __init__.
+    # `from ssd_tutorial import model, VOC_CLASSES`: a module where it names one, else
+    # __init__.
     known = set(modules) | set(LAYERS)
     targets = [f"{PACKAGE}.{a.name}" for a in node.names if a.name in known]
     if any(a.name not in known for a in node.names):
@@ -193,7 +209,10 @@ def find_imports(module: str, source: str, modules: Iterable[str] = ()) -> list[
             isinstance(node, ast.Call)
             and (
                 (isinstance(node.func, ast.Name) and node.func.id == "__import__")
-                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (
+                    isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "import_module"
+                )
             )
             and node.args
             and isinstance(node.args[0], ast.Constant)
@@ -208,14 +227,19 @@ def find_imports(module: str, source: str, modules: Iterable[str] = ()) -> list[
         statement = ast.get_source_segment(source, node) or ast.unparse(node)
         statement = " ".join(statement.split())
         in_function = _in_function(node, parents)
-        found.extend(Import(module, node.lineno, t, statement, in_function) for t in targets)
+        found.extend(
+            Import(module, node.lineno, t, statement, in_function) for t in targets
+        )
     return sorted(found, key=lambda i: (i.line, i.target))
 
 
 def package_imports(sources: Mapping[str, str]) -> dict[str, list[Import]]:
-    """For each module, its imports of package modules (``Import.package_module`` set)."""
+    """For each module, its imports of package modules (``Import.package_module``
+    set)."""
     return {
-        name: [i for i in find_imports(name, text, sources) if i.package_module is not None]
+        name: [
+            i for i in find_imports(name, text, sources) if i.package_module is not None
+        ]
         for name, text in sources.items()
     }
 
@@ -224,10 +248,13 @@ def _top_level(target: str) -> str:
     return target.split(".")[0]
 
 
-def unplaced_modules(sources: Mapping[str, str], layers: Mapping[str, int]) -> list[str]:
+def unplaced_modules(
+    sources: Mapping[str, str], layers: Mapping[str, int]
+) -> list[str]:
     """(a) Modules without a layer, and layer-map entries without a module."""
     out = [
-        f"{PACKAGE}/{name}.py: module {name!r} is not in the layer map (place it in LAYERS)"
+        f"{PACKAGE}/{name}.py: module {name!r} is not in the layer map (place it in "
+        "LAYERS)"
         for name in sorted(sources)
         if name not in layers
     ]
@@ -247,23 +274,29 @@ def upward_imports(sources: Mapping[str, str], layers: Mapping[str, int]) -> lis
         for imp in imports:
             target = imp.package_module
             if name == "__init__" and target != "__init__":
-                out.append(f"{imp.where()}: __init__ must import nothing of the package")
+                out.append(
+                    f"{imp.where()}: __init__ must import nothing of the package"
+                )
             elif target not in layers or target not in sources:
                 out.append(f"{imp.where()}: {target!r} is not a placed package module")
             elif name in layers and layers[target] > layers[name]:
                 out.append(
-                    f"{imp.where()}: L{layers[name]} {name} imports L{layers[target]} {target}"
+                    f"{imp.where()}: L{layers[name]} {name} imports L{layers[target]} "
+                    f"{target}"
                 )
     return out
 
 
 def cli_imports(sources: Mapping[str, str], layers: Mapping[str, int]) -> list[str]:
-    """(c) Imports of a CLI module (layer ``CLI_LAYER``), from anywhere in the package."""
+    """(c) Imports of a CLI module (layer ``CLI_LAYER``), from anywhere in the
+    package."""
     return [
-        f"{imp.where()}: {imp.package_module} is a CLI; CLIs are leaves that nothing imports"
+        f"{imp.where()}: {imp.package_module} is a CLI; CLIs are leaves that nothing "
+        "imports"
         for imports in package_imports(sources).values()
         for imp in imports
-        if layers.get(imp.package_module or "") == CLI_LAYER and imp.package_module != imp.module
+        if layers.get(imp.package_module or "") == CLI_LAYER
+        and imp.package_module != imp.module
     ]
 
 
@@ -350,9 +383,13 @@ def import_cycles(sources: Mapping[str, str]) -> list[str]:
         else:
             path = [start, start]
         steps = "\n    ".join(edges[a][b].where() for a, b in itertools.pairwise(path))
-        # Every edge inside the component: breaking the cycle means removing some of these.
+        # Every edge inside the component: breaking the cycle means removing some of
+        # these.
         inside = "\n    ".join(
-            edges[a][b].where() for a in component for b in sorted(edges[a]) if b in members
+            edges[a][b].where()
+            for a in component
+            for b in sorted(edges[a])
+            if b in members
         )
         out.append(
             f"cycle {' -> '.join(path)}:\n    {steps}\n"
@@ -361,7 +398,9 @@ def import_cycles(sources: Mapping[str, str]) -> list[str]:
     return out
 
 
-def heavy_imports_in_l0(sources: Mapping[str, str], layers: Mapping[str, int]) -> list[str]:
+def heavy_imports_in_l0(
+    sources: Mapping[str, str], layers: Mapping[str, int]
+) -> list[str]:
     """(e) torch / numpy (anywhere in the tree) in an L0 module."""
     return [
         f"{imp.where()}: L0 module imports {_top_level(imp.target)}"
@@ -377,18 +416,24 @@ def _lazy_allowed(target: str) -> bool:
 
 
 def function_level_imports(sources: Mapping[str, str]) -> list[str]:
-    """(f) Imports inside functions: none of the package, others only from ``LAZY_ALLOWED``."""
+    """(f) Imports inside functions: none of the package, others only from
+    ``LAZY_ALLOWED``."""
     out = []
     for name, text in sources.items():
         imports = [i for i in find_imports(name, text, sources) if i.in_function]
-        # `from torch.utils import tensorboard` yields torch.utils and torch.utils.tensorboard:
+        # `from torch.utils import tensorboard` yields torch.utils and
+        # torch.utils.tensorboard:
         # the statement is allowed when any name it yields is.
-        allowed_lines = {(i.line, i.statement) for i in imports if _lazy_allowed(i.target)}
+        allowed_lines = {
+            (i.line, i.statement) for i in imports if _lazy_allowed(i.target)
+        }
         reported: set[tuple[int, str]] = set()
         for imp in imports:
             key = (imp.line, imp.statement)
             if imp.package_module is not None:
-                out.append(f"{imp.where()}: package modules are imported at module level")
+                out.append(
+                    f"{imp.where()}: package modules are imported at module level"
+                )
             elif key not in allowed_lines and key not in reported:
                 reported.add(key)
                 kind = (
@@ -397,7 +442,8 @@ def function_level_imports(sources: Mapping[str, str]) -> list[str]:
                     else "third-party"
                 )
                 out.append(
-                    f"{imp.where()}: {kind} {_top_level(imp.target)!r} is not an optional heavy "
+                    f"{imp.where()}: {kind} {_top_level(imp.target)!r} is not an "
+                    "optional heavy "
                     "dependency (LAZY_ALLOWED); import it at module level"
                 )
     return out
@@ -421,20 +467,22 @@ def import_graph(sources: Mapping[str, str], layers: Mapping[str, int]) -> str:
                 targets[target] = targets.get(target, True) and imp.in_function
             shown = [
                 f"{t}(L{layers.get(t, '?')}){' (fn)' if fn else ''}"
-                for t, fn in sorted(targets.items(), key=lambda kv: (layers.get(kv[0], 99), kv[0]))
+                for t, fn in sorted(
+                    targets.items(), key=lambda kv: (layers.get(kv[0], 99), kv[0])
+                )
             ]
             lines.append(f"  {name}: {', '.join(shown) if shown else '-'}")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # The package's files
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 def package_sources() -> dict[str, str]:
     """``{module name: source}`` for every ``.py`` file under ``ssd_tutorial/``.
 
-    Sub-packages (if any appear) are named by their dotted path, e.g. ``io.decoders``, so they
-    show up as unplaced until the map says where they go."""
+    Sub-packages (if any appear) are named by their dotted path, e.g. ``io.decoders``,
+    so they show up as unplaced until the map says where they go."""
     sources = {}
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         if "__pycache__" in path.parts:
@@ -477,13 +525,17 @@ def test_print_import_graph() -> None:
     sources = package_sources()
     graph = import_graph(sources, LAYERS)
     print("\n" + graph)
-    listed = {line.strip().split(":")[0] for line in graph.splitlines() if line.startswith("  ")}
+    listed = {
+        line.strip().split(":")[0]
+        for line in graph.splitlines()
+        if line.startswith("  ")
+    }
     assert listed == set(sources)
 
 
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 # Meta-tests: the checkers catch what they claim to, on tiny synthetic packages
-# ------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
 TOY_LAYERS = {"__init__": 0, "base": 0, "core": 1, "mid": 2, "app": 5, "tool": 5}
 
 
@@ -502,7 +554,9 @@ def test_checker_finds_every_import_form() -> None:
         "        importlib.import_module('ssd_tutorial.tool')\n"
     )
     modules = ["__init__", "base", "core", "mid", "app", "tool"]
-    found = [(i.line, i.target, i.in_function) for i in find_imports("mid", source, modules)]
+    found = [
+        (i.line, i.target, i.in_function) for i in find_imports("mid", source, modules)
+    ]
     assert found == [
         (1, "os", False),
         (2, "ssd_tutorial.core", False),
@@ -545,7 +599,9 @@ def test_checker_catches_an_upward_import() -> None:
     (violation,) = upward_imports(toy, TOY_LAYERS)
     assert "ssd_tutorial/core.py:1: core -> ssd_tutorial.mid" in violation
     assert "L1 core imports L2 mid" in violation
-    (init,) = upward_imports({**toy, "core": "", "__init__": "from .base import y\n"}, TOY_LAYERS)
+    (init,) = upward_imports(
+        {**toy, "core": "", "__init__": "from .base import y\n"}, TOY_LAYERS
+    )
     assert "__init__ must import nothing" in init
 
 
@@ -590,4 +646,7 @@ def test_checker_catches_torch_in_l0_and_lazy_imports() -> None:
     assert len(lazy) == 3
     assert "base.py:2" in lazy[0] and "third-party 'numpy'" in lazy[0]
     assert "core.py:3" in lazy[1] and "standard-library 'json'" in lazy[1]
-    assert "core.py:4" in lazy[2] and "package modules are imported at module level" in lazy[2]
+    assert (
+        "core.py:4" in lazy[2]
+        and "package modules are imported at module level" in lazy[2]
+    )

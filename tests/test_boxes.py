@@ -1,4 +1,6 @@
-"""Tests for ssd_tutorial.boxes: hand-worked cases, parity with torchvision.ops, properties, bad input."""
+"""Tests for ssd_tutorial.boxes: hand-worked cases, parity with torchvision.ops,
+properties, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +22,9 @@ from ssd_tutorial.boxes import (
 )
 
 
-def random_xyxy(n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def random_xyxy(
+    n: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """n valid xyxy boxes inside [0, 100]^2 with positive width and height -> [n, 4]."""
     top_left = torch.rand(n, 2, generator=generator, dtype=dtype) * 80
     size = torch.rand(n, 2, generator=generator, dtype=dtype) * 40 + 0.5
@@ -55,14 +59,19 @@ def test_conversions_keep_leading_dims_and_dtype():
 def test_conversions_match_torchvision_box_convert():
     g = torch.Generator().manual_seed(0)
     boxes = random_xyxy(50, g)
-    torch.testing.assert_close(xyxy_to_cxcywh(boxes), torchvision.ops.box_convert(boxes, "xyxy", "cxcywh"))
+    torch.testing.assert_close(
+        xyxy_to_cxcywh(boxes), torchvision.ops.box_convert(boxes, "xyxy", "cxcywh")
+    )
     cxcywh = torchvision.ops.box_convert(boxes, "xyxy", "cxcywh")
-    torch.testing.assert_close(cxcywh_to_xyxy(cxcywh), torchvision.ops.box_convert(cxcywh, "cxcywh", "xyxy"))
+    torch.testing.assert_close(
+        cxcywh_to_xyxy(cxcywh), torchvision.ops.box_convert(cxcywh, "cxcywh", "xyxy")
+    )
 
 
 # Dyadic rationals k / 1024 with k < 2**12: every sum, difference and halving in the
 # conversions is again a dyadic rational with at most 14 significant bits, which float32
-# (24-bit mantissa) represents exactly -- so the round trip must be exact, not approximately equal.
+# (24-bit mantissa) represents exactly -- so the round trip must be exact, not
+# approximately equal.
 _dyadic = st.integers(min_value=0, max_value=2**11).map(lambda k: k / 1024)
 
 
@@ -77,17 +86,25 @@ def test_round_trip_is_exact_on_dyadic_boxes(x1, y1, w, h):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32), min_size=4, max_size=4)
+    st.lists(
+        st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=32),
+        min_size=4,
+        max_size=4,
+    )
 )
 def test_round_trip_on_arbitrary_floats_is_within_rounding(values):
-    # Arbitrary float32 values: each conversion rounds at most twice per coordinate, so the
-    # error is a few ulps of the largest magnitude involved (|v| <= 2e3 -> ulp ~ 1.2e-4).
+    # Arbitrary float32 values: each conversion rounds at most twice per coordinate, so
+    # the error is a few ulps of the largest magnitude involved (|v| <= 2e3 -> ulp ~
+    # 1.2e-4).
     x1, y1, w, h = values
     xyxy = torch.tensor([[x1, y1, x1 + abs(w), y1 + abs(h)]])
-    torch.testing.assert_close(cxcywh_to_xyxy(xyxy_to_cxcywh(xyxy)), xyxy, rtol=0, atol=1e-3)
+    torch.testing.assert_close(
+        cxcywh_to_xyxy(xyxy_to_cxcywh(xyxy)), xyxy, rtol=0, atol=1e-3
+    )
 
 
-# ---------------------------------------------------------------- area, clipping, intersection
+# ---------------------------------------------------------------- area, clipping,
+# intersection
 
 
 def test_box_area_hand_worked_and_reversed_is_zero():
@@ -110,8 +127,11 @@ def test_box_area_matches_torchvision():
 def test_clip_boxes_hand_worked():
     boxes = torch.tensor([[-0.2, 0.1, 0.5, 1.3], [1.2, 1.5, 2.0, 2.0]])
     clipped = clip_boxes(boxes)
-    # the second box lies wholly outside: it collapses onto the corner (1, 1) with area 0
-    torch.testing.assert_close(clipped, torch.tensor([[0.0, 0.1, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0]]))
+    # the second box lies wholly outside: it collapses onto the corner (1, 1) with area
+    # 0
+    torch.testing.assert_close(
+        clipped, torch.tensor([[0.0, 0.1, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    )
     assert box_area(clipped)[1] == 0
 
 
@@ -120,7 +140,8 @@ def test_clip_boxes_matches_torchvision():
     boxes = random_xyxy(100, g) * 1.5 - 20  # some boxes stick out on every side
     # torchvision takes size as (height, width)
     torch.testing.assert_close(
-        clip_boxes(boxes, width=90.0, height=70.0), torchvision.ops.clip_boxes_to_image(boxes, (70, 90))
+        clip_boxes(boxes, width=90.0, height=70.0),
+        torchvision.ops.clip_boxes_to_image(boxes, (70, 90)),
     )
 
 
@@ -173,7 +194,8 @@ def test_box_iou_zero_area_boxes_give_zero_not_nan():
     boxes = torch.cat((point, line, big))
     iou = box_iou(boxes, boxes)
     assert not torch.isnan(iou).any()
-    # a zero-area box overlaps nothing, not even itself; the real box still has IoU 1 with itself
+    # a zero-area box overlaps nothing, not even itself; the real box still has IoU 1
+    # with itself
     expected = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     assert torch.equal(iou, expected)
     # torchvision divides 0 by 0 here; we document 0 instead
@@ -188,8 +210,8 @@ def test_box_iou_properties(seed, log2_scale):
     iou = box_iou(a, b)
     assert ((iou >= 0) & (iou <= 1)).all()
     torch.testing.assert_close(iou.T, box_iou(b, a))  # symmetric
-    # scale invariance: multiplying every coordinate by 2^k multiplies every area by 4^k,
-    # exactly in floating point, so the IoU does not change at all
+    # scale invariance: multiplying every coordinate by 2^k multiplies every area by
+    # 4^k, exactly in floating point, so the IoU does not change at all
     s = 2.0**log2_scale
     assert torch.equal(box_iou(a * s, b * s), iou)
 
@@ -229,15 +251,18 @@ def test_box_iou_needs_two_dimensional_inputs():
 
 
 def test_reversed_boxes_error_when_order_is_required():
-    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [3.0, 0.0, 1.0, 2.0]])
+    boxes = torch.tensor(
+        [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [3.0, 0.0, 1.0, 2.0]]
+    )
     with pytest.raises(ValueError, match=r"gt row 2 is not a valid xyxy box"):
         check_boxes(boxes, "gt", require_ordered=True)
     check_boxes(boxes[:2], "gt", require_ordered=True)  # ordered rows pass
 
 
 def test_reversed_boxes_count_as_zero_area_in_iou():
-    # documented result: a reversed box covers nothing, so it overlaps nothing -- even the
-    # box with the same corners put in order, which torchvision would score as overlapping
+    # documented result: a reversed box covers nothing, so it overlaps nothing -- even
+    # the box with the same corners put in order, which torchvision would score as
+    # overlapping
     reversed_box = torch.tensor([[4.0, 4.0, 0.0, 0.0]])
     ordered = torch.tensor([[0.0, 0.0, 4.0, 4.0]])
     assert box_iou(reversed_box, ordered).item() == 0.0

@@ -1,4 +1,6 @@
-"""Tests for ssd_tutorial.cli: one-line errors for the user's mistakes, tracebacks for bugs."""
+"""Tests for ssd_tutorial.cli: one-line errors for the user's mistakes, tracebacks for
+bugs."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +40,13 @@ def test_debug_and_bugs_keep_the_traceback(capsys):
 
 
 def test_extra_user_errors_and_key_error_message(capsys):
-    assert run_main(_fails_with(KeyError("unknown config 'x'")), user_errors=(KeyError,)) == 2
-    assert capsys.readouterr().err == "error: unknown config 'x'\n"  # without KeyError's quotes
+    assert (
+        run_main(_fails_with(KeyError("unknown config 'x'")), user_errors=(KeyError,))
+        == 2
+    )
+    assert (
+        capsys.readouterr().err == "error: unknown config 'x'\n"
+    )  # without KeyError's quotes
 
 
 def test_int_at_least_and_the_debug_flag(capsys):
@@ -47,7 +54,10 @@ def test_int_at_least_and_the_debug_flag(capsys):
     parser.add_argument("--batch-size", type=int_at_least(1), default=8)
     add_debug_flag(parser)
     assert parser.parse_args(["--batch-size", "3", "--debug"]).batch_size == 3
-    for text, message in [("0", "must be >= 1, got 0"), ("two", "expected a whole number, got 'two'")]:
+    for text, message in [
+        ("0", "must be >= 1, got 0"),
+        ("two", "expected a whole number, got 'two'"),
+    ]:
         with pytest.raises(SystemExit):
             parser.parse_args(["--batch-size", text])
         assert f"--batch-size: {message}" in capsys.readouterr().err

@@ -1,9 +1,10 @@
-"""The model owns its default boxes and input transform; one loader gives one Detector type.
+"""The model owns its default boxes and input transform; one loader gives one Detector
+type.
 
-The fixtures in tests/fixtures were written by this package before the refactor that made the
-model own its layout (#26): two tiny training checkpoints (SSD300 and SSD512 layouts) and the
-detections the loader of that time gave on seeded ShapesDataset images.  They must load, and
-detect the same, through today's loader.
+The fixtures in tests/fixtures were written by this package before the refactor that
+made the model own its layout (#26): two tiny training checkpoints (SSD300 and SSD512
+layouts) and the detections the loader of that time gave on seeded ShapesDataset images.
+They must load, and detect the same, through today's loader.
 """
 
 from __future__ import annotations
@@ -17,17 +18,25 @@ import torch
 
 from ssd_tutorial.checkpoint import save_checkpoint, stored_prior_config
 from ssd_tutorial.data import SHAPES_CLASSES, ShapesDataset
-from ssd_tutorial.default_boxes import SSD300_VOC, SSD512_VOC, DefaultBoxConfig, default_boxes
+from ssd_tutorial.default_boxes import (
+    SSD300_VOC,
+    SSD512_VOC,
+    DefaultBoxConfig,
+    default_boxes,
+)
 from ssd_tutorial.detector import Detector, load_detector
 from ssd_tutorial.inference import Predictor
 from ssd_tutorial.model import SSD512, build_ssd
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
-RECORDED = json.loads((FIXTURES / "pre_refactor_detections.json").read_text())["detections"]
+RECORDED = json.loads((FIXTURES / "pre_refactor_detections.json").read_text())[
+    "detections"
+]
 
-# A layout of our own: six maps as SSD300, two more aspect ratios on the first and last two
-# maps, other sizes (6 boxes in every cell: 6 x (38^2 + 19^2 + 10^2 + 5^2 + 3^2 + 1) = 11640).
+# A layout of our own: six maps as SSD300, two more aspect ratios on the first and last
+# two maps, other sizes (6 boxes in every cell: 6 x (38^2 + 19^2 + 10^2 + 5^2 + 3^2 + 1)
+# = 11640).
 CUSTOM = dataclasses.replace(
     SSD300_VOC,
     min_sizes=(20, 50, 100, 150, 200, 250),
@@ -44,8 +53,12 @@ def test_ssd512_detects_without_priors_passed():
     assert predictor.priors.shape == (24564, 4) and predictor.size == 512
     (found,) = predictor([image])
     assert len(found["scores"]) == 200  # an untrained model: every class scores ~1/6
-    assert found["boxes"].min() >= 0 and found["boxes"].max() <= 512  # in the image's pixels
-    torch.testing.assert_close(model.default_boxes(), default_boxes(SSD512_VOC), rtol=0, atol=0)
+    assert (
+        found["boxes"].min() >= 0 and found["boxes"].max() <= 512
+    )  # in the image's pixels
+    torch.testing.assert_close(
+        model.default_boxes(), default_boxes(SSD512_VOC), rtol=0, atol=0
+    )
 
 
 def test_a_custom_layout_is_the_models_own():
@@ -55,7 +68,9 @@ def test_a_custom_layout_is_the_models_own():
     with torch.no_grad():
         loc, _ = model(torch.zeros(1, 3, 300, 300))
     assert loc.shape[1] == model.default_boxes().shape[0] == 11640
-    (found,) = Predictor(model, score_threshold=0.0, precision="fp32")([ShapesDataset(1, seed=4)[0][0]])
+    (found,) = Predictor(model, score_threshold=0.0, precision="fp32")(
+        [ShapesDataset(1, seed=4)[0][0]]
+    )
     assert 0 < len(found["scores"]) <= 200
 
 
@@ -68,7 +83,10 @@ def test_a_custom_layout_round_trips_through_a_checkpoint(tmp_path):
         "prior_config": CUSTOM.to_dict(),  # plain data: weights_only=True reads it
     }
     save_checkpoint(state, tmp_path, iteration=1)
-    assert stored_prior_config(torch.load(tmp_path / "last.pt", weights_only=True)) == CUSTOM
+    assert (
+        stored_prior_config(torch.load(tmp_path / "last.pt", weights_only=True))
+        == CUSTOM
+    )
     detector = load_detector(tmp_path / "last.pt")
     assert isinstance(detector, Detector)
     assert detector.prior_config == CUSTOM and detector.class_names == ("a", "b", "c")
@@ -81,7 +99,10 @@ def test_a_custom_layout_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_default_box_config_dicts_are_checked():
-    assert DefaultBoxConfig.from_dict(json.loads(json.dumps(SSD512_VOC.to_dict()))) == SSD512_VOC
+    assert (
+        DefaultBoxConfig.from_dict(json.loads(json.dumps(SSD512_VOC.to_dict())))
+        == SSD512_VOC
+    )
     with pytest.raises(ValueError, match="unknown fields"):
         DefaultBoxConfig.from_dict({**SSD300_VOC.to_dict(), "scales": [0.1]})
 
@@ -102,13 +123,19 @@ def test_checkpoints_from_before_the_refactor_detect_the_same(name, size):
     else:  # a plain state dict: names by class count, not stored
         assert detector.names is None and detector.class_names == tuple(SHAPES_CLASSES)
     dataset = ShapesDataset(3, image_size=size, seed=123)
-    predictor = detector.predictor(score_threshold=0.05, precision="fp32", channels_last=False)
+    predictor = detector.predictor(
+        score_threshold=0.05, precision="fp32", channels_last=False
+    )
     found = predictor([dataset[i][0] for i in range(3)])
     for got, recorded in zip(found, RECORDED[name]):
         n = len(recorded["scores"])
         assert torch.equal(got["labels"][:n], torch.tensor(recorded["labels"]))
-        torch.testing.assert_close(got["scores"][:n], torch.tensor(recorded["scores"]), rtol=0, atol=1e-6)
-        torch.testing.assert_close(got["boxes"][:n], torch.tensor(recorded["boxes"]), rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            got["scores"][:n], torch.tensor(recorded["scores"]), rtol=0, atol=1e-6
+        )
+        torch.testing.assert_close(
+            got["boxes"][:n], torch.tensor(recorded["boxes"]), rtol=0, atol=1e-4
+        )
 
 
 def test_the_loader_names_what_it_cannot_load(tmp_path):

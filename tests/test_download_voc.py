@@ -1,10 +1,12 @@
-"""Tests of data_scripts/download_voc.py against a loopback HTTP server (no network needed)."""
+"""Tests of data_scripts/download_voc.py against a loopback HTTP server (no network
+needed)."""
+
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import sys
 import io
+import sys
 import tarfile
 import threading
 import urllib.error
@@ -19,7 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("download_voc", REPO / "data_scripts" / "download_voc.py")
+    spec = importlib.util.spec_from_file_location(
+        "download_voc", REPO / "data_scripts" / "download_voc.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -30,10 +34,11 @@ download_voc = _load_script()
 
 
 class _Server:
-    """Serves ``files`` (name -> bytes) on 127.0.0.1 with HTTP Range support; logs the requests.
+    """Serves ``files`` (name -> bytes) on 127.0.0.1 with HTTP Range support; logs the
+    requests.
 
-    ``cut_after``: the first response sends only that many bytes of the body, then closes the
-    connection (a dropped download: the full Content-Length was promised).
+    ``cut_after``: the first response sends only that many bytes of the body, then
+    closes the connection (a dropped download: the full Content-Length was promised).
     """
 
     def __init__(self, files: dict[str, bytes], cut_after: int | None = None) -> None:
@@ -61,7 +66,9 @@ class _Server:
                         self.send_error(416)
                         return
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}"
+                    )
                 else:
                     self.send_response(200)
                 self.send_header("Content-Length", str(len(data) - start))
@@ -74,7 +81,9 @@ class _Server:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def __enter__(self) -> _Server:
         self.thread.start()
@@ -86,9 +95,15 @@ class _Server:
 
 
 def _voc_tar(tmp_path: Path) -> bytes:
-    """A small VOC2007 trainval tar with the real layout: VOCdevkit/VOC2007/{JPEGImages,...}."""
+    """A small VOC2007 trainval tar with the real layout:
+    VOCdevkit/VOC2007/{JPEGImages,...}."""
     staging = tmp_path / "staging"
-    write_voc_split(ShapesDataset(3, image_size=64, seed=1), staging / "VOCdevkit" / "VOC2007", "trainval", VOC_CLASSES)
+    write_voc_split(
+        ShapesDataset(3, image_size=64, seed=1),
+        staging / "VOCdevkit" / "VOC2007",
+        "trainval",
+        VOC_CLASSES,
+    )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         tar.add(staging / "VOCdevkit", arcname="VOCdevkit")
@@ -101,9 +116,16 @@ def _md5(data: bytes) -> str:
 
 def _argv(server: _Server, out: Path, data: bytes) -> list[str]:
     return [
-        "--out", str(out), "--archives", "voc2007_trainval", "--base-url", server.url,
-        "--md5", f"voc2007_trainval={_md5(data)}", "--no-progress",
-    ]  # fmt: skip
+        "--out",
+        str(out),
+        "--archives",
+        "voc2007_trainval",
+        "--base-url",
+        server.url,
+        "--md5",
+        f"voc2007_trainval={_md5(data)}",
+        "--no-progress",
+    ]
 
 
 FILENAME = download_voc.ARCHIVES["voc2007_trainval"].filename
@@ -130,14 +152,17 @@ def test_resume_after_partial_file(tmp_path: Path) -> None:
     part.write_bytes(data[:half])
     with _Server({FILENAME: data}) as server:
         assert download_voc.main(_argv(server, out, data)) == 0
-    assert server.requests == [(FILENAME, f"bytes={half}-")]  # only the missing half was asked for
+    assert server.requests == [
+        (FILENAME, f"bytes={half}-")
+    ]  # only the missing half was asked for
     assert (out / "downloads" / FILENAME).read_bytes() == data
     assert not part.exists()
 
 
 def test_dropped_connection_keeps_the_part_file_for_resume(tmp_path: Path) -> None:
-    # The server promises the whole file and closes after half of it: that is a network failure,
-    # not a bad checksum, so the half already on disk must stay and the next try resume from it.
+    # The server promises the whole file and closes after half of it: that is a network
+    # failure, not a bad checksum, so the half already on disk must stay and the next
+    # try resume from it.
     data = _voc_tar(tmp_path)
     half = len(data) // 2
     md5 = hashlib.md5(data).hexdigest()
@@ -158,7 +183,9 @@ def test_checksum_mismatch_fails_and_deletes(tmp_path: Path) -> None:
     with _Server({"t.tar": data}) as server:
         dest = tmp_path / "t.tar"
         with pytest.raises(ValueError, match="MD5 .* does not match"):
-            download_voc.download(f"{server.url}/t.tar", dest, archive.md5, progress=False)
+            download_voc.download(
+                f"{server.url}/t.tar", dest, archive.md5, progress=False
+            )
     assert not dest.exists() and not (tmp_path / "t.tar.part").exists()
 
 
@@ -199,7 +226,9 @@ def _device(name: str) -> tarfile.TarInfo:
         (_device("VOCdevkit/dev"), "refusing special member"),
     ],
 )
-def test_malicious_archive_is_refused(tmp_path: Path, member: tarfile.TarInfo, message: str, capsys) -> None:
+def test_malicious_archive_is_refused(
+    tmp_path: Path, member: tarfile.TarInfo, message: str, capsys
+) -> None:
     data = _tar_with(member)
     out = tmp_path / "out"
     with _Server({FILENAME: data}) as server:
@@ -213,19 +242,32 @@ def test_malicious_archive_is_refused(tmp_path: Path, member: tarfile.TarInfo, m
 
 
 @pytest.mark.parametrize("kind", ["not a tar", "truncated"])
-def test_unreadable_archive_is_named_and_moved_aside(tmp_path: Path, kind: str, capsys) -> None:
-    """An archive whose MD5 matched (as given) but that does not read as a tar: the error names it
-    and it is renamed <name>.bad, so that the rerun downloads it again instead of failing again."""
+def test_unreadable_archive_is_named_and_moved_aside(
+    tmp_path: Path, kind: str, capsys
+) -> None:
+    """An archive whose MD5 matched (as given) but that does not read as a tar: the
+    error names it and it is renamed <name>.bad, so that the rerun downloads it again
+    instead of failing again."""
     good = _voc_tar(tmp_path)
-    bad = b"<html>not a tar archive</html>" * 50 if kind == "not a tar" else good[: len(good) // 2]
+    bad = (
+        b"<html>not a tar archive</html>" * 50
+        if kind == "not a tar"
+        else good[: len(good) // 2]
+    )
     out = tmp_path / "out"
     with _Server({FILENAME: bad}) as server:
         assert download_voc.main(_argv(server, out, bad)) == 2
     err = capsys.readouterr().err
-    assert f"{FILENAME}: not a readable tar archive" in err and f"moved it to {FILENAME}.bad" in err
+    assert (
+        f"{FILENAME}: not a readable tar archive" in err
+        and f"moved it to {FILENAME}.bad" in err
+    )
     assert err.splitlines()[-1].startswith("error: ")
     assert (out / "downloads" / f"{FILENAME}.bad").read_bytes() == bad
-    assert not (out / "downloads" / FILENAME).exists() and not (out / ".voc2007_trainval.extracted").exists()
+    assert (
+        not (out / "downloads" / FILENAME).exists()
+        and not (out / ".voc2007_trainval.extracted").exists()
+    )
     with _Server({FILENAME: good}) as server:
         assert download_voc.main(_argv(server, out, good)) == 0
     assert len(VOCDataset(out / "VOCdevkit" / "VOC2007", "trainval")) == 3
@@ -239,8 +281,14 @@ def test_bad_md5_flag_is_refused(tmp_path: Path) -> None:
 def test_constants_agree_with_torchvision() -> None:
     from torchvision.datasets.voc import DATASET_YEAR_DICT
 
-    theirs = {DATASET_YEAR_DICT[k]["filename"]: DATASET_YEAR_DICT[k]["md5"] for k in ("2007", "2007-test", "2012")}
+    theirs = {
+        DATASET_YEAR_DICT[k]["filename"]: DATASET_YEAR_DICT[k]["md5"]
+        for k in ("2007", "2007-test", "2012")
+    }
     ours = {a.filename: a.md5 for a in download_voc.ARCHIVES.values()}
     assert ours == theirs
     for archive in download_voc.ARCHIVES.values():
-        assert all(url.startswith("https://") and url.endswith(archive.filename) for url in archive.urls)
+        assert all(
+            url.startswith("https://") and url.endswith(archive.filename)
+            for url in archive.urls
+        )

@@ -1,4 +1,6 @@
-"""Hard negative mining: counts, exclusion of positives, hardness, ties, and a numpy reference."""
+"""Hard negative mining: counts, exclusion of positives, hardness, ties, and a numpy
+reference."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,11 +9,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssd_tutorial.hard_negative_mining import hard_negative_mask, negatives_per_image, random_negative_mask
+from ssd_tutorial.hard_negative_mining import (
+    hard_negative_mask,
+    negatives_per_image,
+    random_negative_mask,
+)
 
 
-def numpy_hard_negatives(conf_loss: np.ndarray, positive: np.ndarray, ratio: float) -> np.ndarray:
-    """Independent reference: one image at a time, stable sort of the negatives by -loss."""
+def numpy_hard_negatives(
+    conf_loss: np.ndarray, positive: np.ndarray, ratio: float
+) -> np.ndarray:
+    """Independent reference: one image at a time, stable sort of the negatives by
+    -loss."""
     keep = np.zeros_like(positive)
     for b in range(conf_loss.shape[0]):
         negatives = np.flatnonzero(~positive[b])
@@ -22,7 +31,8 @@ def numpy_hard_negatives(conf_loss: np.ndarray, positive: np.ndarray, ratio: flo
 
 
 def test_hand_worked_case_with_ties() -> None:
-    # Image 0: one positive (prior 1, whose huge loss must be ignored) -> keep 3 negatives.
+    # Image 0: one positive (prior 1, whose huge loss must be ignored) -> keep 3
+    # negatives.
     # Negative losses: 0.5, 0.1, 0.7, 0.9, 0.7, 0.2, 0.7 at priors 0, 2, 3, 4, 5, 6, 7.
     # Hardest is prior 4 (0.9); then three priors tie at 0.7 (3, 5, 7) for two places:
     # the lower indices 3 and 5 win.
@@ -42,7 +52,8 @@ def test_hand_worked_case_with_ties() -> None:
 
 
 def test_count_is_capped_by_available_negatives() -> None:
-    # 3 positives out of 5 priors: 3 x 3 = 9 wanted, only 2 negatives exist -> both, nothing else.
+    # 3 positives out of 5 priors: 3 x 3 = 9 wanted, only 2 negatives exist -> both,
+    # nothing else.
     positive = torch.tensor([[True, False, True, True, False]])
     conf_loss = torch.tensor([[1.0, 0.2, 3.0, 4.0, 0.1]])
     mask = hard_negative_mask(conf_loss, positive)
@@ -65,16 +76,24 @@ def test_fractional_ratio_rounds_down() -> None:
     seed=st.integers(0, 2**31 - 1),
     tie_levels=st.integers(1, 6),
 )
-def test_matches_numpy_reference_and_properties(batch, priors, ratio, seed, tie_levels) -> None:
+def test_matches_numpy_reference_and_properties(
+    batch, priors, ratio, seed, tie_levels
+) -> None:
     rng = np.random.default_rng(seed)
     # Few distinct loss values -> many ties, so the tie rule is exercised too.
     conf_loss = rng.integers(0, tie_levels, size=(batch, priors)).astype(np.float32)
     positive = rng.random((batch, priors)) < rng.uniform(0, 0.5)
-    mask = hard_negative_mask(torch.from_numpy(conf_loss), torch.from_numpy(positive), ratio).numpy()
+    mask = hard_negative_mask(
+        torch.from_numpy(conf_loss), torch.from_numpy(positive), ratio
+    ).numpy()
 
-    np.testing.assert_array_equal(mask, numpy_hard_negatives(conf_loss, positive, ratio))
+    np.testing.assert_array_equal(
+        mask, numpy_hard_negatives(conf_loss, positive, ratio)
+    )
     num_pos = positive.sum(1)
-    expected_counts = np.minimum(np.floor(ratio * num_pos).astype(int), priors - num_pos)
+    expected_counts = np.minimum(
+        np.floor(ratio * num_pos).astype(int), priors - num_pos
+    )
     np.testing.assert_array_equal(mask.sum(1), expected_counts)
     assert not (mask & positive).any(), "a positive was selected as a negative"
     for b in range(batch):
@@ -87,7 +106,9 @@ def test_random_mask_same_counts_reproducible_and_not_hardest() -> None:
     g = torch.Generator().manual_seed(0)
     positive = torch.rand(4, 500, generator=g) < 0.02
     positive[2] = False  # an image without positives
-    conf_loss = torch.arange(500, dtype=torch.float32).expand(4, 500)  # hardest = highest index
+    conf_loss = torch.arange(500, dtype=torch.float32).expand(
+        4, 500
+    )  # hardest = highest index
 
     mask_a = random_negative_mask(positive, 3, torch.Generator().manual_seed(1))
     mask_b = random_negative_mask(positive, 3, torch.Generator().manual_seed(1))
@@ -116,7 +137,9 @@ def test_compiles_without_graph_breaks() -> None:
     compiled = torch.compile(hard_negative_mask, fullgraph=True, backend="eager")
     conf_loss = torch.rand(3, 50)
     positive = torch.rand(3, 50) < 0.1
-    assert torch.equal(compiled(conf_loss, positive, 3), hard_negative_mask(conf_loss, positive, 3))
+    assert torch.equal(
+        compiled(conf_loss, positive, 3), hard_negative_mask(conf_loss, positive, 3)
+    )
 
 
 @pytest.mark.parametrize(
@@ -126,9 +149,15 @@ def test_compiles_without_graph_breaks() -> None:
         (torch.rand(2, 5), torch.zeros(5, dtype=torch.bool), 3, r"\[B, P\]"),
         (torch.rand(2, 4), torch.zeros(2, 5, dtype=torch.bool), 3, "same shape"),
         (torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), -1, "neg_pos_ratio"),
-        # inf * positives cast to long used to wrap to -2**63: silently no negative at all
+        # inf * positives cast to long used to wrap to -2**63: silently no negative at
+        # all
         (torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), float("inf"), "finite"),
-        (torch.rand(2, 5), torch.zeros(2, 5, dtype=torch.bool), float("nan"), "neg_pos_ratio"),
+        (
+            torch.rand(2, 5),
+            torch.zeros(2, 5, dtype=torch.bool),
+            float("nan"),
+            "neg_pos_ratio",
+        ),
     ],
 )
 def test_bad_input(conf_loss, positive, ratio, message) -> None:

@@ -1,4 +1,6 @@
-"""Tests for ssd_tutorial.viz: image conversion, the sample photo, what the box helpers draw."""
+"""Tests for ssd_tutorial.viz: image conversion, the sample photo, what the box helpers
+draw."""
+
 from __future__ import annotations
 
 import inspect
@@ -39,7 +41,9 @@ def ax():
 def rectangles(ax) -> list[tuple[float, float, float, float]]:
     """The rectangles on ax as (x, y, width, height), rounded to 4 decimals."""
     return [
-        tuple(round(v, 4) for v in (p.get_x(), p.get_y(), p.get_width(), p.get_height()))
+        tuple(
+            round(v, 4) for v in (p.get_x(), p.get_y(), p.get_width(), p.get_height())
+        )
         for p in ax.patches
         if isinstance(p, Rectangle)
     ]
@@ -87,13 +91,16 @@ def test_draw_boxes_geometry_labels_and_scale(ax):
 
 def test_draw_boxes_colours(ax):
     draw_boxes(ax, [[0, 0, 1, 1], [0, 0, 2, 2]], colors=["red", "blue"])
-    draw_boxes(ax, [[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 3, 3]], colors=(0.0, 1.0, 0.0))  # one RGB colour
+    draw_boxes(
+        ax, [[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 3, 3]], colors=(0.0, 1.0, 0.0)
+    )  # one RGB colour
     edge = [tuple(round(c, 3) for c in p.get_edgecolor()[:3]) for p in ax.patches]
     assert edge == [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)] + [(0.0, 1.0, 0.0)] * 3
 
 
 def test_draw_default_boxes_of_the_1x1_map_by_hand(ax):
-    # The 1x1 map has one cell centred at (0.5, 0.5) with 4 boxes (scale in pixels of 300):
+    # The 1x1 map has one cell centred at (0.5, 0.5) with 4 boxes (scale in pixels of
+    # 300):
     # 264 x 264, sqrt(264 * 315) square, 264 sqrt2 x 264/sqrt2, and its transpose.
     draw_default_boxes(ax, map_index=5, cells=[(0, 0)], scale=(300, 300))
     extra = math.sqrt(264 * 315)
@@ -113,20 +120,32 @@ def test_draw_default_boxes_of_the_1x1_map_by_hand(ax):
 
 
 def test_draw_default_boxes_several_cells_are_the_model_priors(ax):
-    draw_default_boxes(ax, map_index=1, cells=[(0, 0), (18, 18)], cfg=SSD300_VOC, show_centres=False)
-    drawn = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in rectangles(ax)])  # [12, 4] xyxy
+    draw_default_boxes(
+        ax, map_index=1, cells=[(0, 0), (18, 18)], cfg=SSD300_VOC, show_centres=False
+    )
+    drawn = torch.tensor(
+        [[x, y, x + w, y + h] for x, y, w, h in rectangles(ax)]
+    )  # [12, 4] xyxy
     assert drawn.shape == (12, 4)  # 6 boxes per cell of the 19x19 map
     assert not ax.lines
     # the last cell of the 19x19 map is centred at 18.5 * 16 / 300 on both axes
     centre = (drawn[6:, :2] + drawn[6:, 2:]) / 2
-    torch.testing.assert_close(centre, torch.full((6, 2), 18.5 * 16 / 300), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        centre, torch.full((6, 2), 18.5 * 16 / 300), atol=1e-3, rtol=0
+    )
     # first two are squares of 60 px and sqrt(60*111) px
     sides = (drawn[:2, 2] - drawn[:2, 0]) * 300
-    torch.testing.assert_close(sides, torch.tensor([60.0, math.sqrt(60 * 111)]), atol=0.05, rtol=0)
-    assert box_iou(drawn[:1], drawn[6:7]).item() == 0.0  # opposite corners of the map do not overlap
+    torch.testing.assert_close(
+        sides, torch.tensor([60.0, math.sqrt(60 * 111)]), atol=0.05, rtol=0
+    )
+    assert (
+        box_iou(drawn[:1], drawn[6:7]).item() == 0.0
+    )  # opposite corners of the map do not overlap
 
 
-@pytest.mark.parametrize("map_index, cell", [(6, (0, 0)), (-1, (0, 0)), (5, (1, 0)), (0, (0, 38))])
+@pytest.mark.parametrize(
+    "map_index, cell", [(6, (0, 0)), (-1, (0, 0)), (5, (1, 0)), (0, (0, 38))]
+)
 def test_draw_default_boxes_refuses_cells_outside_the_map(ax, map_index, cell):
     with pytest.raises(IndexError, match="out of range|outside feature map"):
         draw_default_boxes(ax, map_index=map_index, cells=[cell])
@@ -139,7 +158,9 @@ def test_show_source_is_the_real_source():
     assert inspect.getsource(box_iou).rstrip("\n") == repr(src)
     markdown = src._repr_markdown_()
     assert markdown == "```python\n" + repr(src) + "\n```"
-    assert not hasattr(src, "_repr_html_")  # no library's HTML is stored in the notebooks
+    assert not hasattr(
+        src, "_repr_html_"
+    )  # no library's HTML is stored in the notebooks
 
 
 def test_show_source_fence_outlasts_backticks_in_the_code():
@@ -156,23 +177,37 @@ def test_show_source_fence_outlasts_backticks_in_the_code():
 def test_default_box_names_follow_the_order_and_colours_of_the_drawn_boxes(ax):
     # map 1 (19x19) has ratios (2, 3): 6 boxes; map 0 has ratio 2 only: 4 boxes
     assert default_box_names(SSD300_VOC, 1) == [
-        "1:1, side s_k", "1:1, side sqrt(s_k s_k+1)", "2:1", "1:2", "3:1", "1:3"
+        "1:1, side s_k",
+        "1:1, side sqrt(s_k s_k+1)",
+        "2:1",
+        "1:2",
+        "3:1",
+        "1:3",
     ]
     names = default_box_names(SSD300_VOC, 0)
     assert len(names) == 4
     draw_default_boxes(ax, map_index=0, cells=[(10, 10)], show_centres=False)
     drawn = [p for p in ax.patches if isinstance(p, Rectangle)]
     # box 2 is "2:1": wider than high; box 3 "1:2": higher than wide; colours COLORS[i]
-    assert drawn[2].get_width() > drawn[2].get_height() and drawn[3].get_width() < drawn[3].get_height()
-    assert [tuple(p.get_edgecolor()[:3]) for p in drawn] == [tuple(c[:3]) for c in COLORS[:4]]
+    assert (
+        drawn[2].get_width() > drawn[2].get_height()
+        and drawn[3].get_width() < drawn[3].get_height()
+    )
+    assert [tuple(p.get_edgecolor()[:3]) for p in drawn] == [
+        tuple(c[:3]) for c in COLORS[:4]
+    ]
     add_box_legend(ax, names)
     legend = ax.get_legend()
     assert [t.get_text() for t in legend.get_texts()] == names
-    assert [tuple(h.get_color()[:3]) for h in legend.legend_handles] == [tuple(c[:3]) for c in COLORS[:4]]
+    assert [tuple(h.get_color()[:3]) for h in legend.legend_handles] == [
+        tuple(c[:3]) for c in COLORS[:4]
+    ]
 
 
 def test_add_box_legend_refuses_mismatched_lengths(ax):
-    add_box_legend(ax, ["truth", "guess"], colors=["lime", "orange"], linestyles=["-", "--"])
+    add_box_legend(
+        ax, ["truth", "guess"], colors=["lime", "orange"], linestyles=["-", "--"]
+    )
     assert [h.get_linestyle() for h in ax.get_legend().legend_handles] == ["-", "--"]
     with pytest.raises(ValueError, match="2 names, 1 colors"):
         add_box_legend(ax, ["truth", "guess"], colors=["lime"])
