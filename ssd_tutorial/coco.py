@@ -65,6 +65,85 @@ def _json_records(data: dict[str, Any], key: str, path: Path) -> list[dict[str, 
     return records
 
 
+def _read_coco_json(path: Path) -> dict[str, Any]:
+    """The parsed JSON object of a COCO file; ValueError naming ``path`` if it does not
+    parse or is not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a JSON object with images, annotations, categories"
+        )
+    return data
+
+
+def _category_names(data: dict[str, Any], path: Path) -> dict[int, str]:
+    """``{category id: name}`` of the file's ``categories``, in id order; ValueError
+    for a category without an integer id or a name, or a name used twice."""
+    categories = sorted(
+        _json_records(data, "categories", path), key=lambda c: c.get("id", 0)
+    )
+    try:
+        by_id = {int(c["id"]): str(c["name"]) for c in categories}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path}: every category needs an integer 'id' and a 'name' ({err})"
+        ) from None
+    if len(set(by_id.values())) != len(by_id):
+        raise ValueError(f"{path}: category names repeat: {sorted(by_id.values())}")
+    return by_id
+
+
+def _chosen_category_ids(
+    by_id: dict[int, str], class_names: Sequence[str] | None, path: Path
+) -> tuple[int, ...]:
+    """The category ids in label order: every category by id, or those of
+    ``class_names`` in its order (ValueError for a name the file does not have)."""
+    if class_names is None:
+        return tuple(by_id)
+    id_of = {name: cid for cid, name in by_id.items()}
+    missing = [name for name in class_names if name not in id_of]
+    if missing:
+        raise ValueError(
+            f"{path}: classes {missing} are not among its categories {sorted(id_of)}"
+        )
+    return tuple(id_of[name] for name in class_names)
+
+
+def _image_records(
+    data: dict[str, Any], path: Path
+) -> tuple[list[dict[str, Any]], dict[Any, int]]:
+    """The file's ``images`` records and ``{image id: position}``; ValueError for a
+    record without an ``id`` or a string ``file_name``, or an id listed twice."""
+    images: list[dict[str, Any]] = []
+    index_of: dict[Any, int] = {}
+    for record in _json_records(data, "images", path):
+        if "id" not in record or not isinstance(record.get("file_name"), str):
+            raise ValueError(
+                f"{path}: every image needs an 'id' and a 'file_name', got {record}"
+            )
+        if record["id"] in index_of:
+            raise ValueError(f"{path}: image id {record['id']} is listed twice")
+        index_of[record["id"]] = len(images)
+        images.append(record)
+    return images, index_of
+
+
+def _is_coco_box(box: Any) -> bool:
+    """Whether ``box`` is a COCO ``bbox``: ``[x, y, w, h]`` of finite numbers, w and h
+    > 0."""
+    ok = (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) for v in box)
+    )
+    if not ok:  # the checks below need four numbers
+        return False
+    return all(math.isfinite(v) for v in box) and box[2] > 0 and box[3] > 0
+
+
 class COCODataset(Dataset):
     """A COCO-format annotation file: ``{"images": [...], "annotations": [...],
     "categories": [...]}``.
@@ -101,57 +180,35 @@ class COCODataset(Dataset):
             raise FileNotFoundError(f"annotation file not found: {path}")
         self.images_dir = Path(images_dir) if images_dir is not None else path.parent
         self.transform = transform
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{path}: expected a JSON object with images, annotations, categories"
-            )
-        categories = sorted(
-            _json_records(data, "categories", path), key=lambda c: c.get("id", 0)
-        )
-        try:
-            by_id = {int(c["id"]): str(c["name"]) for c in categories}
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"{path}: every category needs an integer 'id' and a 'name' ({err})"
-            ) from None
-        if len(set(by_id.values())) != len(by_id):
-            raise ValueError(f"{path}: category names repeat: {sorted(by_id.values())}")
-        if class_names is None:
-            self.category_ids = tuple(by_id)
-        else:
-            id_of = {name: cid for cid, name in by_id.items()}
-            missing = [name for name in class_names if name not in id_of]
-            if missing:
-                raise ValueError(
-                    f"{path}: classes {missing} are not among its categories "
-                    f"{sorted(id_of)}"
-                )
-            self.category_ids = tuple(id_of[name] for name in class_names)
+        data = _read_coco_json(path)
+        by_id = _category_names(data, path)
+        self.category_ids = _chosen_category_ids(by_id, class_names, path)
         self.class_names = tuple(by_id[cid] for cid in self.category_ids)
-        label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
-
-        self.images: list[dict[str, Any]] = []
-        index_of: dict[Any, int] = {}
-        for record in _json_records(data, "images", path):
-            if "id" not in record or not isinstance(record.get("file_name"), str):
-                raise ValueError(
-                    f"{path}: every image needs an 'id' and a 'file_name', got {record}"
-                )
-            if record["id"] in index_of:
-                raise ValueError(f"{path}: image id {record['id']} is listed twice")
-            index_of[record["id"]] = len(self.images)
-            self.images.append(record)
+        self.images, index_of = _image_records(data, path)
         self.ids = [Path(record["file_name"]).stem for record in self.images]
         self.problems: list[str] = []
         self._objects: list[list[tuple[list[float], int, bool]]] = [
             [] for _ in self.images
         ]
         self._bad: dict[int, str] = {}
-        for ann in _json_records(data, "annotations", path):
+        self._place_annotations(
+            _json_records(data, "annotations", path), index_of, by_id, class_names
+        )
+
+    def _place_annotations(
+        self,
+        annotations: list[dict[str, Any]],
+        index_of: dict[Any, int],
+        by_id: dict[int, str],
+        class_names: Sequence[str] | None,
+    ) -> None:
+        """Put each annotation's ``(box xyxy px, label, crowd)`` in its image's
+        :attr:`_objects`, or its problem in :attr:`problems` (and, for a listed image,
+        in :attr:`_bad`, so that the item raises).  Annotations of a category left out
+        by ``class_names`` are dropped without a word."""
+        path = self.annotation_file
+        label_of = {cid: k + 1 for k, cid in enumerate(self.category_ids)}
+        for ann in annotations:
             where = f"{path}: annotation {ann.get('id', '?')}"
             if ann.get("image_id") not in index_of:
                 self.problems.append(
@@ -171,17 +228,7 @@ class COCODataset(Dataset):
                 self.problems.append(message)
                 continue
             box = ann.get("bbox")
-            ok = (
-                isinstance(box, list)
-                and len(box) == 4
-                and all(isinstance(v, (int, float)) for v in box)
-            )
-            if (
-                not ok
-                or not all(math.isfinite(v) for v in box)
-                or box[2] <= 0
-                or box[3] <= 0
-            ):
+            if not _is_coco_box(box):
                 message = f"{where}: bbox {box} is not [x, y, w, h] with w, h > 0"
                 self._bad[index] = message
                 self.problems.append(message)

@@ -385,26 +385,65 @@ def _main(args: argparse.Namespace) -> int:
         return _detect_videos(
             args, videos, predictor, names, weights_source, category_ids
         )
-    # Every image is read before any is processed: every bad file is reported at once,
-    # and a run that stops leaves no half-written output behind.
+    images, bad = _read_all_images(files, args.max_pixels)
+    if bad and not _report_unreadable(bad, len(files), bool(images), args.skip_bad):
+        return 2
+    output, to_file, drawings = _plan_outputs(args, [p for p, _ in images])
+    results = _detect_and_draw(
+        images, drawings, predictor, names, category_ids, args.batch_size
+    )
+    if to_file:
+        print(json.dumps(results[0]))
+        return 0
+    _write_report(output, results, bad, args, names, weights_source)
+    return 0
+
+
+def _read_all_images(
+    files: Sequence[Path], max_pixels: int
+) -> tuple[list[tuple[Path, Tensor]], list[str]]:
+    """Read every image before any is processed -> ``((path, uint8 [3, H, W]) per
+    readable file, one message per unreadable one)``.
+
+    Reading all first means every bad file is reported at once, and a run that stops
+    leaves no half-written output behind.
+    """
     images: list[tuple[Path, Tensor]] = []
     bad: list[str] = []
     for path in files:
         try:
-            images.append((path, read_image_file(path, args.max_pixels)))
+            images.append((path, read_image_file(path, max_pixels)))
         except (ValueError, RuntimeError, OSError) as error:
             bad.append(str(error) if str(path) in str(error) else f"{path}: {error}")
-    if bad:
-        print("error: unreadable images:\n  " + "\n  ".join(bad), file=sys.stderr)
-        if not args.skip_bad or not images:
-            return 2
-        print(
-            f"--skip-bad: going on without {len(bad)} of {len(files)} images",
-            file=sys.stderr,
-        )
+    return images, bad
 
+
+def _report_unreadable(
+    bad: list[str], n_files: int, any_readable: bool, skip_bad: bool
+) -> bool:
+    """List the unreadable images on stderr; return whether the run goes on (only with
+    ``--skip-bad`` and at least one readable image)."""
+    print("error: unreadable images:\n  " + "\n  ".join(bad), file=sys.stderr)
+    if not skip_bad or not any_readable:
+        return False
+    print(
+        f"--skip-bad: going on without {len(bad)} of {n_files} images",
+        file=sys.stderr,
+    )
+    return True
+
+
+def _plan_outputs(
+    args: argparse.Namespace, paths: list[Path]
+) -> tuple[Path, bool, list[Path]]:
+    """Where the drawings go -> ``(output, to_file, one drawing path per image)``.
+
+    One image given as a file, with an ``--output`` of an image (or PDF/SVG) suffix:
+    ``to_file``, the drawing is ``output`` itself.  Otherwise ``output`` is a folder
+    (default ``detections``) with one ``<name>.png`` per image.
+    """
     single = (
-        len(args.inputs) == 1 and len(images) == 1 and not Path(args.inputs[0]).is_dir()
+        len(args.inputs) == 1 and len(paths) == 1 and not Path(args.inputs[0]).is_dir()
     )
     output = Path(
         args.output
@@ -412,14 +451,24 @@ def _main(args: argparse.Namespace) -> int:
         else ("detections.png" if single else "detections")
     )
     to_file = single and output.suffix.lower() in IMAGE_SUFFIXES + (".pdf", ".svg")
-    drawings = (
-        [output]
-        if to_file
-        else [output / name for name in _output_names([p for p, _ in images])]
-    )
+    drawings = [output] if to_file else [output / name for name in _output_names(paths)]
+    return output, to_file, drawings
+
+
+def _detect_and_draw(
+    images: list[tuple[Path, Tensor]],
+    drawings: list[Path],
+    predictor: Any,
+    names: list[str],
+    category_ids: list[int] | None,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """Run ``predictor`` on ``images`` ``batch_size`` at a time, save each drawing, and
+    return one record per image (its file, drawing, size and detections, boxes xyxy in
+    its pixels)."""
     results = []
-    for start in range(0, len(images), args.batch_size):
-        chunk = images[start : start + args.batch_size]
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
         for (path, image), det, drawing in zip(
             chunk, predictor([im for _, im in chunk]), drawings[start:]
         ):
@@ -434,9 +483,19 @@ def _main(args: argparse.Namespace) -> int:
                     "detections": detection_records(det, names, category_ids),
                 }
             )
-    if to_file:
-        print(json.dumps(results[0]))
-        return 0
+    return results
+
+
+def _write_report(
+    output: Path,
+    results: list[dict[str, Any]],
+    bad: list[str],
+    args: argparse.Namespace,
+    names: list[str],
+    weights_source: str,
+) -> None:
+    """Write ``output / detections.json`` (the run's settings, the skipped files and
+    ``results``) and print one line per image."""
     report = {
         "weights": weights_source,
         "classes": names,
@@ -448,7 +507,6 @@ def _main(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r['image']}: {len(r['detections'])} detections -> {r['output']}")
     print(f"wrote {output / 'detections.json'}")
-    return 0
 
 
 def _detect_videos(

@@ -251,21 +251,26 @@ def load_detector(
         return load_pretrained(
             source, device, progress=progress, expected_sha256=expected_sha256
         )
+    path = _existing_file(source)
+    state = read_state_file(path, expected_sha256)
+    if detect_layout(state) is not None:  # torchvision's or ssd.pytorch's keys
+        return detector_from_state_dict(state, str(path), device)
+    detector = _from_checkpoint(state, path)
+    detector.model.to(device).eval()
+    return detector
+
+
+def _existing_file(source: str | Path) -> Path:
+    """``source`` as the path of a file, or a FileNotFoundError that names it and the
+    published detectors (which a typo in a name would also land here)."""
     path = Path(source)
     if not path.is_file():
         detectors = ", ".join(n for n, w in PUBLISHED.items() if w.layout in LAYOUTS)
         raise FileNotFoundError(
-            f"{str(source)!r}: no checkpoint or weight file there, nor published "
-            "weights by that "
-            f"name ({detectors})"
+            f"{str(source)!r}: no checkpoint or weight file there, "
+            f"nor published weights by that name ({detectors})"
         )
-    state = read_state_file(path, expected_sha256)
-    if detect_layout(state) is not None:  # torchvision's or ssd.pytorch's keys
-        return detector_from_state_dict(state, str(path), device)
-    else:
-        detector = _from_checkpoint(state, path)
-    detector.model.to(device).eval()
-    return detector
+    return path
 
 
 def load_pretrained(
@@ -293,15 +298,7 @@ def load_pretrained(
         state = fetch_state_dict(name_or_path, progress, expected_sha256)
         source = f"{weights.name} ({weights.description}; {weights.url})"
     else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            detectors = ", ".join(
-                n for n, w in PUBLISHED.items() if w.layout in LAYOUTS
-            )
-            raise FileNotFoundError(
-                f"weights {str(name_or_path)!r}: neither published weights "
-                f"({detectors}) nor a file"
-            )
+        path = _existing_file(name_or_path)
         state, source = read_state_file(path, expected_sha256), str(path)
     return detector_from_state_dict(state, source, device)
 

@@ -36,6 +36,7 @@ CPU and CUDA generators draw different streams).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -305,102 +306,148 @@ def _pad_images(images: Sequence[Tensor] | Tensor) -> tuple[Tensor, Tensor]:
     return padded, sizes
 
 
-def gpu_ssd_augment_padded(
-    images: Sequence[Tensor] | Tensor,
-    boxes: Tensor,
-    valid: Tensor,
-    generator: torch.Generator,
-    size: int = 300,
-    train: bool = True,
-    max_trials: int = 50,
-    channel_swap_prob: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`gpu_ssd_augment` on padded box tensors, with no host synchronisation.
+class _Geometry(NamedTuple):
+    """The geometric augmentation of a batch: each image's zoom-out canvas, crop on it
+    and flip (together one affine map), and the boxes they give.
 
-    ``boxes`` [B, G, 4] absolute-pixel xyxy, ``valid`` [B, G] bool (False = padding).
-    Returns ``(images float [B, 3, size, size] normalized, boxes [B, G, 4] normalized
-    xyxy, keep [B, G] bool)``: ``keep`` marks the objects that survive (a subset of
-    ``valid``); rows where it is False hold meaningless numbers.
+    ``ratio``, ``offset_x``, ``offset_y`` [B]: the canvas is ``ratio`` x the image's
+    width and height, the image's top-left corner at ``(offset_x, offset_y)`` of the
+    canvas (normalized).  ``crop`` [B, 4] xyxy normalized to the canvas; ``flip`` [B]
+    bool.  ``boxes`` [B, G, 4] xyxy normalized to the output, ``keep`` [B, G] bool.
     """
-    padded, sizes = _pad_images(images)
-    device = padded.device
-    B, _, h_max, w_max = padded.shape
-    if boxes.ndim != 3 or boxes.shape[0] != B or boxes.shape[-1] != 4:
-        raise ValueError(f"boxes must be [B={B}, G, 4], got {list(boxes.shape)}")
+
+    ratio: Tensor
+    offset_x: Tensor
+    offset_y: Tensor
+    crop: Tensor
+    flip: Tensor
+    boxes: Tensor
+    keep: Tensor
+
+
+def _check_box_shapes(boxes: Tensor, valid: Tensor, batch: int) -> None:
+    """``boxes`` must be ``[batch, G, 4]`` and ``valid`` ``[batch, G]``; raises
+    ValueError naming the shapes (checked on shapes only: no host synchronisation)."""
+    if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be [B={batch}, G, 4], got {list(boxes.shape)}")
     if valid.shape != boxes.shape[:2]:
         raise ValueError(
             f"valid must be [B, G] = {list(boxes.shape[:2])}, got {list(valid.shape)}"
         )
+
+
+def _zoom_out(
+    unit_boxes: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Zoom out (p=0.5): the image becomes a 1/ratio-sized tile at a random place of a
+    canvas ratio x its width and height.
+
+    ``unit_boxes`` [B, G, 4] xyxy normalized to the image -> ``(ratio [B], offset_x
+    [B], offset_y [B], canvas_boxes [B, G, 4] xyxy normalized to the canvas)``; an image
+    that is not zoomed out gets ratio 1 and offset 0.  Departure: the CPU pipeline
+    rounds the canvas and the offsets to whole pixels; here they stay continuous.
+    """
+    B, device = unit_boxes.shape[0], unit_boxes.device
+    expand = _coin((B,), generator, device)
+    ratio = torch.where(
+        expand,
+        _uniform((B,), 1.0, EXPAND_MAX_RATIO, generator, device),
+        torch.ones(B, device=device),
+    )
+    offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (
+        1.0 - 1.0 / ratio
+    )  # image's left edge on the canvas
+    offset_y = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
+    offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[
+        :, None, :
+    ]  # [B, 1, 4]
+    canvas_boxes = offset + unit_boxes / ratio.view(
+        B, 1, 1
+    )  # [B, G, 4] normalized to the canvas
+    return ratio, offset_x, offset_y, canvas_boxes
+
+
+def _crop_and_flip_boxes(
+    canvas_boxes: Tensor, valid: Tensor, crop: Tensor, flip: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The boxes after the crop and the flip.
+
+    ``canvas_boxes`` [B, G, 4] xyxy normalized to the canvas, ``valid`` [B, G], ``crop``
+    [B, 4] xyxy on the canvas, ``flip`` [B] bool -> ``(boxes [B, G, 4] xyxy normalized
+    to the output, keep [B, G])``: the boxes whose centre is in the crop are kept,
+    clipped to it and expressed in its frame, then mirrored where ``flip``.
+    """
+    B = canvas_boxes.shape[0]
+    crop_lo = crop[:, None, :2].repeat(1, 1, 2)  # [B, 1, 4] (x1, y1, x1, y1)
+    crop_hi = crop[:, None, 2:].repeat(1, 1, 2)  # [B, 1, 4] (x2, y2, x2, y2)
+    clipped = torch.minimum(torch.maximum(canvas_boxes, crop_lo), crop_hi)  # [B, G, 4]
+    out_boxes = (clipped - crop_lo) / (
+        crop_hi - crop_lo
+    )  # [B, G, 4] normalized to the output
+    mirrored = torch.stack(
+        (
+            1 - out_boxes[..., 2],
+            out_boxes[..., 1],
+            1 - out_boxes[..., 0],
+            out_boxes[..., 3],
+        ),
+        -1,
+    )
+    out_boxes = torch.where(flip.view(B, 1, 1), mirrored, out_boxes)  # [B, G, 4]
+    keep = valid & _centres_inside(crop[:, None, :], canvas_boxes)[:, 0, :]  # [B, G]
+    return out_boxes, keep
+
+
+def _train_geometry(
+    unit_boxes: Tensor, valid: Tensor, generator: torch.Generator, max_trials: int
+) -> _Geometry:
+    """Random zoom-out, min-IoU crop and horizontal flip of every image, with the boxes
+    they give (``unit_boxes`` [B, G, 4] xyxy normalized to the image, ``valid``
+    [B, G]).  The draws come in this order: zoom-out, crop, flip."""
+    B, device = unit_boxes.shape[0], unit_boxes.device
+    ratio, offset_x, offset_y, canvas_boxes = _zoom_out(unit_boxes, generator)
+    crop = sample_crops(canvas_boxes, valid, generator, max_trials)  # [B, 4]
+    flip = _coin((B,), generator, device)  # [B]
+    out_boxes, keep = _crop_and_flip_boxes(canvas_boxes, valid, crop, flip)
+    return _Geometry(ratio, offset_x, offset_y, crop, flip, out_boxes, keep)
+
+
+def _identity_geometry(unit_boxes: Tensor, valid: Tensor) -> _Geometry:
+    """The evaluation geometry: no zoom-out, the whole image as the crop, no flip; the
+    boxes stay ``unit_boxes`` ([B, G, 4] xyxy normalized to the image)."""
+    B, device = unit_boxes.shape[0], unit_boxes.device
+    ratio = torch.ones(B, device=device)
+    offset_x = offset_y = torch.zeros(B, device=device)
+    crop = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device).expand(B, 4)
+    flip = torch.zeros(B, dtype=torch.bool, device=device)
+    return _Geometry(ratio, offset_x, offset_y, crop, flip, unit_boxes, valid)
+
+
+def _clamp_and_drop_degenerate(boxes: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Clamp ``boxes`` [B, G, 4] xyxy to ``[0, 1]`` and drop from ``keep`` [B, G] the
+    boxes of zero width or height: never a degenerate box, as SSDAugmentation."""
+    boxes = boxes.clamp(0.0, 1.0)
+    keep = keep & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    return boxes, keep
+
+
+def _resample(
+    padded: Tensor, sizes: Tensor, geometry: _Geometry, size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Resample every image through its geometry with one ``grid_sample`` call.
+
+    ``padded`` [B, 3, H_max, W_max] (any dtype), ``sizes`` [B, 2] (H, W) of each
+    image's own pixels -> ``(out float [B, 3, size, size] on the 0..255 scale, u [B,
+    size], v [B, size])``: ``u``/``v`` are the output columns'/rows' x/y normalized to
+    the image (outside [0, 1] = zoom-out fill).
+    """
+    B, _, h_max, w_max = padded.shape
+    device = padded.device
     height = sizes[:, 0].float()  # [B]
     width = sizes[:, 1].float()  # [B]
-    wh = torch.stack((width, height, width, height), dim=-1)[:, None, :]  # [B, 1, 4]
-    unit_boxes = (
-        boxes.to(device=device, dtype=torch.float32) / wh
-    )  # [B, G, 4] normalized to the image
-    valid = valid.to(device)
-
-    if train:
-        # zoom out (p=0.5): the image becomes a 1/ratio-sized tile at a random place of
-        # a canvas ratio x its width and height.  Departure: the CPU pipeline rounds the
-        # canvas and the offsets to whole pixels; here they stay continuous.
-        expand = _coin((B,), generator, device)
-        ratio = torch.where(
-            expand,
-            _uniform((B,), 1.0, EXPAND_MAX_RATIO, generator, device),
-            torch.ones(B, device=device),
-        )
-        offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (
-            1.0 - 1.0 / ratio
-        )  # image's left edge on the canvas
-        offset_y = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
-        offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[
-            :, None, :
-        ]  # [B, 1, 4]
-        canvas_boxes = offset + unit_boxes / ratio.view(
-            B, 1, 1
-        )  # [B, G, 4] normalized to the canvas
-        crop = sample_crops(canvas_boxes, valid, generator, max_trials)  # [B, 4]
-        flip = _coin((B,), generator, device)  # [B]
-        # Boxes: keep those whose centre is in the crop, clip them to it, express them
-        # in its frame.
-        crop_lo = crop[:, None, :2].repeat(1, 1, 2)  # [B, 1, 4] (x1, y1, x1, y1)
-        crop_hi = crop[:, None, 2:].repeat(1, 1, 2)  # [B, 1, 4] (x2, y2, x2, y2)
-        clipped = torch.minimum(
-            torch.maximum(canvas_boxes, crop_lo), crop_hi
-        )  # [B, G, 4]
-        out_boxes = (clipped - crop_lo) / (
-            crop_hi - crop_lo
-        )  # [B, G, 4] normalized to the output
-        mirrored = torch.stack(
-            (
-                1 - out_boxes[..., 2],
-                out_boxes[..., 1],
-                1 - out_boxes[..., 0],
-                out_boxes[..., 3],
-            ),
-            -1,
-        )
-        out_boxes = torch.where(flip.view(B, 1, 1), mirrored, out_boxes)  # [B, G, 4]
-        keep = (
-            valid & _centres_inside(crop[:, None, :], canvas_boxes)[:, 0, :]
-        )  # [B, G]
-    else:
-        ratio = torch.ones(B, device=device)
-        offset_x = offset_y = torch.zeros(B, device=device)
-        crop = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device).expand(B, 4)
-        flip = torch.zeros(B, dtype=torch.bool, device=device)
-        out_boxes = unit_boxes
-        keep = valid
-    out_boxes = out_boxes.clamp(0.0, 1.0)
-    # never a degenerate box, as SSDAugmentation
-    keep = (
-        keep
-        & (out_boxes[..., 2] > out_boxes[..., 0])
-        & (out_boxes[..., 3] > out_boxes[..., 1])
-    )
-
-    # Image: output pixel centre t = (j + 0.5) / size -> crop -> canvas -> image pixels,
-    # per axis.
+    ratio, offset_x, offset_y, crop, flip = geometry[:5]
+    # Output pixel centre t = (j + 0.5) / size -> crop -> canvas -> image pixels, per
+    # axis.
     t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # [size]
     crop_w, crop_h = crop[:, 2] - crop[:, 0], crop[:, 3] - crop[:, 1]  # [B]
     t_x = torch.where(
@@ -430,6 +477,68 @@ def gpu_ssd_augment_padded(
         padding_mode="border",
         align_corners=False,
     )
+    return out, u, v
+
+
+def _distort_colours(
+    out: Tensor,
+    u: Tensor,
+    v: Tensor,
+    mean: Tensor,
+    generator: torch.Generator,
+    channel_swap_prob: float,
+) -> Tensor:
+    """Photometric distortion of the resampled ``out`` [B, 3, S, S] (0..255), then the
+    zoom-out fill (where ``u`` [B, S] or ``v`` [B, S] leave [0, 1]) reset to ``mean``
+    [1, 3, 1, 1] x 255.
+
+    Departure: SSDAugmentation distorts the colours before resizing; here they are
+    distorted after it, on size x size pixels instead of the full image.  The maps are
+    per pixel, so the two orders differ only where bilinear interpolation mixes pixels
+    across a clamp or a hue wrap-around (edges).  The zoom-out fill stays the
+    undistorted mean, as in Caffe SSD.
+    """
+    out = photometric_distort(out, generator, channel_swap_prob)
+    on_image = ((v >= 0) & (v <= 1))[:, None, :, None] & ((u >= 0) & (u <= 1))[
+        :, None, None, :
+    ]  # [B, 1, S, S]
+    return torch.where(on_image, out, mean * 255.0)
+
+
+def gpu_ssd_augment_padded(
+    images: Sequence[Tensor] | Tensor,
+    boxes: Tensor,
+    valid: Tensor,
+    generator: torch.Generator,
+    size: int = 300,
+    train: bool = True,
+    max_trials: int = 50,
+    channel_swap_prob: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`gpu_ssd_augment` on padded box tensors, with no host synchronisation.
+
+    ``boxes`` [B, G, 4] absolute-pixel xyxy, ``valid`` [B, G] bool (False = padding).
+    Returns ``(images float [B, 3, size, size] normalized, boxes [B, G, 4] normalized
+    xyxy, keep [B, G] bool)``: ``keep`` marks the objects that survive (a subset of
+    ``valid``); rows where it is False hold meaningless numbers.
+    """
+    padded, sizes = _pad_images(images)
+    device = padded.device
+    _check_box_shapes(boxes, valid, padded.shape[0])
+    height = sizes[:, 0].float()  # [B]
+    width = sizes[:, 1].float()  # [B]
+    wh = torch.stack((width, height, width, height), dim=-1)[:, None, :]  # [B, 1, 4]
+    unit_boxes = (
+        boxes.to(device=device, dtype=torch.float32) / wh
+    )  # [B, G, 4] normalized to the image
+    valid = valid.to(device)
+
+    if train:
+        geometry = _train_geometry(unit_boxes, valid, generator, max_trials)
+    else:
+        geometry = _identity_geometry(unit_boxes, valid)
+    out_boxes, keep = _clamp_and_drop_degenerate(geometry.boxes, geometry.keep)
+    out, u, v = _resample(padded, sizes, geometry, size)
 
     mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(
         1, 3, 1, 1
@@ -438,16 +547,7 @@ def gpu_ssd_augment_padded(
         1, 3, 1, 1
     )  # [1, 3, 1, 1]
     if train:
-        # Departure: SSDAugmentation distorts the colours before resizing; here they are
-        # distorted after it, on size x size pixels instead of the full image.  The maps
-        # are per pixel, so the two orders differ only where bilinear interpolation
-        # mixes pixels across a clamp or a hue wrap-around (edges).  The zoom-out fill
-        # stays the undistorted mean, as in Caffe SSD.
-        out = photometric_distort(out, generator, channel_swap_prob)
-        on_image = ((v >= 0) & (v <= 1))[:, None, :, None] & ((u >= 0) & (u <= 1))[
-            :, None, None, :
-        ]  # [B, 1, S, S]
-        out = torch.where(on_image, out, mean * 255.0)
+        out = _distort_colours(out, u, v, mean, generator, channel_swap_prob)
     normalized = (out / 255.0 - mean) / std  # [B, 3, size, size]
     return normalized, out_boxes, keep
 

@@ -124,6 +124,137 @@ def _conv(c_in: int, c_out: int, kernel: int, **kwargs: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=kernel, **kwargs)
 
 
+def _check_ssd_arguments(
+    model_name: str,
+    num_classes: float,
+    width_mult: float,
+    input_convention: str,
+    prior_config: DefaultBoxConfig,
+    extras: tuple[tuple[int, ...], ...],
+) -> tuple[int, ...]:
+    """Raise ValueError for an argument :class:`SSD300` cannot build from (before any
+    layer is made); else return ``prior_config``'s boxes per cell, one per source
+    map."""
+    if int(num_classes) != num_classes or num_classes < 2:
+        raise ValueError(
+            "num_classes counts background too and must be an integer >= 2, got "
+            f"{num_classes}"
+        )
+    if not width_mult > 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    if input_convention not in ("auto", "imagenet", "caffe"):
+        raise ValueError(
+            "input_convention must be 'auto', 'imagenet' or 'caffe', got "
+            f"{input_convention!r}"
+        )
+    anchors = boxes_per_cell(prior_config)
+    if len(anchors) != len(extras) + 2:
+        raise ValueError(
+            f"{model_name} has {len(extras) + 2} source maps; "
+            f"prior_config has {len(anchors)}"
+        )
+    return anchors
+
+
+def _build_conv4_3(width_mult: float) -> tuple[nn.Sequential, int]:
+    """VGG16 conv1_1 .. conv4_3 (+ ReLU), the first source map: ``[B, 3, 300, 300]`` ->
+    ``[B, C, 38, 38]``.  Returns the layers and C (512 x ``width_mult``)."""
+    layers: list[tuple[str, nn.Module]] = []
+    convs = iter(CONV_NAMES)
+    c_in, pools = 3, 0
+    for v in VGG16_LAYERS[:13]:  # up to conv4_3
+        if v in ("M", "C"):
+            pools += 1
+            layers.append(
+                (f"pool{pools}", nn.MaxPool2d(2, 2, ceil_mode=(v == "C")))
+            )  # ceil: 75 -> 38
+        else:
+            name = next(convs)
+            c_out = _scaled(v, width_mult)
+            layers += [
+                (name, _conv(c_in, c_out, 3, padding=1)),
+                (f"relu{name[4:]}", nn.ReLU(inplace=True)),
+            ]
+            c_in = c_out
+    return nn.Sequential(OrderedDict(layers)), c_in
+
+
+def _build_fc7(c_in: int, width_mult: float) -> nn.Sequential:
+    """pool4, conv5_x, pool5, fc6, fc7 (+ ReLUs), the second source map: conv4_3's
+    ``[B, c_in, 38, 38]`` -> ``[B, 1024 x width_mult, 19, 19]``."""
+    c = lambda n: _scaled(n, width_mult)  # noqa: E731
+    layers: list[tuple[str, nn.Module]] = [("pool4", nn.MaxPool2d(2, 2))]
+    for name in CONV_NAMES[10:]:
+        layers += [
+            (name, _conv(c_in, c(512), 3, padding=1)),
+            (f"relu{name[4:]}", nn.ReLU(inplace=True)),
+        ]
+        c_in = c(512)
+    layers += [
+        # paper p.7: "we change pool5 from 2x2-s2 to 3x3-s1"
+        ("pool5", nn.MaxPool2d(3, stride=1, padding=1)),
+        # paper p.7: fc6 and fc7 become convolutions, fc6 with the atrous (dilated)
+        # algorithm
+        ("fc6", _conv(c_in, c(1024), 3, padding=6, dilation=6)),
+        ("relu6", nn.ReLU(inplace=True)),
+        ("fc7", _conv(c(1024), c(1024), 1)),
+        ("relu7", nn.ReLU(inplace=True)),
+    ]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def _build_extras(
+    extras: tuple[tuple[int, ...], ...], width_mult: float
+) -> nn.ModuleList:
+    """conv8 .. conv11 (conv12 for SSD512), the last source maps: one block per spec
+    ``(1x1 channels, out channels, stride, padding[, kernel])`` of ``extras``, each
+    ``[B, C_in, f, f]`` -> ``[B, out x width_mult, f', f']``, starting from fc7's
+    channels."""
+    c = lambda n: _scaled(n, width_mult)  # noqa: E731
+    blocks = []
+    c_in = c(1024)
+    for i, (mid, out, stride, pad, *kernel) in enumerate(extras, start=8):
+        blocks.append(
+            nn.Sequential(
+                OrderedDict(
+                    [
+                        (f"conv{i}_1", _conv(c_in, c(mid), 1)),
+                        (f"relu{i}_1", nn.ReLU(inplace=True)),
+                        (
+                            f"conv{i}_2",
+                            _conv(
+                                c(mid),
+                                c(out),
+                                kernel[0] if kernel else 3,
+                                stride=stride,
+                                padding=pad,
+                            ),
+                        ),
+                        (f"relu{i}_2", nn.ReLU(inplace=True)),
+                    ]
+                )
+            )
+        )
+        c_in = c(out)
+    return nn.ModuleList(blocks)
+
+
+def _build_heads(
+    source_channels: tuple[int, ...], anchors: tuple[int, ...], num_classes: int
+) -> tuple[nn.ModuleList, nn.ModuleList]:
+    """The 3x3 heads on each source map ``[B, C_k, f, f]``: loc ``-> [B, A_k * 4, f,
+    f]`` and conf ``-> [B, A_k * num_classes, f, f]``.  The loc heads are made first
+    (the order decides the random initialisation)."""
+    loc_heads = nn.ModuleList(
+        _conv(ch, a * 4, 3, padding=1) for ch, a in zip(source_channels, anchors)
+    )
+    conf_heads = nn.ModuleList(
+        _conv(ch, a * num_classes, 3, padding=1)
+        for ch, a in zip(source_channels, anchors)
+    )
+    return loc_heads, conf_heads
+
+
 class SSD300(nn.Module):
     """SSD300 (paper p.4, fig. 2) on a VGG16 backbone.
 
@@ -170,24 +301,14 @@ class SSD300(nn.Module):
         _extras: tuple[tuple[int, ...], ...] = _EXTRAS,
     ) -> None:
         super().__init__()
-        if int(num_classes) != num_classes or num_classes < 2:
-            raise ValueError(
-                "num_classes counts background too and must be an integer >= 2, got "
-                f"{num_classes}"
-            )
-        if not width_mult > 0:
-            raise ValueError(f"width_mult must be positive, got {width_mult}")
-        if input_convention not in ("auto", "imagenet", "caffe"):
-            raise ValueError(
-                "input_convention must be 'auto', 'imagenet' or 'caffe', got "
-                f"{input_convention!r}"
-            )
-        anchors = boxes_per_cell(prior_config)
-        if len(anchors) != len(_extras) + 2:
-            raise ValueError(
-                f"{type(self).__name__} has {len(_extras) + 2} source maps; "
-                f"prior_config has {len(anchors)}"
-            )
+        anchors = _check_ssd_arguments(
+            type(self).__name__,
+            num_classes,
+            width_mult,
+            input_convention,
+            prior_config,
+            _extras,
+        )
         self.prior_config = (
             prior_config  # the model owns its default boxes: default_boxes()
         )
@@ -199,82 +320,16 @@ class SSD300(nn.Module):
         self.boxes_per_cell = anchors
         c = lambda n: _scaled(n, width_mult)  # noqa: E731
 
-        # conv1_1 .. conv4_3 (+ ReLU): the first source map.
-        layers: list[tuple[str, nn.Module]] = []
-        convs = iter(CONV_NAMES)
-        c_in, pools = 3, 0
-        for v in VGG16_LAYERS[:13]:  # up to conv4_3
-            if v in ("M", "C"):
-                pools += 1
-                layers.append(
-                    (f"pool{pools}", nn.MaxPool2d(2, 2, ceil_mode=(v == "C")))
-                )  # ceil: 75 -> 38
-            else:
-                name = next(convs)
-                layers += [
-                    (name, _conv(c_in, c(v), 3, padding=1)),
-                    (f"relu{name[4:]}", nn.ReLU(inplace=True)),
-                ]
-                c_in = c(v)
-        self.backbone = nn.Sequential(OrderedDict(layers))
+        # Made and registered in this order: torch's default init draws from the global
+        # generator as each conv is made, and _xavier_init walks self.modules() in
+        # registration order, so the order decides a seeded model's weights.
+        self.backbone, c_in = _build_conv4_3(width_mult)  # the first source map
         self.l2norm = L2Norm(c(512))
-
-        # pool4, conv5_x, pool5, fc6, fc7: the second source map.
-        layers = [("pool4", nn.MaxPool2d(2, 2))]
-        for name in CONV_NAMES[10:]:
-            layers += [
-                (name, _conv(c_in, c(512), 3, padding=1)),
-                (f"relu{name[4:]}", nn.ReLU(inplace=True)),
-            ]
-            c_in = c(512)
-        layers += [
-            # paper p.7: "we change pool5 from 2x2-s2 to 3x3-s1"
-            ("pool5", nn.MaxPool2d(3, stride=1, padding=1)),
-            # paper p.7: fc6 and fc7 become convolutions, fc6 with the atrous (dilated)
-            # algorithm
-            ("fc6", _conv(c_in, c(1024), 3, padding=6, dilation=6)),
-            ("relu6", nn.ReLU(inplace=True)),
-            ("fc7", _conv(c(1024), c(1024), 1)),
-            ("relu7", nn.ReLU(inplace=True)),
-        ]
-        self.fc = nn.Sequential(OrderedDict(layers))
-
-        # conv8 .. conv11: the last four source maps.
-        extras = []
-        c_in = c(1024)
-        for i, (mid, out, stride, pad, *kernel) in enumerate(_extras, start=8):
-            extras.append(
-                nn.Sequential(
-                    OrderedDict(
-                        [
-                            (f"conv{i}_1", _conv(c_in, c(mid), 1)),
-                            (f"relu{i}_1", nn.ReLU(inplace=True)),
-                            (
-                                f"conv{i}_2",
-                                _conv(
-                                    c(mid),
-                                    c(out),
-                                    kernel[0] if kernel else 3,
-                                    stride=stride,
-                                    padding=pad,
-                                ),
-                            ),
-                            (f"relu{i}_2", nn.ReLU(inplace=True)),
-                        ]
-                    )
-                )
-            )
-            c_in = c(out)
-        self.extras = nn.ModuleList(extras)
-
+        self.fc = _build_fc7(c_in, width_mult)  # the second source map
+        self.extras = _build_extras(_extras, width_mult)  # the last ones
         self.source_channels = (c(512), c(1024)) + tuple(c(spec[1]) for spec in _extras)
-        self.loc_heads = nn.ModuleList(
-            _conv(ch, a * 4, 3, padding=1)
-            for ch, a in zip(self.source_channels, anchors)
-        )
-        self.conf_heads = nn.ModuleList(
-            _conv(ch, a * self.num_classes, 3, padding=1)
-            for ch, a in zip(self.source_channels, anchors)
+        self.loc_heads, self.conf_heads = _build_heads(
+            self.source_channels, anchors, self.num_classes
         )
 
         # x -> x * input_scale + input_shift before conv1_1; identity unless Caffe-style
