@@ -403,8 +403,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         low, high = row["round_ratios_min_max"]
         lines.append(
             f"| {title} | {row['ssd_tutorial_s'] * 1e3:.1f} | "
-            f"{row['torchvision_s'] * 1e3:.1f} | "
-            f"{row['ratio']:.2f}x | {low:.2f}-{high:.2f} |"
+            f"{row['torchvision_s'] * 1e3:.1f} | {row['ratio']:.2f}x | "
+            f"{low:.2f}-{high:.2f} |"
         )
     return "\n".join(lines)
 

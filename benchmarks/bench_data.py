@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"workers_{workers}"] = row
             print(
                 f"workers={workers}: ours {row['ours']} img/s, ours uint8 out "
-                f"{row['ours_uint8_out']} img/s, "
-                f"torchvision v2 {row['torchvision_v2']} img/s, ratios "
+                f"{row['ours_uint8_out']} img/s, torchvision v2 "
+                f"{row['torchvision_v2']} img/s, ratios "
                 f"{row['ratio_ours_over_torchvision']} / "
                 f"{row['ratio_ours_uint8_out_over_torchvision']}",
                 flush=True,

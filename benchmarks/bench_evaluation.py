@@ -188,9 +188,8 @@ def main() -> int:
     report(
         out,
         f"evaluate_voc: {t_full:.3f} s for {args.images} images x {args.dets} "
-        "detections (goal < 2 s); "
-        f"devkit-style loop: {t_ref_sub:.2f} s for {len(ids)} images -> {ratio:.0f}x "
-        "faster per detection",
+        f"detections (goal < 2 s); devkit-style loop: {t_ref_sub:.2f} s for "
+        f"{len(ids)} images -> {ratio:.0f}x faster per detection",
         args.out,
         "evaluation_cpu.json",
     )

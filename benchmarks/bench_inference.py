@@ -161,12 +161,11 @@ def main() -> int:
     report(
         result,
         f"detect: {t_ours * 1e3:.1f} ms, torchvision postprocess: {t_tv * 1e3:.1f} ms "
-        f"per batch of {args.batch} "
-        f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})\n"
+        f"per batch of {args.batch} -> ratio {t_tv / t_ours:.1f}x "
+        f"({result['device']})\n"
         f"detect nms=batched: {paths['batched'][0] * 1e3:.1f} ms, nms=padded: "
-        f"{paths['padded'][0] * 1e3:.1f} ms "
-        f"(default here: {result['detect_nms_default']}; detections agreeing "
-        f"{same_nms}/{total_nms})",
+        f"{paths['padded'][0] * 1e3:.1f} ms (default here: "
+        f"{result['detect_nms_default']}; detections agreeing {same_nms}/{total_nms})",
         args.out,
         f"inference_{device.type}.json",
     )

@@ -78,9 +78,9 @@ def run_in(tree: Path, args: argparse.Namespace) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
     code = (
         "import json, sys; sys.path.insert(0, sys.argv[1]); from bench_loader import "
-        "measure; "
-        "from pathlib import Path; print(json.dumps(measure(Path(sys.argv[2]), "
-        "*map(int, sys.argv[3:6]), sys.argv[6])))"
+        "measure; from pathlib import Path; "
+        "print(json.dumps(measure(Path(sys.argv[2]), *map(int, sys.argv[3:6]), "
+        "sys.argv[6])))"
     )
     argv = [
         str(REPO / "benchmarks"),

@@ -120,8 +120,7 @@ def main() -> int:
     report(
         result,
         f"build_targets: {t_ours * 1e3:.2f} ms, torchvision loop: {t_tv * 1e3:.2f} ms "
-        f"per batch of {args.batch} "
-        f"-> ratio {t_tv / t_ours:.1f}x ({result['device']})",
+        f"per batch of {args.batch} -> ratio {t_tv / t_ours:.1f}x ({result['device']})",
         args.out,
         f"targets_{device.type}.json",
     )

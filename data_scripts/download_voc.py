@@ -225,8 +225,7 @@ def fetch(
         )  # tarfile lists every method it tried, one per line
         raise ValueError(
             f"{dest}: not a readable tar archive ({type(err).__name__}: {reason}); "
-            f"moved it to {bad.name}, "
-            "rerun to download it again"
+            f"moved it to {bad.name}, rerun to download it again"
         ) from err
     marker.write_text(archive.md5 + "\n")
     if not keep_archive:

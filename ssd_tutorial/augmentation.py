@@ -393,8 +393,7 @@ class SSDAugmentation:
     def __repr__(self) -> str:
         return (
             f"SSDAugmentation(size={self.size}, train={self.train}, "
-            f"channel_swap_prob={self.channel_swap_prob}, "
-            f"normalize={self.normalize})"
+            f"channel_swap_prob={self.channel_swap_prob}, normalize={self.normalize})"
         )
 
     def __call__(
@@ -423,8 +422,7 @@ class SSDAugmentation:
         if not len(boxes) == len(labels) == len(difficult):
             raise ValueError(
                 f"target of {target.get('image_id', '?')}: {len(boxes)} boxes, "
-                f"{len(labels)} labels, "
-                f"{len(difficult)} difficult flags"
+                f"{len(labels)} labels, {len(difficult)} difficult flags"
             )
         height, width = image.shape[1:]
         if self.train:

@@ -85,8 +85,7 @@ def subsample_fc(
     if channels * grid * grid != in6 or fc7_weight.shape != (out6, out6):
         raise ValueError(
             "subsample_fc expects fc6 [N, C*7*7] and fc7 [N, N], got "
-            f"{list(fc6_weight.shape)} and "
-            f"{list(fc7_weight.shape)}"
+            f"{list(fc6_weight.shape)} and {list(fc7_weight.shape)}"
         )
     w6 = fc6_weight.reshape(out6, channels, grid, grid)  # [4096, 512, 7, 7]
     w6 = w6[::keep_every, :, ::tap_every, ::tap_every].contiguous()  # [1024, 512, 3, 3]
@@ -152,8 +151,7 @@ def read_backbone_state(weights: str | Path) -> tuple[dict[str, Tensor], str]:
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone_weights: no file at {str(path)!r} (pass 'imagenet', None, or "
-            "the path of a "
-            "saved VGG16 state dict)"
+            "the path of a saved VGG16 state dict)"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -231,9 +229,8 @@ def map_backbone_keys(
     if not mapped:
         raise ValueError(
             f"backbone_weights from {source}: no VGG16 keys found (expected "
-            "'features.0.weight' ..., "
-            "'0.weight' ... (vgg16_reducedfc.pth) or 'backbone.conv1_1.weight' ...), "
-            f"got {sorted(state)[:4]}"
+            "'features.0.weight' ..., '0.weight' ... (vgg16_reducedfc.pth) or "
+            f"'backbone.conv1_1.weight' ...), got {sorted(state)[:4]}"
         )
     return mapped, has_fc
 

@@ -219,8 +219,8 @@ class COCODataset(Dataset):
             index = index_of[ann["image_id"]]
             if ann.get("category_id") not in label_of:
                 message = (
-                    f"{where}: unknown category id {ann.get('category_id')!r} "
-                    f"(known: {sorted(label_of)})"
+                    f"{where}: unknown category id {ann.get('category_id')!r} (known: "
+                    f"{sorted(label_of)})"
                 )
                 if class_names is not None and ann.get("category_id") in by_id:
                     continue  # a category left out on purpose by class_names

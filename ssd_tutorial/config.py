@@ -182,8 +182,8 @@ class TrainConfig:
         if LAYOUTS[self.prior_layout].image_size != self.image_size:
             raise ValueError(
                 f"prior_layout {self.prior_layout!r} is for "
-                f"{LAYOUTS[self.prior_layout].image_size} px images, "
-                f"but image_size is {self.image_size}: set both"
+                f"{LAYOUTS[self.prior_layout].image_size} px images, but image_size is "
+                f"{self.image_size}: set both"
             )
         if list(self.lr_steps) != sorted(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing, got {self.lr_steps}")

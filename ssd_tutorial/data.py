@@ -281,8 +281,7 @@ def _voc_year(root: str | Path, year: int) -> Path:
             return candidate
     raise FileNotFoundError(
         f"no VOC{year} folder under {root} (looked for VOCdevkit/VOC{year} and "
-        f"VOC{year}); "
-        "run data_scripts/download_voc.py"
+        f"VOC{year}); run data_scripts/download_voc.py"
     )
 
 
@@ -384,8 +383,7 @@ def detection_collate(
     if len(shapes) > 1:
         raise ValueError(
             f"detection_collate: images of different sizes {sorted(shapes)} cannot be "
-            "stacked; "
-            "resize them first (e.g. SSDAugmentation)"
+            "stacked; resize them first (e.g. SSDAugmentation)"
         )
     return torch.stack(images), [target for _, target in batch]
 

@@ -124,10 +124,9 @@ def _check_pixels(path: str | Path, width: int, height: int, max_pixels: int) ->
     if width * height > max_pixels:
         raise ValueError(
             f"{path}: {width} x {height} = {width * height / 1e6:.1f} megapixels "
-            f"({3 * width * height / 1e6:.0f} MB "
-            f"decoded), over the limit of {max_pixels / 1e6:g} megapixels: raise it "
-            "with --max-pixels "
-            f"(now {max_pixels})"
+            f"({3 * width * height / 1e6:.0f} MB decoded), over the limit of "
+            f"{max_pixels / 1e6:g} megapixels: raise it with --max-pixels (now "
+            f"{max_pixels})"
         )
 
 

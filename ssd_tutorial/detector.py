@@ -135,10 +135,8 @@ def resolve_class_names(
         if given is not None and list(given) != list(stored):
             raise ValueError(
                 f"the class names given ({len(given)}: {_listed(given)}) differ from "
-                "those stored "
-                f"in {source} ({len(stored)}: {_listed(stored)}); the names and their "
-                "order must "
-                "be the same"
+                f"those stored in {source} ({len(stored)}: {_listed(stored)}); the "
+                "names and their order must be the same"
             )
         return list(stored)
     if given is None:
@@ -146,8 +144,7 @@ def resolve_class_names(
     if len(given) != num_classes - 1:
         raise ValueError(
             f"{len(given)} classes given ({_listed(given)}), but the weights from "
-            f"{source} have "
-            f"{num_classes - 1} (+ background) and store no names"
+            f"{source} have {num_classes - 1} (+ background) and store no names"
         )
     return list(given)
 
@@ -267,8 +264,8 @@ def _existing_file(source: str | Path) -> Path:
     if not path.is_file():
         detectors = ", ".join(n for n, w in PUBLISHED.items() if w.layout in LAYOUTS)
         raise FileNotFoundError(
-            f"{str(source)!r}: no checkpoint or weight file there, "
-            f"nor published weights by that name ({detectors})"
+            f"{str(source)!r}: no checkpoint or weight file there, nor published "
+            f"weights by that name ({detectors})"
         )
     return path
 

@@ -134,8 +134,7 @@ def _class_names(
         ):
             raise ValueError(
                 f"{args.checkpoint} stores no class names and its {num_classes - 1} "
-                "classes are neither VOC's "
-                f"nor the shapes': name them with --classes"
+                "classes are neither VOC's nor the shapes': name them with --classes"
             )
     return resolve_class_names(given, stored, num_classes, args.checkpoint)
 
@@ -229,8 +228,7 @@ def _own_data(args: argparse.Namespace, stored: Any) -> tuple[Any, list[str]]:
     ):
         raise ValueError(
             f"{args.data}: category ids {list(ids)} for {names}, but {args.checkpoint} "
-            "was trained with "
-            f"{stored.category_ids}: the same names under other ids"
+            f"was trained with {stored.category_ids}: the same names under other ids"
         )
     return dataset, names
 

@@ -135,8 +135,8 @@ def _flatten(
         if image_id not in image_index:
             raise ValueError(
                 f"detections name image id {image_id!r}, which has no ground truth "
-                "entry; "
-                "every evaluated image needs one (an empty one if it has no objects)"
+                "entry; every evaluated image needs one (an empty one if it has no "
+                "objects)"
             )
         if "boxes" not in entry or "labels" not in entry:
             raise ValueError(
@@ -157,9 +157,8 @@ def _flatten(
         if lab.size and (lab.min() < 1 or lab.max() > num_classes):
             raise ValueError(
                 f"{kind} for image {image_id!r} have label "
-                f"{int(lab.min() if lab.min() < 1 else lab.max())}; "
-                f"labels must be 1-based, in 1..{num_classes} (label k is "
-                "class_names[k - 1])"
+                f"{int(lab.min() if lab.min() < 1 else lab.max())}; labels must be "
+                f"1-based, in 1..{num_classes} (label k is class_names[k - 1])"
             )
         if kind == "detections":
             if "scores" not in entry:

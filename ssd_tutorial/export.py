@@ -104,10 +104,8 @@ def _main(args: argparse.Namespace) -> int:
         if report.get("detections_identical") is False:
             print(
                 "error: the exported post-processing gives other detections than "
-                "PyTorch's (if the model is "
-                "untrained, equal scores may be the cause: onnxruntime's "
-                "NonMaxSuppression may take them in "
-                "another order)",
+                "PyTorch's (if the model is untrained, equal scores may be the cause: "
+                "onnxruntime's NonMaxSuppression may take them in another order)",
                 file=sys.stderr,
             )
             return 1

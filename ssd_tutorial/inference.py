@@ -99,8 +99,7 @@ def detect(
     if conf_logits.ndim != 3 or conf_logits.shape[:2] != loc.shape[:2]:
         raise ValueError(
             "conf_logits must have shape [B, P, C] with B, P as loc "
-            f"{list(loc.shape[:2])}, "
-            f"got {list(conf_logits.shape)}"
+            f"{list(loc.shape[:2])}, got {list(conf_logits.shape)}"
         )
     if conf_logits.shape[-1] < 2:
         raise ValueError(

@@ -241,6 +241,5 @@ class MultiboxLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"priors={self.priors.shape[0]}, neg_pos_ratio={self.neg_pos_ratio}, "
-            f"alpha={self.alpha}, "
-            f"iou_threshold={self.iou_threshold}"
+            f"alpha={self.alpha}, iou_threshold={self.iou_threshold}"
         )

@@ -150,8 +150,8 @@ def _check_ssd_arguments(
     anchors = boxes_per_cell(prior_config)
     if len(anchors) != len(extras) + 2:
         raise ValueError(
-            f"{model_name} has {len(extras) + 2} source maps; "
-            f"prior_config has {len(anchors)}"
+            f"{model_name} has {len(extras) + 2} source maps; prior_config has "
+            f"{len(anchors)}"
         )
     return anchors
 
@@ -342,8 +342,8 @@ class SSD300(nn.Module):
             if width_mult != 1.0:
                 raise ValueError(
                     f"backbone_weights={backbone_weights!r} needs width_mult=1.0 (the "
-                    "pretrained VGG16 "
-                    f"has full channel counts), got width_mult={width_mult}"
+                    "pretrained VGG16 has full channel counts), got "
+                    f"width_mult={width_mult}"
                 )
             self.load_backbone(backbone_weights, input_convention)
 
@@ -358,8 +358,7 @@ class SSD300(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    # ------------------------------------------------------------------ pretrained
-    # backbone
+    # -------------------------------------------------------------- pretrained backbone
     def load_backbone(
         self, weights: str | Path, input_convention: str = "auto"
     ) -> None:
@@ -383,8 +382,7 @@ class SSD300(nn.Module):
             if own[key].shape != value.shape:
                 raise ValueError(
                     f"backbone_weights from {source}: {key} has shape "
-                    f"{list(value.shape)}, "
-                    f"the model expects {list(own[key].shape)}"
+                    f"{list(value.shape)}, the model expects {list(own[key].shape)}"
                 )
         self.load_state_dict(mapped, strict=False)
         if input_convention == "auto":

@@ -228,8 +228,7 @@ def _require(module: str) -> Any:
     except ImportError as err:
         raise ImportError(
             f"ONNX export needs {module!r}, which is not installed: pip install onnx "
-            "onnxruntime onnxscript "
-            "(or pip install -e '.[export]')"
+            "onnxruntime onnxscript (or pip install -e '.[export]')"
         ) from err
 
 

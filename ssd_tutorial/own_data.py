@@ -57,8 +57,9 @@ class DatasetError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"{len(self.problems)} problem(s) in a dataset of {total} images "
-            f"(fix them, or train without the bad images with --skip-bad):\n{lines}"
+            f"{len(self.problems)} problem(s) in a dataset of {total} images (fix "
+            "them, or train without the bad images with --skip-bad):\n"
+            f"{lines}"
         )
 
 
@@ -260,9 +261,8 @@ def transfer_weights(
     ]
     if not any(k.startswith("backbone.") for k in copied):
         raise ValueError(
-            "the weights share no backbone tensor with this model (another "
-            "width_mult or another architecture?); their first keys: "
-            f"{list(state_dict)[:4]}"
+            "the weights share no backbone tensor with this model (another width_mult "
+            f"or another architecture?); their first keys: {list(state_dict)[:4]}"
         )
     model.load_state_dict({k: state_dict[k] for k in copied}, strict=False)
     return copied, [k for k in own if k not in set(copied)]

@@ -120,8 +120,7 @@ def coco_categories() -> list[str]:
     return list(SSD300_VGG16_Weights.COCO_V1.meta["categories"])
 
 
-# ----------------------------------------------------------------------------- key
-# layouts
+# -------------------------------------------------------------------------- key layouts
 def _torchvision_key_map() -> dict[str, str]:
     """torchvision ``ssd300_vgg16`` state-dict key -> ours, for the 71 tensors.
 
@@ -263,8 +262,7 @@ def _load_converted(
         if value.shape != own[key].shape:
             raise ValueError(
                 f"{source}: {theirs_of[key]} has shape {list(value.shape)}, SSD300 "
-                "expects "
-                f"{list(own[key].shape)} (for our {key})"
+                f"expects {list(own[key].shape)} (for our {key})"
             )
     model.load_state_dict(converted, strict=False)
     not_loaded = [
@@ -320,12 +318,10 @@ def model_from_state_dict(
         some = sorted(state_dict)[:5]
         raise ValueError(
             f"{source}: neither a torchvision ssd300_vgg16 nor an ssd.pytorch SSD300 "
-            "state dict "
-            f"(expected {_SIGNATURES['torchvision'][0]!r} or "
-            f"{_SIGNATURES['ssd.pytorch'][0]!r} ...), "
-            f"got keys {some}{' ...' if len(state_dict) > 5 else ''}; a checkpoint of "
-            "this package "
-            "goes to --checkpoint (detect) / detector.load_detector instead"
+            f"state dict (expected {_SIGNATURES['torchvision'][0]!r} or "
+            f"{_SIGNATURES['ssd.pytorch'][0]!r} ...), got keys "
+            f"{some}{' ...' if len(state_dict) > 5 else ''}; a checkpoint of this "
+            "package goes to --checkpoint (detect) / detector.load_detector instead"
         )
     num_classes = _num_classes(state_dict, layout, source)
     if layout == "torchvision":

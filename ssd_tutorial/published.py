@@ -65,8 +65,8 @@ PUBLISHED: dict[str, PublishedWeights] = {
             # detection"
             "https://s3.amazonaws.com/amdegroot-models/ssd300_mAP_77.43_v2.pth",
             "ssd.pytorch",
-            "amdegroot/ssd.pytorch ssd300_mAP_77.43_v2.pth (VOC07+12 trainval, VOC2007 "
-            "test mAP 77.43)",
+            "amdegroot/ssd.pytorch ssd300_mAP_77.43_v2.pth (VOC07+12 trainval, "
+            "VOC2007 test mAP 77.43)",
         ),
         PublishedWeights(
             "ssd-pytorch-vgg16-reducedfc",
@@ -106,13 +106,11 @@ def _offline_message(weights: PublishedWeights, err: BaseException) -> str:
     path = published_file(weights.name)
     return (
         f"could not download {weights.name!r} from {weights.url} "
-        f"({type(err).__name__}: {err}). "
-        f"Without a network: download that URL on a machine with internet and put the "
-        "file at\n"
+        f"({type(err).__name__}: {err}). Without a network: download that URL on a "
+        "machine with internet and put the file at\n"
         f"  {path}\n"
-        f"(torch.hub's checkpoints folder; TORCH_HOME moves it), or pass the file's "
-        "path instead of "
-        f"the name (--weights /path/to/{path.name})."
+        "(torch.hub's checkpoints folder; TORCH_HOME moves it), or pass the file's "
+        f"path instead of the name (--weights /path/to/{path.name})."
     )
 
 
@@ -130,8 +128,8 @@ def _check_file_hash(
         if not digest.startswith(match.group(1)):
             raise ExternalError(
                 f"{path}: SHA-256 {digest[:16]}... does not start with "
-                f"{match.group(1)} as its name says "
-                f"(a corrupt or partial copy?); delete it to download again"
+                f"{match.group(1)} as its name says (a corrupt or partial copy?); "
+                "delete it to download again"
             )
     if expected_sha256 is not None:
         digest = digest or sha256_of(path)
@@ -180,8 +178,8 @@ def fetch_state_dict(
         if had_file:  # the cached copy itself is unreadable: no network would help
             raise ExternalError(
                 f"cannot read the cached {name!r} weights {path} "
-                f"({type(err).__name__}: {err}); "
-                f"delete it to download again from {weights.url}"
+                f"({type(err).__name__}: {err}); delete it to download again from "
+                f"{weights.url}"
             ) from err
         raise ExternalError(_offline_message(weights, err)) from err
     if path.is_file():  # absent only when a test replaced the download

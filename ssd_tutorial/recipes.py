@@ -113,8 +113,7 @@ def build_datasets(
         if not _resolve(root).is_dir():
             raise FileNotFoundError(
                 f"VOC folder {root} not found: download it with `python "
-                "data_scripts/download_voc.py` "
-                "or set voc_roots"
+                "data_scripts/download_voc.py` or set voc_roots"
             )
         parts.append(
             VOCDataset(
@@ -179,16 +178,15 @@ def own_datasets(
             open_data(data, images, names), cfg.val_fraction, cfg.seed
         )
         how = (
-            f"a seeded split holding out {len(val_set)} images "
-            f"(val_fraction {cfg.val_fraction}, seed {cfg.seed})"
+            f"a seeded split holding out {len(val_set)} images (val_fraction "
+            f"{cfg.val_fraction}, seed {cfg.seed})"
         )
     if class_names_of(val_set) != class_names_of(
         train_set
     ):  # a VOC val folder's names are discovered anew
         raise ValueError(
             f"{cfg.val_data}: classes {list(class_names_of(val_set))} differ from the "
-            "training data's "
-            f"{list(class_names_of(train_set))}"
+            f"training data's {list(class_names_of(train_set))}"
         )
     # Both sets checked before either error is raised: one report lists every bad file.
     problems, total, checked = [], 0, []
@@ -328,8 +326,7 @@ def initial_model(
     if len(prior_config.feature_maps) != len(layout.feature_maps):
         raise ValueError(
             f"weights {cfg.weights} are for {len(prior_config.feature_maps)} feature "
-            "maps, "
-            f"prior_layout {cfg.prior_layout!r} has {len(layout.feature_maps)}"
+            f"maps, prior_layout {cfg.prior_layout!r} has {len(layout.feature_maps)}"
         )
     model = build_model(cfg, num_classes, prior_config)
     _, kept = transfer_weights(model, state)

@@ -61,10 +61,8 @@ def check_new_run(folder: Path, overwrite: bool) -> None:
         raise FileExistsError(
             f"{folder} holds a run "
             f"({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): continue it "
-            "with "
-            "--resume (resume=True), delete its checkpoints and metrics with "
-            "--overwrite (overwrite=True), "
-            "or choose another --output-dir"
+            "with --resume (resume=True), delete its checkpoints and metrics with "
+            "--overwrite (overwrite=True), or choose another --output-dir"
         )
 
 

@@ -238,8 +238,7 @@ def check_same_batch_size(state: dict[str, Any], batch_size: int) -> None:
     if saved_cfg.get("batch_size") not in (None, batch_size):
         raise ValueError(
             f"checkpoint was trained with batch_size {saved_cfg['batch_size']}, this "
-            "run has "
-            f"{batch_size}: resuming would change the data order"
+            f"run has {batch_size}: resuming would change the data order"
         )
 
 

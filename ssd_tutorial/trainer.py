@@ -542,9 +542,9 @@ class Trainer:
             return
         if self.is_main:
             print(
-                f"{type(error).__name__} in iteration {self.iteration + 1}: checkpoint "
-                "written at iteration "
-                f"{self.iteration}; fix the cause and resume with --resume",
+                f"{type(error).__name__} in iteration {self.iteration + 1}: "
+                f"checkpoint written at iteration {self.iteration}; fix the cause and "
+                "resume with --resume",
                 file=sys.stderr,
             )
 
@@ -576,10 +576,9 @@ class Trainer:
         if streak >= self.cfg.max_nonfinite:
             raise FloatingPointError(
                 f"{streak} non-finite losses in a row (last at iteration "
-                f"{self.iteration}); the steps "
-                "were skipped but training is diverging: lower lr (now "
-                f"{self.cfg.lr}), raise warmup_iters "
-                f"or set grad_clip_norm, then resume from the last checkpoint"
+                f"{self.iteration}); the steps were skipped but training is diverging: "
+                f"lower lr (now {self.cfg.lr}), raise warmup_iters or set "
+                "grad_clip_norm, then resume from the last checkpoint"
             )
         record = {
             "iteration": self.iteration,

@@ -99,10 +99,9 @@ def open_video(path: str | Path) -> tuple[Any, VideoInfo]:
     if problem is not None:
         raise ExternalError(
             f"cannot decode {path}: TorchCodec does not load here ({problem}). "
-            "TorchCodec decodes video "
-            "through FFmpeg's shared libraries (FFmpeg 4 to 7), which it does not "
-            "ship: install them "
-            "(apt install ffmpeg, conda install ffmpeg, brew install ffmpeg)."
+            "TorchCodec decodes video through FFmpeg's shared libraries (FFmpeg 4 to "
+            "7), which it does not ship: install them (apt install ffmpeg, conda "
+            "install ffmpeg, brew install ffmpeg)."
         )
     from torchcodec.decoders import VideoDecoder
 

@@ -392,8 +392,10 @@ def import_cycles(sources: Mapping[str, str]) -> list[str]:
             if b in members
         )
         out.append(
-            f"cycle {' -> '.join(path)}:\n    {steps}\n"
-            f"  all edges among {', '.join(component)}:\n    {inside}"
+            f"cycle {' -> '.join(path)}:\n"
+            f"    {steps}\n"
+            f"  all edges among {', '.join(component)}:\n"
+            f"    {inside}"
         )
     return out
 
@@ -443,8 +445,8 @@ def function_level_imports(sources: Mapping[str, str]) -> list[str]:
                 )
                 out.append(
                     f"{imp.where()}: {kind} {_top_level(imp.target)!r} is not an "
-                    "optional heavy "
-                    "dependency (LAZY_ALLOWED); import it at module level"
+                    "optional heavy dependency (LAZY_ALLOWED); import it at module "
+                    "level"
                 )
     return out
 

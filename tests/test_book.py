@@ -88,8 +88,8 @@ def test_first_cell_is_the_colab_install_cell(notebook):
         f"{notebook.metadata['_path']}: first cell must be the Colab cell"
     )
     assert first.source == EXECUTE.colab_cell_source(), (
-        f"{notebook.metadata['_path']}: first cell differs from the Colab cell; "
-        "run python book/execute_notebooks.py on it"
+        f"{notebook.metadata['_path']}: first cell differs from the Colab cell; run "
+        "python book/execute_notebooks.py on it"
     )
 
 

@@ -103,8 +103,7 @@ def test_round_trip_on_arbitrary_floats_is_within_rounding(values):
     )
 
 
-# ---------------------------------------------------------------- area, clipping,
-# intersection
+# --------------------------------------------------------- area, clipping, intersection
 
 
 def test_box_area_hand_worked_and_reversed_is_zero():

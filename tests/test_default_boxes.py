@@ -198,8 +198,7 @@ def test_random_layouts_match_torchvision(maps, sizes):
     )
 
 
-# ---------------------------------------------------------------- SSD512 and the COCO
-# layout
+# ----------------------------------------------------------- SSD512 and the COCO layout
 
 
 def _caffe_prior_loop(

@@ -19,8 +19,7 @@ VOC_MINI = SHARED_DATA / "voc2012_mini100"
 TOY = SHARED_DATA / "map_toy_case1"
 VOC_NAMES = (
     "aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse "
-    "motorbike "
-    "person pottedplant sheep sofa train tvmonitor"
+    "motorbike person pottedplant sheep sofa train tvmonitor"
 ).split()
 
 
@@ -171,8 +170,7 @@ def test_bad_labels_and_shapes() -> None:
         evaluate_voc(*hand_case(), ["a", "b", "c"], iou_threshold=1.5)
 
 
-# ---------------------------------------------------------------- loop reference on
-# random data
+# -------------------------------------------------------- loop reference on random data
 def reference_voc(
     dets: dict, gts: dict, num_classes: int, thr: float, use_07: bool
 ) -> dict[int, float]:
@@ -290,8 +288,7 @@ def test_matches_loop_reference_on_random_data(
         assert result["ap"]["abc"[c - 1]] == pytest.approx(ap, abs=1e-12)
 
 
-# ---------------------------------------------------------------- the devkit's numbers
-# on real data
+# ---------------------------------------------------- the devkit's numbers on real data
 def read_voc_mini() -> tuple[dict, dict]:
     from defusedxml import ElementTree
 
@@ -414,8 +411,7 @@ def test_map_toy_case1(thr: float, use_07: bool, expected: float) -> None:
     assert result["ap"]["object"] == pytest.approx(expected, abs=1e-9)
 
 
-# ---------------------------------------------------------------- COCO through
-# pycocotools
+# ------------------------------------------------------------- COCO through pycocotools
 def test_coco_hand_case() -> None:
     # one 100 x 100 box; the detection covers its top 62 rows: IoU 0.62 (continuous
     # coordinates).

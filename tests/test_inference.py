@@ -16,8 +16,7 @@ from ssd_tutorial.default_boxes import default_boxes
 from ssd_tutorial.inference import Predictor, detect, predict, preprocess
 
 
-# ---------------------------------------------------------------- a reference written
-# plainly
+# ---------------------------------------------------------- a reference written plainly
 def reference_detect(
     loc,
     conf_logits,
@@ -128,8 +127,7 @@ def test_hand_case() -> None:
     assert loose["scores"][1].item() == pytest.approx(e / (e + 2), abs=1e-6)
 
 
-# ---------------------------------------------------------------- parity with the loop
-# reference
+# ------------------------------------------------------- parity with the loop reference
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_reference_batch_of_1_with_ssd300_priors(seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -304,8 +302,7 @@ def test_preprocess_matches_eval_augmentation() -> None:
     torch.testing.assert_close(preprocess(image, 300), expected, rtol=0, atol=1e-4)
 
 
-# ---------------------------------------------------------------- nms="padded" (all
-# groups at once)
+# ---------------------------------------------------- nms="padded" (all groups at once)
 @pytest.mark.parametrize("batch", [1, 8])
 def test_padded_matches_reference_with_ssd300_priors(batch: int) -> None:
     g = torch.Generator().manual_seed(100 + batch)
@@ -462,8 +459,7 @@ def test_padded_chunks_the_iou_temporaries(monkeypatch) -> None:
     assert_same(whole, detect(loc, logits, priors, 0.05, 0.45, 100, nms="batched"))
 
 
-# ---------------------------------------------------------------- nms="per_class" (the
-# CPU default)
+# ---------------------------------------------------- nms="per_class" (the CPU default)
 def torchvision_postprocess(loc, logits, priors, size=300):
     """torchvision's own SSD post-processing (``SSD.postprocess_detections``) with
     detect()'s defaults, fed the same outputs: xyxy pixel anchors, boxes in pixels.
@@ -634,8 +630,7 @@ def test_per_class_ignores_nan_scores() -> None:
     assert_same(got, detect(loc, logits, priors, 0.05, 0.45, 100, nms="batched"))
 
 
-# ---------------------------------------------------------------- Predictor's CPU fast
-# path
+# ------------------------------------------------------------ Predictor's CPU fast path
 def test_pick_precision(monkeypatch) -> None:
     import ssd_tutorial.inference as inference
 

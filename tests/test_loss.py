@@ -115,8 +115,7 @@ def test_matches_numpy_reference(ratio, alpha) -> None:
     np.testing.assert_allclose([t.item() for t in out], expected, rtol=1e-5)
 
 
-# ---------------------------------------------------------------- parity with
-# torchvision
+# -------------------------------------------------------------- parity with torchvision
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +246,7 @@ def test_torchvision_differs_when_too_few_negatives(torchvision_ssd) -> None:
     torch.testing.assert_close(ours.conf, ce.sum() / 30, rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- gradients and
-# robustness
+# ------------------------------------------------------------- gradients and robustness
 
 
 def test_gradcheck_double() -> None:
@@ -467,8 +465,7 @@ def test_module_end_to_end_matches_torchvision_with_its_own_matcher(
     )
 
 
-# ---------------------------------------------------------------- GPU: no host
-# synchronisation
+# --------------------------------------------------------- GPU: no host synchronisation
 
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in the GPU check)"

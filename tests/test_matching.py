@@ -136,8 +136,7 @@ def test_number_of_positives_grows_with_object_size():
     assert counts[0] < counts[1] < counts[2], counts
 
 
-# ----------------------------------------------------------------------------- tie
-# rules
+# ---------------------------------------------------------------------------- tie rules
 def test_shared_best_box_goes_to_the_object_overlapping_it_most():
     # Both objects' best box is p3 (0.4..0.6): B covers 0.01 of it (IoU 0.25), C covers
     # 0.4..0.58 x 0.4..0.58 = 0.0324 (IoU 0.81).  C wins p3 whatever the order; B, as in
@@ -259,8 +258,7 @@ def test_object_overlapping_nothing_forces_nothing():
     assert int(batched.abs().sum()) == 0
 
 
-# ----------------------------------------------------------------------------- parity
-# with torchvision
+# -------------------------------------------------------------- parity with torchvision
 def torchvision_targets(
     gt: torch.Tensor, labels: torch.Tensor, priors_cxcywh: torch.Tensor
 ):
@@ -311,8 +309,7 @@ def test_torchvision_differs_only_by_its_tie_rule():
     assert tv_labels.tolist() == [7, 0] and ours.tolist() == [9, 7]
 
 
-# ----------------------------------------------------------------------------- encode /
-# decode
+# ---------------------------------------------------------------------- encode / decode
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 3))
 def test_decode_inverts_encode(seed: int, batch: int):
@@ -411,8 +408,7 @@ def test_build_targets_runs_in_the_priors_dtype_and_device():
     assert labels[0].tolist() == [3, 0, 3, 7, 0]
 
 
-# ----------------------------------------------------------------------------- bad
-# input
+# ---------------------------------------------------------------------------- bad input
 def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError, match="0 means background"):
         match(HAND_GT, torch.tensor([0, 1]), HAND_PRIORS)
