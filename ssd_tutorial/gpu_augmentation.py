@@ -3,8 +3,8 @@ images.
 
 The CPU pipeline (:class:`ssd_tutorial.augmentation.SSDAugmentation`) handles one image
 at a time in a DataLoader worker.  On a fast GPU the workers cannot keep up (decoding
-and augmenting a VOC image costs milliseconds of CPU; an H100 trains SSD300 on hundreds
-of images a second).
+and augmenting a VOC image costs milliseconds of CPU; a recent GPU trains SSD300 on
+hundreds of images a second).
 This module does the same augmentation for a batch of decoded ``uint8`` images, each of
 its own size, with a fixed number of batched tensor operations and no Python loop over
 pixels or boxes:

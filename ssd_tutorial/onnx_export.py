@@ -19,7 +19,7 @@ Decoding, the softmax, the per-class candidates (best ``candidates_per_class`` o
 class) and the final top-k are ordinary ONNX operators; the class-wise NMS is ONNX's own
 ``NonMaxSuppression`` operator, run on every (image, class) group at once.  The
 thresholds are fixed at export time.  The model's metadata (``metadata_props``) holds
-the class names, the input size and the normalization.
+the class names, the input size, the normalization and the resize (uint8 or float).
 
 Needs the ``export`` extra: ``pip install onnx onnxruntime onnxscript`` (onnxscript is
 what ``torch.onnx.export`` uses to write the graph; onnxruntime only for
@@ -40,6 +40,7 @@ from torchvision.ops import nms
 
 from ssd_tutorial.inference import detect
 from ssd_tutorial.matching import VARIANCES, decode
+from ssd_tutorial.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["group_nms", "ExportableSSD", "export_onnx", "run_onnx", "check_onnx"]
 
@@ -282,8 +283,10 @@ def export_onnx(
     meta = {
         "image_size": str(size),
         "input": "RGB resized to image_size x image_size, (x / 255 - mean) / std",
-        "mean": json.dumps([0.485, 0.456, 0.406]),
-        "std": json.dumps([0.229, 0.224, 0.225]),
+        "mean": json.dumps(list(IMAGENET_MEAN)),
+        "std": json.dumps(list(IMAGENET_STD)),
+        # "uint8": resized on whole grey levels (ours); "float": on the float image
+        "resize": model.input_transform.resize,
         "num_priors": str(int(priors.shape[0])),
         "boxes": "normalized xyxy (x1, y1, x2, y2 in 0..1 of the image)",
     }

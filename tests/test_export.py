@@ -170,6 +170,8 @@ def test_metadata_says_how_to_feed_the_model(exported):
     assert (
         meta["image_size"] == "300" and json.loads(meta["postprocess"])["top_k"] == 200
     )
+    assert meta["resize"] == "uint8"  # ours; torchvision's weights would say "float"
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406]  # ImageNet's, by hand
     assert [o.name for o in proto.graph.output] == [
         "loc",
         "conf_logits",
