@@ -489,16 +489,16 @@ class SSDAugmentation:
                 return pixels
             return apply_photometric(pixels.float(), photo).round_().to(torch.uint8)
 
+        # the window lies inside the image
         if (ox1, oy1, ox2, oy2) == (
             cx1,
             cy1,
             cx2,
             cy2,
-        ):  # the window lies inside the image
+        ):
             out = resize_image(distort(part), self.size)  # [3, S, S] uint8
-        elif (cx2 - cx1) * (cy2 - cy1) > 2 * part.shape[1] * part.shape[
-            2
-        ]:  # mostly fill: never built
+        # mostly fill: never built
+        elif (cx2 - cx1) * (cy2 - cy1) > 2 * part.shape[1] * part.shape[2]:
             out = _resize_pasted(
                 part, (ox1 - cx1, oy1 - cy1), (cx2 - cx1, cy2 - cy1), self.size, distort
             )

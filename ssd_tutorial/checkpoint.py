@@ -9,8 +9,8 @@
   ``--resume`` falls back to the newest checkpoint that still reads
   (:func:`load_latest_checkpoint`).
 * Only plain data inside (tensors, numbers, strings, lists, dicts), so
-  ``torch.load(path,
-  weights_only=True)`` reads it and a checkpoint carrying a pickled object is refused.
+  ``torch.load(path, weights_only=True)`` reads it and a checkpoint carrying a pickled
+  object is refused.
 * They hold everything needed to continue exactly: model, optimizer, scheduler, grad
   scaler, iteration, and the random states of torch, CUDA, numpy and Python.
 """

@@ -157,15 +157,14 @@ class COCODataset(Dataset):
     Labels are 1-based positions in ``categories`` sorted by id, so COCO's
     non-contiguous ids (1..90 with gaps) become 1..C; ``category_ids[label - 1]`` maps a
     label back. ``class_names`` may be given to fix the order (names must all be in the
-    file).
-    Image files are ``images_dir / file_name``, ``images_dir`` defaulting to the JSON's
-    folder.
+    file).  Image files are ``images_dir / file_name``, ``images_dir`` defaulting to the
+    JSON's folder.
 
     The file is checked as it is read: annotations for an image that is not listed, of
     an unknown category, or with a box of zero or negative size are collected in
     :attr:`problems` (messages naming the file and the annotation id) and left out; the
-    item of such an image raises.
-    A JSON that does not parse or lacks the COCO keys raises ``ValueError`` at once.
+    item of such an image raises.  A JSON that does not parse or lacks the COCO keys
+    raises ``ValueError`` at once.
     """
 
     def __init__(

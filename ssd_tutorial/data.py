@@ -114,9 +114,8 @@ def _child_number(node: ET.Element, tag: str, xml_path: Path) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"{xml_path}: <{tag}> is not a number: {text!r}") from None
-    if not math.isfinite(
-        value
-    ):  # float() reads "nan" and "inf", which no comparison below would catch
+    # float() reads "nan" and "inf", which no comparison below would catch
+    if not math.isfinite(value):
         raise ValueError(f"{xml_path}: <{tag}> is not a finite number: {text!r}")
     return value
 

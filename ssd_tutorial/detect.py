@@ -11,11 +11,10 @@ One image and an ``--output`` file name: the drawing goes there and the detectio
 printed as JSON.  Video files (``clip.mp4``; see :mod:`ssd_tutorial.video`):
 ``--output`` is a folder that gets ``<stem>.json`` (detections per frame) and
 ``<stem>_detections.mp4`` (annotated; or ``--annotate frames``: PNGs); ``--every N``
-takes every Nth frame, ``--max-frames`` stops early.
-Several images or a folder: ``--output`` is a folder that gets one ``<name>.png`` per
-image and ``detections.json`` (all images, boxes in each image's pixels, xyxy).
-``--weights`` takes the published weights of :mod:`ssd_tutorial.pretrained` (downloaded
-once) or a file.
+takes every Nth frame, ``--max-frames`` stops early.  Several images or a folder:
+``--output`` is a folder that gets one ``<name>.png`` per image and ``detections.json``
+(all images, boxes in each image's pixels, xyxy).  ``--weights`` takes the published
+weights of :mod:`ssd_tutorial.pretrained` (downloaded once) or a file.
 
 The checkpoint is either a training checkpoint (``last.pt``: a dict with ``"model"`` and
 ``"config"``) or a plain ``state_dict`` of :class:`ssd_tutorial.model.SSD300` (such as
@@ -30,8 +29,8 @@ On a CPU the network runs in channels_last and, where the CPU has native bf16
 ``inference.Predictor``).
 
 Images over ``--max-pixels`` (default 50 megapixels) are refused before they are decoded
-(their size is read from the file's header): a 20000 x 20000 PNG of 1 MB decodes to
-1.2 GB.
+(their size is read from the file's header): a 20000 x 20000 PNG of 1 MB decodes to 1.2
+GB.
 """
 
 from __future__ import annotations

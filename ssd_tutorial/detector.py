@@ -93,8 +93,7 @@ class Detector:
 
     def predictor(self, **kwargs: Any) -> Predictor:
         """A :class:`~ssd_tutorial.inference.Predictor` for this model (``kwargs``:
-        thresholds,
-        device, precision ...)."""
+        thresholds, device, precision ...)."""
         return Predictor(self.model, **kwargs)
 
 
@@ -210,9 +209,8 @@ def _from_checkpoint(state: dict[str, Any], path: str | Path) -> Detector:
             f"{path}: {len(category_ids)} category ids for {len(names or [])} class "
             "names"
         )
-    with torch.device(
-        "meta"
-    ):  # no init (nor random draws) for weights that are overwritten
+    # no init (nor random draws) for weights that are overwritten
+    with torch.device("meta"):
         model = build_ssd(
             num_classes, prior_config, None, width
         )  # SSD300, or SSD512 for 7 maps

@@ -30,8 +30,7 @@ Input format (both functions)::
                                 "difficult": [G] bool (optional)}}
 
 Label ``k`` (1-based) is ``class_names[k - 1]``; label 0 (background) never appears
-here.
-Tensors, numpy arrays and nested lists are all accepted.
+here.  Tensors, numpy arrays and nested lists are all accepted.
 """
 
 from __future__ import annotations
@@ -312,9 +311,8 @@ def evaluate_voc(
         "num_detections": {},
         "missing_classes": [],
     }
-    for k, name in enumerate(
-        class_names, start=1
-    ):  # a loop over classes (20), not detections
+    # a loop over classes (20), not detections
+    for k, name in enumerate(class_names, start=1):
         mine = keep & (sorted_labels == k)
         result["num_gt"][name] = int(num_gt[k])
         result["num_detections"][name] = int((sorted_labels == k).sum())

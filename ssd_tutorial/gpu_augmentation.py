@@ -4,10 +4,9 @@ images.
 The CPU pipeline (:class:`ssd_tutorial.augmentation.SSDAugmentation`) handles one image
 at a time in a DataLoader worker.  On a fast GPU the workers cannot keep up (decoding
 and augmenting a VOC image costs milliseconds of CPU; a recent GPU trains SSD300 on
-hundreds of images a second).
-This module does the same augmentation for a batch of decoded ``uint8`` images, each of
-its own size, with a fixed number of batched tensor operations and no Python loop over
-pixels or boxes:
+hundreds of images a second).  This module does the same augmentation for a batch of
+decoded ``uint8`` images, each of its own size, with a fixed number of batched tensor
+operations and no Python loop over pixels or boxes:
 
 1. **geometry as one affine map per image.**  Zoom-out (expand), the random min-IoU crop
    and the horizontal flip only move and scale the image, so together they are one
@@ -29,8 +28,7 @@ them.
 The random choices follow the same distributions as ``SSDAugmentation`` (the released
 Caffe SSD's); the few departures are marked where they happen.  Every random number
 comes from the ``torch.Generator`` passed in, so a seeded generator gives the same batch
-twice (on one device;
-CPU and CUDA generators draw different streams).
+twice (on one device; CPU and CUDA generators draw different streams).
 """
 
 from __future__ import annotations
@@ -121,10 +119,9 @@ def photometric_distort(
     (p=0.5, +U(-32, 32)), contrast (p=0.5, x U(0.5, 1.5)) before or after the HSV steps
     with equal odds, saturation (p=0.5, S x U(0.5, 1.5)), hue (p=0.5, H + U(-36, 36)
     degrees), and a channel swap with probability ``channel_swap_prob`` (Caffe SSD: 0;
-    ssd.pytorch: 0.5).
-    Values are clamped to [0, 255] after brightness and contrast, S to [0, 1].
-    Images that skip a step get the identity parameter (0 shift, factor 1), so every
-    step is one tensor operation for the whole batch.
+    ssd.pytorch: 0.5).  Values are clamped to [0, 255] after brightness and contrast, S
+    to [0, 1].  Images that skip a step get the identity parameter (0 shift, factor 1),
+    so every step is one tensor operation for the whole batch.
     """
     B, device = images.shape[0], images.device
 
@@ -436,10 +433,11 @@ def _resample(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Resample every image through its geometry with one ``grid_sample`` call.
 
-    ``padded`` [B, 3, H_max, W_max] (any dtype), ``sizes`` [B, 2] (H, W) of each
-    image's own pixels -> ``(out float [B, 3, size, size] on the 0..255 scale, u [B,
-    size], v [B, size])``: ``u``/``v`` are the output columns'/rows' x/y normalized to
-    the image (outside [0, 1] = zoom-out fill).
+    ``padded`` [B, 3, H_max, W_max] (any dtype), ``sizes`` [B, 2] (H, W) of each image's
+    own pixels ->
+    ``(out float [B, 3, size, size] on the 0..255 scale, u [B, size], v [B, size])``:
+    ``u``/``v`` are the output columns'/rows' x/y normalized to the image (outside [0,
+    1] = zoom-out fill).
     """
     B, _, h_max, w_max = padded.shape
     device = padded.device
@@ -573,9 +571,8 @@ def gpu_ssd_augment(
 
     ``train=False`` is the evaluation transform: a plain bilinear resize of the whole
     image and normalization (as ``SSDAugmentation(train=False)``); boxes are only
-    normalized.
-    Splitting the surviving objects into per-image lists needs one host synchronisation;
-    :func:`gpu_ssd_augment_padded` has none.
+    normalized.  Splitting the surviving objects into per-image lists needs one host
+    synchronisation; :func:`gpu_ssd_augment_padded` has none.
     """
     n = images.shape[0] if isinstance(images, Tensor) else len(images)
     if n == 0:
@@ -601,9 +598,8 @@ def gpu_ssd_augment(
     g_max = max(max(counts, default=0), 1)
     padded_boxes = torch.zeros((n, g_max, 4), device=device)
     padded_labels = torch.zeros((n, g_max), dtype=torch.long, device=device)
-    for i, (b, lab) in enumerate(
-        zip(boxes, labels)
-    ):  # one copy per image, no per-box work
+    # one copy per image, no per-box work
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
         padded_boxes[i, : counts[i]] = b.to(device=device, dtype=torch.float32)
         padded_labels[i, : counts[i]] = lab.to(device)
     valid = (

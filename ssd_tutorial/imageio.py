@@ -83,10 +83,9 @@ def read_image(path: str | Path, backend: str | None = None) -> Tensor:
     Grayscale, RGBA and CMYK files all come out as 3-channel RGB; 16-bit files (PNG) as
     8 bits, scaled (65535 -> 255, rounded), as TorchCodec does.  ``backend``
     (``"torchcodec"``, ``"torchvision"`` or ``"pil"``; default :func:`image_backend`)
-    picks the first decoder tried;
-    PIL is the fallback for what the others refuse (e.g. some CMYK JPEGs).
-    A missing file raises ``FileNotFoundError``; an undecodable one ``ValueError``; both
-    name the file.
+    picks the first decoder tried; PIL is the fallback for what the others refuse (e.g.
+    some CMYK JPEGs).  A missing file raises ``FileNotFoundError``; an undecodable one
+    ``ValueError``; both name the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,9 +117,8 @@ def read_image(path: str | Path, backend: str | None = None) -> Tensor:
         image = None  # refused: PIL below
     if image is not None and image.ndim == 4:
         image = image[0]  # first frame of an animated GIF/WebP, as PIL gives
-    if (
-        image is not None and image.dtype == torch.uint16
-    ):  # torchvision.io keeps a 16-bit PNG's depth
+    # torchvision.io keeps a 16-bit PNG's depth
+    if image is not None and image.dtype == torch.uint16:
         image = _to_8_bits(image)
     if (
         image is not None
@@ -180,10 +178,11 @@ def decode_jpegs(
                     list(data), mode=torchvision_io.ImageReadMode.RGB, device=device
                 )
             )
+        # an nvjpeg without RGB conversion: expand grey here
         except (
             RuntimeError,
             ValueError,
-        ):  # an nvjpeg without RGB conversion: expand grey here
+        ):
             return [
                 im.expand(3, -1, -1)
                 for im in torchvision_io.decode_jpeg(list(data), device=device)
@@ -193,9 +192,8 @@ def decode_jpegs(
 def _read_image_pil(path: Path) -> Tensor:
     try:
         with Image.open(path) as pil:
-            if pil.mode.startswith(
-                "I;16"
-            ):  # 16-bit grey: convert("RGB") would clip it at 255, not scale it
+            # 16-bit grey: convert("RGB") would clip it at 255, not scale it
+            if pil.mode.startswith("I;16"):
                 gray = _to_8_bits(np.asarray(pil))  # [H, W] uint8
                 return gray.expand(3, -1, -1).contiguous()  # [3, H, W]
             if pil.mode in ("I", "F"):

@@ -190,8 +190,7 @@ def match(
     Returns:
         ``matched_xyxy [P, 4]`` normalized xyxy: the object box of each positive default
         box; a background default box holds itself, so that its encoded offsets are 0,
-        never inf.
-        ``labels [P]`` long: the object's label, or 0 for background.
+        never inf.  ``labels [P]`` long: the object's label, or 0 for background.
 
     See the module docstring for the tie rules.
     """
@@ -300,8 +299,8 @@ def _flatten_objects(
 
     Returns boxes ``[N, 4]``, labels ``[N]`` long, ``image [N]`` and ``slot [N]`` (the
     object's image and its index there), and G_max (at least 1, so the object axis is
-    never empty).
-    The counts come from the tensors' shapes: nothing waits for the device.
+    never empty).  The counts come from the tensors' shapes: nothing waits for the
+    device.
     """
     counts = [int(b.shape[0]) for b in gt_boxes]
     boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(
@@ -402,12 +401,10 @@ def _match_image_by_image(
     it.
 
     ``flat_boxes [N, 4]``: the objects of all images, image by image (``counts[i]`` of
-    image i).
-    Returns ``obj [B, P]`` long (the row in N of each default box's object; 0 where it
-    has none) and ``positive [B, P]`` bool.  Each image's tensors are ``[G_i, P]``:
-    small enough that
-    torch runs them on one thread, which keeps a CPU shared with other work from
-    stalling them.
+    image i).  Returns ``obj [B, P]`` long (the row in N of each default box's object; 0
+    where it has none) and ``positive [B, P]`` bool.  Each image's tensors are
+    ``[G_i, P]``: small enough that torch runs them on one thread, which keeps a CPU
+    shared with other work from stalling them.
     """
     num_priors, device = priors_xyxy.shape[0], priors_xyxy.device
     obj = torch.zeros(
@@ -492,12 +489,11 @@ def build_targets(
     On a GPU no Python loop touches images or default boxes: objects are padded to G_max
     with zero boxes (IoU 0 with everything), and the forced matches take G_max batched
     passes of :func:`greedy_bipartite`, deterministic on every device and with no host
-    synchronisation.
-    On a CPU, where that padding costs more than the launches it saves, the same steps
-    run image by image on each image's own objects (:func:`_match_image_by_image`); the
-    targets are the same (``padded=True``/``False`` picks a form; None: by device).
-    Label values are not checked here (that would wait for the GPU); ``match`` checks
-    them.
+    synchronisation.  On a CPU, where that padding costs more than the launches it
+    saves, the same steps run image by image on each image's own objects
+    (:func:`_match_image_by_image`); the targets are the same (``padded=True``/``False``
+    picks a form; None: by device).  Label values are not checked here (that would wait
+    for the GPU); ``match`` checks them.
     """
     if len(gt_boxes) != len(gt_labels):
         raise ValueError(
@@ -515,9 +511,8 @@ def build_targets(
                 f"{list(b.shape)} and "
                 f"{list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__}"
             )
-        if (
-            lab.is_floating_point() or lab.dtype == torch.bool
-        ):  # a dtype check: no device sync
+        # a dtype check: no device sync
+        if lab.is_floating_point() or lab.dtype == torch.bool:
             raise TypeError(
                 f"image {i}: gt_labels must be an integer tensor, got {lab.dtype}"
             )

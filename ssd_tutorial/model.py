@@ -443,9 +443,8 @@ class SSD300(nn.Module):
         source_index)``.
 
         ``source_index`` is k (0..5) for the layer whose output is source map k, else
-        None.
-        The L2Norm of conv4_3 is listed right after relu4_3 as source 0 (a branch: the
-        trunk continues from the un-normalized conv4_3).
+        None.  The L2Norm of conv4_3 is listed right after relu4_3 as source 0 (a
+        branch: the trunk continues from the un-normalized conv4_3).
         """
         for name, module in self.backbone.named_children():
             yield name, module, None
@@ -461,9 +460,8 @@ class SSD300(nn.Module):
 
 class SSD512(SSD300):
     """SSD512 (paper Sec. 3.4 footnote; Table 6: SSD512* 79.8% mAP on VOC2007 test):
-    SSD300's layers
-    with stride-2 conv10_2 and conv11_2 and one more source, conv12_2 -- seven maps, 64
-    .. 1.
+    SSD300's layers with stride-2 conv10_2 and conv11_2 and one more source, conv12_2 --
+    seven maps, 64 .. 1.
 
     Same arguments as :class:`SSD300`; ``prior_config`` defaults to
     :data:`~ssd_tutorial.default_boxes.SSD512_VOC`.  ``forward(x [B, 3, 512, 512])`` ->

@@ -130,9 +130,8 @@ def _batched_nms_detect(
 
 def _sort_entries(keys: Sequence[tuple[Tensor, bool]]) -> Tensor:
     """The order that sorts entries by several keys, the first key most significant:
-    ``keys`` is a
-    list of ``(values [E], descending)``; stable sorts from the last key to the
-    first."""
+    ``keys`` is a list of ``(values [E], descending)``; stable sorts from the last key
+    to the first."""
     order = torch.arange(keys[0][0].numel(), device=keys[0][0].device)  # [E]
     for values, descending in reversed(keys):
         order = order[
@@ -156,9 +155,8 @@ def _best_entries(
     values, index = flat.topk(
         min(m + 1, flat.shape[1]), dim=1
     )  # [b, m (+1)], best first
-    if bool(
-        values[:, 0].isnan().any()
-    ):  # topk puts NaN first; a NaN score is no candidate
+    # topk puts NaN first; a NaN score is no candidate
+    if bool(values[:, 0].isnan().any()):
         flat = flat.nan_to_num(nan=float("-inf"))
         values, index = flat.topk(min(m + 1, flat.shape[1]), dim=1)
     taken = values[:, :m] > score_threshold  # [b, m]

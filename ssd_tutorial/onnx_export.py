@@ -90,11 +90,11 @@ def _group_nms_onnx(
     selects ``[N, 3]`` (group, class 0, box) triples; they are scattered into a ``[G,
     K]`` mask.
 
-    ONNX's operator: candidates ``score > score_threshold``, suppression ``IoU >
-    iou_threshold``, boxes in score order, at most ``max_output_boxes_per_class`` (= K:
-    no cap) kept per group;
-    onnxruntime computes the IoU in float32 (ours: float64), which can only matter for
-    an IoU within ~1e-7 of the threshold.
+    ONNX's operator: candidates ``score > score_threshold``, suppression
+    ``IoU > iou_threshold``, boxes in score order, at most
+    ``max_output_boxes_per_class`` (= K: no cap) kept per group; onnxruntime computes
+    the IoU in float32 (ours: float64), which can only matter for an IoU within ~1e-7 of
+    the threshold.
     """
     from onnx import TensorProto
     from onnxscript import opset18 as op

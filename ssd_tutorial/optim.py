@@ -2,9 +2,8 @@
 :class:`~ssd_tutorial.config.TrainConfig`.
 
 SGD with momentum and weight decay (paper p.7, Caffe's solver) or AdamW for the tiny CPU
-preset;
-Caffe's bias groups (twice the lr, no decay) when the config asks; a linear warmup, then
-the step schedule, as one multiplier per iteration (:func:`lr_factor`).
+preset; Caffe's bias groups (twice the lr, no decay) when the config asks; a linear
+warmup, then the step schedule, as one multiplier per iteration (:func:`lr_factor`).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ What ``python -m ssd_tutorial.train --data PATH`` does before training (chapter 
 
 1. :func:`open_data` -- ``PATH`` is a folder in VOC layout (``Annotations/*.xml`` and
    ``JPEGImages/*.jpg``, optionally ``ImageSets/Main/<split>.txt``) or a COCO-format
-   ``.json``.
-   Class names come from the data: VOC -- every ``<name>`` found in the XMLs, sorted;
-   COCO -- the ``categories``, sorted by id (their ids are kept in ``category_ids``).
+   ``.json``.  Class names come from the data: VOC -- every ``<name>`` found in the
+   XMLs, sorted; COCO -- the ``categories``, sorted by id (their ids are kept in
+   ``category_ids``).
 2. :func:`split_train_val` -- without a separate validation set, a seeded random split.
 3. :func:`check_dataset` -- every item read once, every bad file listed with its reason,
    in ONE error (:class:`DatasetError`) rather than a traceback at the first bad item
@@ -226,9 +226,8 @@ def check_dataset(
             Exception
         ) as error:  # whatever the reader refuses; its message names the file
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            if not any(
-                known in message for known in listed
-            ):  # said once, when the file was read
+            # said once, when the file was read
+            if not any(known in message for known in listed):
                 problems.append(message)
         else:
             good.append(index)

@@ -187,9 +187,8 @@ def _adjust_saturation_hue(
     new_spread = (
         spread if saturation is None else torch.minimum(spread * saturation, maxc)
     )
-    if (
-        hue is None
-    ):  # c' = max - (max - c) spread' / spread; a grey pixel (spread 0) stays grey
+    # c' = max - (max - c) spread' / spread; a grey pixel (spread 0) stays grey
+    if hue is None:
         return (
             image.sub(maxc)
             .mul_(new_spread / spread.clamp_min(1e-12))
@@ -223,8 +222,8 @@ def apply_photometric(image: Tensor, params: PhotometricParams) -> Tensor:
     shape and range.
 
     Every step is per pixel, so it commutes with cropping and flipping (used by
-    SSDAugmentation).
-    Values are clamped to [0, 255] after each step, as on Caffe's 8-bit images.
+    SSDAugmentation).  Values are clamped to [0, 255] after each step, as on Caffe's
+    8-bit images.
     """
     out = image
     if params.brightness is not None:

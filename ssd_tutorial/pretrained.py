@@ -2,10 +2,9 @@
 class names and default boxes, and where to download them.
 
 * ``"torchvision-coco"`` -- torchvision's ``ssd300_vgg16``,
-  ``SSD300_VGG16_Weights.COCO_V1`` (25.1 box AP on COCO val2017; 91 outputs:
-  background + torchvision's COCO label ids 1..90,
-  the unused ids named ``"N/A"``); downloaded through torchvision's weights API,
-  hash-checked.
+  ``SSD300_VGG16_Weights.COCO_V1`` (25.1 box AP on COCO val2017; 91 outputs: background
+  + torchvision's COCO label ids 1..90, the unused ids named ``"N/A"``); downloaded
+  through torchvision's weights API, hash-checked.
 * ``"ssd-pytorch-voc"`` -- amdegroot/ssd.pytorch's ``ssd300_mAP_77.43_v2.pth`` (77.43 %
   VOC2007 test mAP as its README reports; 21 outputs in ``data.VOC_CLASSES`` order).
 * ``"ssd-pytorch-vgg16-reducedfc"`` -- ssd.pytorch's ImageNet backbone, a starting point

@@ -129,9 +129,8 @@ def build_datasets(
         val_set = VOCDataset(
             _resolve(cfg.val_root), split=cfg.val_split, class_names=names
         )
-    elif (
-        cfg.val_root
-    ):  # training goes on, but a mistyped folder must not cost the run its mAP silently
+    # training goes on, but a mistyped folder must not cost the run its mAP silently
+    elif cfg.val_root:
         warnings.warn(
             f"val_root {cfg.val_root} not found: no periodic or final evaluation",
             stacklevel=2,
@@ -181,9 +180,8 @@ def own_datasets(
             f"a seeded split holding out {len(val_set)} images (val_fraction "
             f"{cfg.val_fraction}, seed {cfg.seed})"
         )
-    if class_names_of(val_set) != class_names_of(
-        train_set
-    ):  # a VOC val folder's names are discovered anew
+    # a VOC val folder's names are discovered anew
+    if class_names_of(val_set) != class_names_of(train_set):
         raise ValueError(
             f"{cfg.val_data}: classes {list(class_names_of(val_set))} differ from the "
             f"training data's {list(class_names_of(train_set))}"
@@ -213,9 +211,8 @@ def own_datasets(
 
 def worker_transform(cfg: TrainConfig) -> SSDAugmentation | None:
     """The transform the DataLoader workers apply to training items:
-    :class:`SSDAugmentation`
-    (``uint8 [3, S, S]`` out, normalized on the device), or None with ``augment_on_gpu``
-    (batched augmentation on the device instead:
+    :class:`SSDAugmentation` (``uint8 [3, S, S]`` out, normalized on the device), or
+    None with ``augment_on_gpu`` (batched augmentation on the device instead:
     :mod:`ssd_tutorial.gpu_augmentation`)."""
     if cfg.augment_on_gpu and cfg.augment:
         return None
@@ -275,11 +272,11 @@ def build_model(
     [B, P, 4], conf_logits [B, P, num_classes])``.
 
     ``prior_config``: the default boxes the model owns (None:
-    ``LAYOUTS[cfg.prior_layout]``).
-    ``cfg.init == "caffe_xavier"`` re-initializes every conv not loaded from
-    ``backbone_weights`` with Caffe's xavier filler (:func:`init_caffe_xavier`);
-    ``cfg.init == "kaiming"`` the convs followed by a ReLU and not loaded
-    (:func:`init_kaiming`); the loc/conf heads then keep the model's Xavier init.
+    ``LAYOUTS[cfg.prior_layout]``).  ``cfg.init == "caffe_xavier"`` re-initializes every
+    conv not loaded from ``backbone_weights`` with Caffe's xavier filler
+    (:func:`init_caffe_xavier`); ``cfg.init == "kaiming"`` the convs followed by a ReLU
+    and not loaded (:func:`init_kaiming`); the loc/conf heads then keep the model's
+    Xavier init.
     """
     layout = prior_config if prior_config is not None else LAYOUTS[cfg.prior_layout]
     model = build_ssd(num_classes, layout, cfg.backbone_weights, cfg.width_mult)

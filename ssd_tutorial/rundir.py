@@ -5,9 +5,8 @@ A run writes its checkpoints (:mod:`ssd_tutorial.checkpoint`), ``config.json``,
 ``metrics.jsonl`` (one JSON object per line) and, when asked, TensorBoard event files
 into one folder.  Starting afresh in a folder that holds another run is refused
 (:func:`check_new_run`): the old checkpoints beside the new ones would make a later
-resume continue a mixture.
-Progress bars (tqdm) and TensorBoard are optional: without them training goes on,
-unlogged.
+resume continue a mixture.  Progress bars (tqdm) and TensorBoard are optional: without
+them training goes on, unlogged.
 """
 
 from __future__ import annotations

@@ -81,9 +81,8 @@ def pick_device(device: str | torch.device | None, local_rank: int) -> torch.dev
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda":
-        if (
-            device.index is None
-        ):  # "cuda" -> the current card, so set_device gets an index
+        # "cuda" -> the current card, so set_device gets an index
+        if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -196,9 +195,8 @@ def batch_to_device(
             size=cfg.image_size,
         )
     else:
-        if (
-            images.dtype == torch.uint8
-        ):  # from the workers (see recipes.worker_transform): normalize here
+        # from the workers (see recipes.worker_transform): normalize here
+        if images.dtype == torch.uint8:
             images = normalize(images)
         box_list, label_list = (
             list(boxes.split(counts)),

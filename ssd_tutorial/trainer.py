@@ -91,9 +91,8 @@ def compute_loss(
     """The multibox loss of this process's images: ``(total, loc, conf)`` 0-dim tensors.
 
     ``loss_fn`` is a :class:`ssd_tutorial.loss.MultiboxLoss` (priors, ratio, alpha,
-    threshold).
-    With several processes the loss is re-normalized by the positives of the whole
-    global batch and multiplied by ``world_size`` (DDP averages gradients over
+    threshold).  With several processes the loss is re-normalized by the positives of
+    the whole global batch and multiplied by ``world_size`` (DDP averages gradients over
     processes), so the gradient is that of one process holding the whole batch.  No host
     synchronisation.
     """
@@ -331,9 +330,8 @@ class Trainer:
             )
         nonfinite = ~torch.isfinite(total.detach())
         self._step_unless(nonfinite)
-        with (
-            warnings.catch_warnings()
-        ):  # a skipped step makes LambdaLR warn about the call order
+        # a skipped step makes LambdaLR warn about the call order
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
         self.nonfinite_streak = torch.where(
@@ -363,9 +361,8 @@ class Trainer:
             self.optimizer.found_inf = nonfinite.float()  # type: ignore[attr-defined]
             self.optimizer.step()
             del self.optimizer.found_inf  # type: ignore[attr-defined]
-        elif not bool(
-            nonfinite
-        ):  # host check: free on CPU, one synchronisation on CUDA
+        # host check: free on CPU, one synchronisation on CUDA
+        elif not bool(nonfinite):
             self.optimizer.step()
 
     def _to_device(

@@ -36,11 +36,10 @@ def collect_detections(
     Returns ``(detections, ground_truths)`` keyed by ``image_id``, in the format of
     :func:`ssd_tutorial.evaluation.evaluate_voc` (xyxy pixels, 1-based labels).
     ``detect_kwargs`` go to :class:`ssd_tutorial.inference.Predictor` (``size``,
-    thresholds).
-    The model is left in the train/eval mode it came in.  It runs in float32 and in its
-    own memory format unless ``detect_kwargs`` say otherwise (``precision``,
-    ``channels_last``): a score is the model's, the same on every machine, and a model
-    in training is not converted.
+    thresholds).  The model is left in the train/eval mode it came in.  It runs in
+    float32 and in its own memory format unless ``detect_kwargs`` say otherwise
+    (``precision``, ``channels_last``): a score is the model's, the same on every
+    machine, and a model in training is not converted.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -112,9 +111,8 @@ def evaluate_model(
     coco: bool = False,
 ) -> dict[str, Any]:
     """VOC mAP@0.5 of ``model`` on ``dataset``: ``{"map": float, "ap": {class:
-    float}}``, and with
-    ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50", "map75"}`` (see
-    :func:`score_detections`).
+    float}}``, and with ``coco`` also ``"coco": {"map": AP@[.5:.95], "map50",
+    "map75"}`` (see :func:`score_detections`).
 
     ``dataset`` items: ``(uint8 [3, H, W], target)`` with pixel boxes; ``size``: the
     input side (None: the model's);

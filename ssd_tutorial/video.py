@@ -9,10 +9,9 @@ annotated copy.
 For each video ``<stem>.<ext>`` the output folder gets ``<stem>.json`` -- the video's
 size and frame rate, then one entry per processed frame (its index, its time in seconds,
 its detections in pixels, as for images) -- and an annotated copy:
-``<stem>_detections.mp4``
-(TorchCodec's encoder), or with ``--annotate frames`` one PNG per processed frame in
-``<stem>_frames/``.  ``--every N`` processes every Nth frame, ``--max-frames`` stops
-early.
+``<stem>_detections.mp4`` (TorchCodec's encoder), or with ``--annotate frames`` one PNG
+per processed frame in ``<stem>_frames/``.  ``--every N`` processes every Nth frame,
+``--max-frames`` stops early.
 
 TorchCodec decodes and encodes through FFmpeg's shared libraries (versions 4 to 7),
 which it does not ship: without them :func:`open_video` raises a RuntimeError that says

@@ -2,9 +2,8 @@
 code.
 
 Everything draws on a matplotlib ``Axes`` and returns it, so chapters can compose
-figures.
-Images may be ``uint8 [3, H, W]`` tensors, ``float [3, H, W]`` tensors in [0, 1], or
-``[H, W, 3]`` numpy arrays.
+figures.  Images may be ``uint8 [3, H, W]`` tensors, ``float [3, H, W]`` tensors in [0,
+1], or ``[H, W, 3]`` numpy arrays.
 """
 
 from __future__ import annotations
