@@ -493,9 +493,8 @@ def bare_step(
         return loc.float().mean() + conf_logits.float().mean()
 
     fwd = forward_loss
-    if (
-        compile_it and not run.smoke
-    ):  # smoke: the compiled whole step already exercises dynamo
+    # smoke: the compiled whole step already exercises dynamo
+    if compile_it and not run.smoke:
         fwd = (
             torch.compile(forward_loss, backend=smoke_backend)
             if smoke_backend
@@ -953,9 +952,8 @@ def run_all(run: Run) -> dict[str, Any]:
         return big / t["seconds_per_iter"]
 
     # cfg.compile=True compiles the same network as the bare run: mostly cache hits
-    if (
-        run.smoke
-    ):  # Trainer's cfg.compile uses inductor: minutes of C++ compilation on a CPU
+    # Trainer's cfg.compile uses inductor: minutes of C++ compilation on a CPU
+    if run.smoke:
         R["skipped"].append(f"train ours cfg.compile b{big} (smoke)")
     else:
         train[f"ssd_tutorial_cfg_compile_b{big}"] = run.stage(

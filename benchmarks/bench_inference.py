@@ -42,9 +42,8 @@ def synthetic_outputs(
     g = torch.Generator().manual_seed(seed)
     loc = 0.5 * torch.randn(batch, num_priors, 4, generator=g)
     logits = torch.randn(batch, num_priors, num_classes, generator=g)
-    logits[..., 0] += (
-        7.0  # background wins almost everywhere: ~1% of (box, class) pairs pass 0.01
-    )
+    # background wins almost everywhere: ~1% of (box, class) pairs pass 0.01
+    logits[..., 0] += 7.0
     # ~6 objects per image, each claimed confidently by ~30 default boxes
     for b in range(batch):
         for _ in range(6):

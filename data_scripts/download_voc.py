@@ -106,9 +106,8 @@ def download(
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        if (
-            err.code != 416
-        ):  # 416: nothing left to send, the part file is already complete
+        # 416: nothing left to send, the part file is already complete
+        if err.code != 416:
             raise
         response = None
     if response is not None:

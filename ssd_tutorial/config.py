@@ -69,26 +69,22 @@ class TrainConfig:
     val_data: str = ""
     val_images: str = ""
     val_fraction: float = 0.1
-    skip_bad: bool = (
-        False  # train without the files the up-front check finds bad (else: stop)
-    )
+    # train without the files the up-front check finds bad (else: stop)
+    skip_bad: bool = False
     shapes_train_images: int = 20000
     shapes_val_images: int = 200
     shapes_train_seed: int = 0
     shapes_val_seed: int = 10_000  # held-out: generated from a different seed
     image_size: int = 300
-    augment: bool = (
-        True  # the paper's SSD augmentation (photometric, expand, crop, flip)
-    )
-    augment_on_gpu: bool = (
-        False  # batched augmentation on the GPU (ssd_tutorial.gpu_augmentation)
-    )
+    # the paper's SSD augmentation (photometric, expand, crop, flip)
+    augment: bool = True
+    # batched augmentation on the GPU (ssd_tutorial.gpu_augmentation)
+    augment_on_gpu: bool = False
     num_workers: int = 4
     pin_memory: bool = True
     # -- model -------------------------------------------------------------------------
-    width_mult: float = (
-        1.0  # 1.0 = SSD300; 0.125 = the tiny CPU preset of the same architecture
-    )
+    # 1.0 = SSD300; 0.125 = the tiny CPU preset of the same architecture
+    width_mult: float = 1.0
     # The default boxes, by name (ssd_tutorial.default_boxes.LAYOUTS): "ssd300_voc",
     # "ssd300_coco" or "ssd512_voc" (SSD512: 7 maps, needs image_size 512).  The network
     # follows the layout.
@@ -113,9 +109,8 @@ class TrainConfig:
     # -- loss --------------------------------------------------------------------------
     neg_pos_ratio: int = 3  # paper p.5: at most 3:1 negatives to positives
     alpha: float = 1.0  # paper eq. 1: weight of the localization loss
-    iou_threshold: float = (
-        0.5  # paper p.4: match default boxes with Jaccard overlap > 0.5
-    )
+    # paper p.4: match default boxes with Jaccard overlap > 0.5
+    iou_threshold: float = 0.5
     # -- optimization ------------------------------------------------------------------
     batch_size: int = 32  # global
     lr: float = 1e-3
@@ -147,9 +142,8 @@ class TrainConfig:
     keep_checkpoints: int = 3  # numbered checkpoints kept besides last.pt
     eval_every: int = 0  # 0 = no periodic evaluation
     eval_images: int = 500  # at most this many val images per evaluation
-    eval_coco: bool = (
-        False  # also pycocotools' AP@[.5:.95], AP50, AP75 in each evaluation
-    )
+    # also pycocotools' AP@[.5:.95], AP50, AP75 in each evaluation
+    eval_coco: bool = False
     max_nonfinite: int = 5  # abort after this many non-finite losses in a row
     tensorboard: bool = True
 

@@ -62,16 +62,14 @@ __all__ = [
     "sample_crops",
 ]
 
-CROP_MIN_SCALE = (
-    0.3  # Caffe SSD: patch scale in [0.3, 1] (paper p.6: size [0.1, 1] of the image)
-)
+# Caffe SSD: patch scale in [0.3, 1] (paper p.6: size [0.1, 1] of the image)
+CROP_MIN_SCALE = 0.3
 CROP_ASPECT_RANGE = (
     0.5,
     2.0,
 )  # paper p.6: patch aspect ratio between 1/2 and 2 (normalized w / h, as Caffe)
-EXPAND_MAX_RATIO = (
-    4.0  # paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
-)
+# paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
+EXPAND_MAX_RATIO = 4.0
 
 
 def _uniform(

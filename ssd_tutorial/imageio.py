@@ -52,9 +52,8 @@ def _torchcodec_image_codecs() -> _Codecs | None:
     try:
         from torchcodec.decoders import decode_image, decode_jpeg
         from torchcodec.encoders import JpegEncoder
-    except (
-        Exception
-    ):  # ImportError, or its native library refusing this torch (RuntimeError, OSError)
+    # ImportError, or its native library refusing this torch (RuntimeError, OSError)
+    except Exception:
         return None
     return _Codecs(decode_image, decode_jpeg, JpegEncoder)
 

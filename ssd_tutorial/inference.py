@@ -240,9 +240,8 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if (
-            priors is None
-        ):  # the model's own layout (SSD300's, SSD512's or a custom one)
+        # the model's own layout (SSD300's, SSD512's or a custom one)
+        if priors is None:
             priors = (
                 model.default_boxes()
                 if hasattr(model, "default_boxes")

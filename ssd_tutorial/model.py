@@ -309,9 +309,8 @@ class SSD300(nn.Module):
             prior_config,
             _extras,
         )
-        self.prior_config = (
-            prior_config  # the model owns its default boxes: default_boxes()
-        )
+        # the model owns its default boxes: default_boxes()
+        self.prior_config = prior_config
         self.image_size = int(prior_config.image_size)
         # uint8 [3, H, W] -> float [3, S, S]; published weights may bring another resize
         self.input_transform = InputTransform(self.image_size)

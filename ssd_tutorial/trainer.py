@@ -438,9 +438,8 @@ class Trainer:
                     and self.world_size == 1
                     and not stopped_by_signal
                 ):
-                    stopped_by_signal = (
-                        True  # one process: stop now (several agree at log intervals)
-                    )
+                    # one process: stop now (several agree at log intervals)
+                    stopped_by_signal = True
                     if not at_log:
                         losses.append(self._log(window))
                 bar.update(1)

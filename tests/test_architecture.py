@@ -125,9 +125,8 @@ class Import:
 
     module: str  # the importing package module, e.g. "detect"
     line: int
-    target: (
-        str  # the full dotted name of the imported module, e.g. "ssd_tutorial.model"
-    )
+    # the full dotted name of the imported module, e.g. "ssd_tutorial.model"
+    target: str
     statement: str  # the source of the import statement, for messages
     in_function: bool  # inside a def/lambda (runs late) rather than at import time
 
@@ -169,9 +168,8 @@ def _resolve_from(
     """Full names of the modules a ``from ... import ...`` statement imports."""
     if node.level:
         # The package is flat: the package of every module (and of __init__) is PACKAGE.
-        if (
-            node.level > 1
-        ):  # above the package: not ours (and an ImportError at runtime)
+        # above the package: not ours (and an ImportError at runtime)
+        if node.level > 1:
             return ["." * node.level + (node.module or "")]
         base = f"{PACKAGE}.{node.module}" if node.module else PACKAGE
     else:

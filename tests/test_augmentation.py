@@ -708,8 +708,9 @@ def test_augmentation_reexports_the_photometric_and_preprocessing_names() -> Non
             assert name in augmentation.__all__, name
     for name in ("_rand", "_uniform", "_adjust_saturation_hue"):
         assert getattr(augmentation, name) is getattr(photometric, name), name
+    # appendix A imports these from augmentation
     for name in (
         "_mean_pixel",
         "_resize_pasted",
-    ):  # appendix A imports these from augmentation
+    ):
         assert getattr(augmentation, name) is getattr(preprocessing, name), name

@@ -474,9 +474,8 @@ def test_shapes_items_are_pinned() -> None:
         h = hashlib.sha256()
         dataset = ShapesDataset(12, image_size=size, seed=seed)
         for index in range(12):
-            for array in dataset.generate(
-                index
-            ):  # image [S, S, 3] uint8, boxes [G, 4], labels [G]
+            # image [S, S, 3] uint8, boxes [G, 4], labels [G]
+            for array in dataset.generate(index):
                 h.update(array.tobytes())
         assert h.hexdigest() == digest, (
             f"ShapesDataset(seed={seed}, image_size={size}) draws other items"

@@ -89,11 +89,12 @@ def test_cli_writes_a_file_and_reports_parity(exported):
 
 def test_network_outputs_match_pytorch_at_any_batch(exported, shapes_images):
     model = exported["model"]
+    # exported with an example batch of 2: the batch axis is dynamic
     for batch in (
         1,
         5,
         8,
-    ):  # exported with an example batch of 2: the batch axis is dynamic
+    ):
         x = shapes_images[:batch]
         got = run_onnx(exported["path"], x)
         with torch.no_grad():

@@ -594,12 +594,13 @@ def test_per_class_lowers_the_cut_until_top_k_survive(monkeypatch) -> None:
     monkeypatch.setattr(
         nms_module, "_best_entries", lambda *a: rounds.append(a[1]) or original(*a)
     )
+    # top_k > 40: never reached
     for top_k, cap in (
         (50, None),
         (200, None),
         (45, 100),
         (60, 3),
-    ):  # top_k > 40: never reached
+    ):
         rounds.clear()
         got = detect(loc, logits, priors, 0.01, 0.45, top_k, candidates_per_class=cap)
         assert_same(
@@ -608,9 +609,8 @@ def test_per_class_lowers_the_cut_until_top_k_survive(monkeypatch) -> None:
                 loc, logits, priors, 0.01, 0.45, top_k, candidates_per_class=cap
             ),
         )
-        if (
-            cap == 3
-        ):  # every class gave its 3 best in the first round: nothing more can count
+        # every class gave its 3 best in the first round: nothing more can count
+        if cap == 3:
             assert rounds == [2 * top_k]
         else:
             assert (

@@ -352,9 +352,8 @@ def test_variances_scale_the_offsets():
 def test_build_targets_equals_match_and_encode_per_image(seed, counts, grid):
     gen = torch.Generator().manual_seed(seed)
     scenes = [random_scene(gen, n, grid) for n in counts]
-    if (
-        grid and counts[0] >= 2
-    ):  # force an exact duplicate object: the tie rule must agree too
+    # force an exact duplicate object: the tie rule must agree too
+    if grid and counts[0] >= 2:
         boxes, labels = scenes[0]
         boxes[1] = boxes[0]
     loc, labels = build_targets([s[0] for s in scenes], [s[1] for s in scenes], PRIORS)

@@ -30,9 +30,8 @@ from ssd_tutorial.model import (
     tiny_ssd300,
 )
 
-TORCHVISION_SSD300_PARAMS = (
-    26_285_486  # ssd300_vgg16(num_classes=21, weights=None, weights_backbone=None)
-)
+# ssd300_vgg16(num_classes=21, weights=None, weights_backbone=None)
+TORCHVISION_SSD300_PARAMS = 26_285_486
 
 
 @pytest.fixture(scope="module")

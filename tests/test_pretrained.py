@@ -179,9 +179,8 @@ def tv_model() -> nn.Module:
     with torch.no_grad():
         model.backbone.scale_weight.copy_(15 + 10 * torch.rand(512, generator=g))
         for head in model.head.classification_head.module_list:
-            head.bias.view(-1, 91)[:, 0] += (
-                BACKGROUND_BIAS  # channel a * 91 + 0: box a's background
-            )
+            # channel a * 91 + 0: box a's background
+            head.bias.view(-1, 91)[:, 0] += BACKGROUND_BIAS
     return model
 
 

@@ -230,9 +230,8 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, monkeypatch):
 
     def step_then_sigterm(self, *args):
         out = original(self, *args)
-        if (
-            self.iteration == 1
-        ):  # (incremented after the step returns): raised during iteration 2
+        # (incremented after the step returns): raised during iteration 2
+        if self.iteration == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
@@ -300,10 +299,11 @@ def test_nonfinite_loss_skips_the_update(tmp_path, fused):
         except (RuntimeError, TypeError, ValueError) as error:
             pytest.skip(f"fused SGD unavailable on this CPU build: {error}")
     images, boxes, labels = _batch()
+    # a skipped first step (no momentum yet), then a later one
     for nan_first in (
         True,
         False,
-    ):  # a skipped first step (no momentum yet), then a later one
+    ):
         if not nan_first:
             assert torch.isfinite(trainer.train_step(images, boxes, labels)["loss"])
         before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
