@@ -115,9 +115,13 @@ class DefaultBoxConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (numbers, lists, a string, a bool) for a checkpoint or a JSON
-        file."""
-        return dataclasses.asdict(self)
+        """Plain data for a checkpoint or a JSON file: numbers, a string, a bool, and
+        each tuple field as a list (``aspect_ratios``: a list of tuples), the form
+        training checkpoints have always stored."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, saved: Mapping[str, Any]) -> DefaultBoxConfig:

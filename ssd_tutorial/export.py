@@ -27,9 +27,6 @@ from ssd_tutorial.onnx_export import (
     group_nms,
     run_onnx,
 )
-from ssd_tutorial.onnx_export import (
-    _group_nms_onnx as _group_nms_onnx,
-)
 
 __all__ = [
     "group_nms",

@@ -42,8 +42,6 @@ from ssd_tutorial.backbone_weights import (
     TORCHVISION_CONV_INDICES,
     set_input_affine,
 )
-from ssd_tutorial.checkpoint import load_checkpoint
-from ssd_tutorial.cli import ExternalError
 from ssd_tutorial.data import VOC_CLASSES
 from ssd_tutorial.default_boxes import (
     SSD_PYTORCH_VOC,
@@ -57,7 +55,6 @@ from ssd_tutorial.published import (  # re-exported: the file names of published
     PUBLISHED,
     PublishedWeights,
     _published,
-    _strip_module_prefix,
     fetch_state_dict,
     published_file,
     read_state_file,
@@ -393,15 +390,7 @@ def load_ssd_pytorch_vgg16_reducedfc(
         )
         source = str(published_file("ssd-pytorch-vgg16-reducedfc"))
     else:
-        state = _strip_module_prefix(load_checkpoint(path))
-        source = str(path)
-        if (
-            expected_sha256 is not None
-            and (got := sha256_of(path)) != expected_sha256.lower()
-        ):
-            raise ExternalError(
-                f"{path}: SHA-256 {got} differs from the expected {expected_sha256}"
-            )
+        state, source = read_state_file(path, expected_sha256), str(path)
     expected = _vgg16_reducedfc_shapes()
     missing = [k for k in expected if k not in state]
     extra = [k for k in state if k not in expected]

@@ -8,16 +8,14 @@
 * the run's batches: this process's loader of iterations ``start .. end-1``
   (:func:`train_loader`) and a loader batch on the device, augmented there with
   ``augment_on_gpu`` (:func:`batch_to_device`);
-* what a checkpoint stores as plain data (:func:`scheduler_state`,
-  :func:`plain_prior_config`), their way back (:func:`load_scheduler_state`) and the
-  resume check (:func:`check_same_batch_size`);
+* what a checkpoint stores as plain data (:func:`scheduler_state`), its way back
+  (:func:`load_scheduler_state`) and the resume check (:func:`check_same_batch_size`);
 * :class:`LossWindow`, the losses of one log interval, summed on the device and averaged
   over the processes when logged.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import time
@@ -32,7 +30,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssd_tutorial.augmentation import normalize
 from ssd_tutorial.config import TrainConfig
-from ssd_tutorial.default_boxes import DefaultBoxConfig
 from ssd_tutorial.gpu_augmentation import gpu_ssd_augment
 from ssd_tutorial.sampling import (
     ResumableBatchSampler,
@@ -49,7 +46,6 @@ __all__ = [
     "init_distributed",
     "load_scheduler_state",
     "pick_device",
-    "plain_prior_config",
     "scheduler_state",
     "seed_everything",
     "train_loader",
@@ -219,14 +215,6 @@ def load_scheduler_state(scheduler: LambdaLR, state: dict[str, Any]) -> None:
     state = dict(state)
     state["lr_lambdas"] = [None] * len(scheduler.optimizer.param_groups)
     scheduler.load_state_dict(state)
-
-
-def plain_prior_config(prior_config: DefaultBoxConfig) -> dict[str, Any]:
-    """The model's default-box layout as plain data: its tuples as lists."""
-    return {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in dataclasses.asdict(prior_config).items()
-    }
 
 
 def check_same_batch_size(state: dict[str, Any], batch_size: int) -> None:

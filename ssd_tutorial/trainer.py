@@ -68,7 +68,6 @@ from ssd_tutorial.train_setup import (
     init_distributed,
     load_scheduler_state,
     pick_device,
-    plain_prior_config,
     scheduler_state,
     seed_everything,
     train_loader,
@@ -266,7 +265,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
-            "prior_config": plain_prior_config(self.prior_config),
+            "prior_config": self.prior_config.to_dict(),
             **(
                 {"category_ids": list(self.category_ids)}
                 if self.category_ids is not None

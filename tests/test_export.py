@@ -224,7 +224,7 @@ def test_group_nms_hand_worked_in_pytorch_and_onnx(tmp_path):
 
     import onnxruntime as ort
 
-    from ssd_tutorial.export import _group_nms_onnx
+    from ssd_tutorial.onnx_export import _group_nms_onnx
 
     path = tmp_path / "nms.onnx"
     torch.onnx.export(
