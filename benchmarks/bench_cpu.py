@@ -102,9 +102,8 @@ def interleaved(
             "torchvision_s": round(theirs_s, 5),
             "ratio": round(theirs_s / ours_s, 3),
             "round_ratios_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
-            "ratio_of_fastest_rounds": round(
-                min(theirs_t) / min(ours_t), 3
-            ),  # the least disturbed calls
+            # the least disturbed calls
+            "ratio_of_fastest_rounds": round(min(theirs_t) / min(ours_t), 3),
         }
     return out
 
@@ -128,11 +127,12 @@ def torchvision_on_our_trunk(num_classes: int, width: float) -> nn.Module:
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.ssd import SSD
 
+    # ssd300_vgg16's
     anchors = DefaultBoxGenerator(
         [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
         scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         steps=[8, 16, 32, 64, 100, 300],
-    )  # ssd300_vgg16's
+    )
     trunk = _Trunk(
         SSD300(num_classes=num_classes, backbone_weights=None, width_mult=width)
     )
@@ -210,9 +210,8 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             images, boxes, labels = synthetic_batch(
                 2, trainer.num_classes, torch.device("cpu"), seed=0
             )
-            images = (
-                images.contiguous()
-            )  # as a loader gives them; train_step applies the preset's format
+            # as a loader gives them; train_step applies the preset's format
+            images = images.contiguous()
             if name == "train_full" and not smoke:
                 tv = torchvision_ssd(trainer.num_classes, smoke=False)
             else:
@@ -221,12 +220,12 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             opt = torch.optim.SGD(
                 tv.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4
             )
-            pictures = [
-                (img * 0.25 + 0.5).clamp(0, 1).contiguous() for img in images
-            ]  # [3, 300, 300] in [0, 1]
+            # [3, 300, 300] in [0, 1]
+            pictures = [(img * 0.25 + 0.5).clamp(0, 1).contiguous() for img in images]
+            # pixels
             targets = [
                 {"boxes": b * 300.0, "labels": lab} for b, lab in zip(boxes, labels)
-            ]  # pixels
+            ]
             trainers[name] = trainer
 
             def ours_step(
@@ -248,9 +247,8 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ours_model = SSD300(
             num_classes=21, backbone_weights=None, width_mult=full_width
         )
-        predictor = Predictor(
-            ours_model
-        )  # on a CPU: channels_last, and bf16 where native (precision="auto")
+        # on a CPU: channels_last, and bf16 where native (precision="auto")
+        predictor = Predictor(ours_model)
         tv_eval = (
             torchvision_ssd(21, smoke=False)
             if not smoke
@@ -276,9 +274,8 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
         # -- post-processing on the same outputs
         priors = default_boxes()  # [8732, 4] cxcywh
-        anchors_px = (
-            cxcywh_to_xyxy(priors) * 300.0
-        )  # torchvision's anchors: xyxy pixels
+        # torchvision's anchors: xyxy pixels
+        anchors_px = cxcywh_to_xyxy(priors) * 300.0
         post = torchvision_ssd(
             21, smoke=True
         ).eval()  # only its postprocess_detections is used
@@ -322,9 +319,8 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
         # -- one image to detections
         g = torch.Generator().manual_seed(1)
-        photo = torch.randint(
-            0, 256, (3, 375, 500), dtype=torch.uint8, generator=g
-        )  # a VOC-sized image
+        # a VOC-sized image
+        photo = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8, generator=g)
 
         def ours_end_to_end() -> None:
             predictor([photo])

@@ -77,9 +77,8 @@ class TorchvisionV2Dataset(Dataset):
 
         image_id = self.voc.ids[index]
         ann = self.voc.annotation(index)
-        image = read_image(
-            self.voc.root / "JPEGImages" / f"{image_id}.jpg"
-        )  # same decoder as ours
+        # same decoder as ours
+        image = read_image(self.voc.root / "JPEGImages" / f"{image_id}.jpg")
         target = {
             "boxes": tv_tensors.BoundingBoxes(
                 ann["boxes"], format="XYXY", canvas_size=tuple(image.shape[1:])
@@ -183,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         help="images to write when falling back to shapes",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(
-        1
-    )  # one core for the 0-worker run; workers use one thread each anyway
+    # one core for the 0-worker run; workers use one thread each anyway
+    torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.data is not None:

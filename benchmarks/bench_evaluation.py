@@ -43,9 +43,8 @@ def synthetic(num_images: int, dets_per_image: int, seed: int = 0) -> tuple[dict
             "labels": labels,
             "difficult": rng.random(g) < 0.1,
         }
-        near = rng.integers(
-            0, g, size=dets_per_image // 2
-        )  # half near a true object ...
+        # half near a true object ...
+        near = rng.integers(0, g, size=dets_per_image // 2)
         jitter = (
             rng.normal(0, 1, size=(near.size, 4))
             * np.repeat(wh[near], 2, axis=1)

@@ -143,12 +143,10 @@ def synthetic_batch(
         k = int(torch.randint(1, 5, (), generator=g))
         xy = torch.rand(k, 2, generator=g) * 0.5
         wh = 0.1 + 0.5 * torch.rand(k, 2, generator=g)
-        boxes.append(
-            torch.cat((xy, (xy + wh).clamp(max=1.0)), dim=1).to(device)
-        )  # [k, 4]
-        labels.append(
-            torch.randint(1, num_classes, (k,), generator=g).to(device)
-        )  # [k]
+        # [k, 4]
+        boxes.append(torch.cat((xy, (xy + wh).clamp(max=1.0)), dim=1).to(device))
+        # [k]
+        labels.append(torch.randint(1, num_classes, (k,), generator=g).to(device))
     return images, boxes, labels
 
 
@@ -183,6 +181,7 @@ class TinyBackbone(nn.Module):
     def __init__(self, channels: int = 8) -> None:
         super().__init__()
         c = channels
+        # 300 -> 38
         self.stem = nn.Sequential(
             nn.Conv2d(3, c, 3, 2, 1),
             nn.ReLU(),
@@ -190,10 +189,11 @@ class TinyBackbone(nn.Module):
             nn.ReLU(),
             nn.Conv2d(c, c, 3, 2, 1),
             nn.ReLU(),
-        )  # 300 -> 38
+        )
+        # 38 -> 19 -> 10 -> 5 -> 3 -> 1
         self.downs = nn.ModuleList(
             [nn.Conv2d(c, c, 3, 2, 1) for _ in range(4)] + [nn.Conv2d(c, c, 3, 1, 0)]
-        )  # 38 -> 19 -> 10 -> 5 -> 3 -> 1
+        )
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         x = self.stem(x)
@@ -215,11 +215,12 @@ def torchvision_ssd(num_classes: int, smoke: bool) -> nn.Module:
         return ssd300_vgg16(
             weights=None, weights_backbone=None, num_classes=num_classes
         )
+    # the anchors of ssd300_vgg16
     anchors = DefaultBoxGenerator(
         [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
         scales=[0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
         steps=[8, 16, 32, 64, 100, 300],
-    )  # the anchors of ssd300_vgg16
+    )
     return SSD(TinyBackbone(), anchors, (300, 300), num_classes)
 
 
@@ -546,12 +547,10 @@ def torchvision_train(run: Run, batch: int, num_classes: int) -> float:
     except (TypeError, RuntimeError):
         opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
     images, boxes, labels = synthetic_batch(batch, num_classes, run.device, seed=batch)
-    pictures = [
-        (img * 0.25 + 0.5).clamp(0, 1).contiguous() for img in images
-    ]  # [3, 300, 300] in [0, 1]
-    targets = [
-        {"boxes": b * 300.0, "labels": lab} for b, lab in zip(boxes, labels)
-    ]  # pixels
+    # [3, 300, 300] in [0, 1]
+    pictures = [(img * 0.25 + 0.5).clamp(0, 1).contiguous() for img in images]
+    # pixels
+    targets = [{"boxes": b * 300.0, "labels": lab} for b, lab in zip(boxes, labels)]
 
     def step() -> None:
         with run.autocast():
@@ -647,9 +646,8 @@ def inference_torchvision(run: Run, batch: int, num_classes: int) -> float:
     def infer() -> Any:
         with run.autocast():
             out = model(pictures)
-        sync(
-            run.device
-        )  # the caller gets finished detections, as ours (which end in .tolist())
+        # the caller gets finished detections, as ours (which end in .tolist())
+        sync(run.device)
         return out
 
     timing = measure(
@@ -782,9 +780,8 @@ def check_padding_is_exact(run: Run, trainer: Trainer) -> bool:
 def run_all(run: Run) -> dict[str, Any]:
     R = run.results
     train, inf, ratios = R["train_img_s"], R["inference_img_s"], R["ratios"]
-    smoke_backend = (
-        "eager" if run.smoke else None
-    )  # smoke: trace with dynamo, no code generation
+    # smoke: trace with dynamo, no code generation
+    smoke_backend = "eager" if run.smoke else None
     big = run.big
 
     base = run.trainer(big)
@@ -1022,9 +1019,10 @@ def run_all(run: Run) -> dict[str, Any]:
             train.get(f"torchvision_eager_b{batch}"),
         )
     ratios["train_vs_torchvision"] = ratio(ours_big, tv_big)  # goal >= 4
+    # goal >= 0.9
     ratios["train_vs_bare_compiled"] = ratio(
         ours_big, train.get(f"bare_network_compiled_b{big}")
-    )  # goal >= 0.9
+    )
     ratios["train_vs_bare_best"] = ratio(ours_big, bare_big)
     ratios["train_eager_vs_bare_eager"] = ratio(
         train.get(f"ssd_tutorial_eager_b{big}"), train.get(f"bare_network_eager_b{big}")
@@ -1032,9 +1030,10 @@ def run_all(run: Run) -> dict[str, Any]:
     ratios["inference_vs_torchvision_b1"] = ratio(
         inf.get("ssd_tutorial_b1"), inf.get("torchvision_b1")
     )
+    # goal >= 10
     ratios[f"inference_vs_torchvision_b{big}"] = ratio(
         inf.get(f"ssd_tutorial_b{big}"), inf.get(f"torchvision_b{big}")
-    )  # goal >= 10
+    )
     ratios[f"inference_nms_default_vs_batched_b{big}"] = ratio(
         inf.get(f"ssd_tutorial_b{big}"), inf.get(f"ssd_tutorial_batched_nms_b{big}")
     )

@@ -41,12 +41,10 @@ def random_batch(
     for _ in range(batch):
         n = min(9, 1 + int(torch.poisson(torch.tensor(2.0), generator=g)))
         centre = torch.rand(n, 2, generator=g)  # [n, 2]
-        size = (
-            0.05 + 0.6 * torch.rand(n, 2, generator=g) ** 2
-        )  # [n, 2], mostly small objects
-        xyxy = torch.cat((centre - size / 2, centre + size / 2), dim=1).clamp(
-            0, 1
-        )  # [n, 4]
+        # [n, 2], mostly small objects
+        size = 0.05 + 0.6 * torch.rand(n, 2, generator=g) ** 2
+        # [n, 4]
+        xyxy = torch.cat((centre - size / 2, centre + size / 2), dim=1).clamp(0, 1)
         boxes.append(xyxy)
         labels.append(torch.randint(1, 21, (n,), generator=g))
     return boxes, labels

@@ -62,17 +62,17 @@ def budgeted_run(
         tensorboard=False,
         log_every=max(1, calib_iters // 3),
     )
+    # a scratch run, redone each time
     calib = Trainer(
         calib_cfg,
         work_dir / "calibration",
         device=device,
         progress=False,
         overwrite=True,
-    )  # a scratch run, redone each time
+    )
     calib_summary = calib.fit(stop_at=calib_iters, save_final=False)
-    steady = (
-        calib_summary["losses"][1:] or calib_summary["losses"]
-    )  # skip the window with cudnn autotuning
+    # skip the window with cudnn autotuning
+    steady = calib_summary["losses"][1:] or calib_summary["losses"]
     img_per_s = sum(r["img_per_s"] for r in steady) / len(steady)
     del calib
     if device.type == "cuda":
@@ -152,9 +152,8 @@ def save_figure(
     for k in range(3):
         image, target = dataset[k]
         det = detections[str(target["image_id"])]
-        keep = (
-            (det["scores"] >= score_threshold).nonzero().flatten()[:12]
-        )  # the 12 best at most (sorted by score)
+        # the 12 best at most (sorted by score)
+        keep = (det["scores"] >= score_threshold).nonzero().flatten()[:12]
         a = fig.add_subplot(1, 5, 3 + k)
         show_image(image, ax=a)
         labels = det["labels"][keep].tolist()

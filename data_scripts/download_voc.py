@@ -219,9 +219,8 @@ def fetch(
     ) as err:  # EOFError: a compressed stream cut short
         bad = dest.with_name(dest.name + ".bad")
         os.replace(dest, bad)  # kept for a look, out of the way of the next download
-        reason = " ".join(
-            str(err).split()
-        )  # tarfile lists every method it tried, one per line
+        # tarfile lists every method it tried, one per line
+        reason = " ".join(str(err).split())
         raise ValueError(
             f"{dest}: not a readable tar archive ({type(err).__name__}: {reason}); "
             f"moved it to {bad.name}, rerun to download it again"

@@ -149,11 +149,12 @@ def apply_zoom_out(
     if params is None:
         return image, boxes
     h, w = image.shape[1:]
+    # [3, H', W']
     canvas = (
         _mean_pixel(image.dtype, image.device)
         .expand(3, params.height, params.width)
         .clone()
-    )  # [3, H', W']
+    )
     canvas[:, params.top : params.top + h, params.left : params.left + w] = image
     shift = torch.tensor(
         [params.left, params.top, params.left, params.top],
@@ -257,25 +258,26 @@ def sample_iou_crop(
     draws = torch.rand(
         len(options), max_trials, 4, generator=generator, dtype=torch.float64
     ).numpy()
-    windows = _crop_candidates(
-        draws, width, height, min_scale, aspect_range
-    )  # [K, T, 4]
+    # [K, T, 4]
+    windows = _crop_candidates(draws, width, height, min_scale, aspect_range)
     flat = windows.reshape(-1, 4)
     gt = boxes.double()  # [G, 4]
+    # [K, T]
     iou = (
         box_iou(torch.from_numpy(flat), gt)
         .numpy()
         .max(axis=1)
         .reshape(windows.shape[:2])
-    )  # [K, T]
+    )
     centres = ((gt[:, :2] + gt[:, 2:]) / 2).numpy()  # [G, 2]
     cx, cy = centres[None, :, 0], centres[None, :, 1]  # [1, G]
+    # [K*T, G]
     inside = (
         (cx > flat[:, 0:1])
         & (cx < flat[:, 2:3])
         & (cy > flat[:, 1:2])
         & (cy < flat[:, 3:4])
-    )  # [K*T, G]
+    )
     ok = inside.any(axis=1).reshape(windows.shape[:2])  # [K, T]
     ok &= (windows[..., 2] > windows[..., 0]) & (windows[..., 3] > windows[..., 1])
     ok &= iou >= np.asarray(options, dtype=np.float64)[:, None]
@@ -284,9 +286,10 @@ def sample_iou_crop(
         [] if min_iou != "random" else [(None, None)]
     )
     for k in np.flatnonzero(found):
+        # type: ignore[misc]
         pool.append(
             (tuple(int(v) for v in windows[k, int(ok[k].argmax())]), options[k])
-        )  # type: ignore[misc]
+        )
     if not pool:
         return None, min_iou  # type: ignore[return-value]
     if len(pool) == 1:
@@ -432,9 +435,8 @@ class SSDAugmentation:
         else:
             out = resize_image(image, self.size)  # [3, S, S] uint8
             boxes = to_normalized_boxes(boxes, width, height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (
-            boxes[:, 3] > boxes[:, 1]
-        )  # positive area only
+        # positive area only
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         new_target = dict(target)
         new_target.update(
             boxes=boxes[keep], labels=labels[keep], difficult=difficult[keep]
@@ -473,14 +475,14 @@ class SSDAugmentation:
         # distorted; it is
         #    rounded back to 8 bits (Caffe SSD works on 8-bit images throughout), pasted
         # on the fill and resized.
+        # overlap of window and image, canvas coords
         ox1, oy1 = (
             max(cx1, left),
             max(cy1, top),
-        )  # overlap of window and image, canvas coords
+        )
         ox2, oy2 = min(cx2, left + width), min(cy2, top + height)
-        part = image[
-            :, oy1 - top : oy2 - top, ox1 - left : ox2 - left
-        ]  # [3, h, w] uint8
+        # [3, h, w] uint8
+        part = image[:, oy1 - top : oy2 - top, ox1 - left : ox2 - left]
 
         def distort(
             pixels: Tensor,
@@ -503,9 +505,8 @@ class SSDAugmentation:
                 part, (ox1 - cx1, oy1 - cy1), (cx2 - cx1, cy2 - cy1), self.size, distort
             )
         else:  # a thin margin of fill: building it is cheaper
-            crop = (
-                _mean_pixel(torch.uint8).expand(3, cy2 - cy1, cx2 - cx1).clone()
-            )  # [3, h', w']
+            # [3, h', w']
+            crop = _mean_pixel(torch.uint8).expand(3, cy2 - cy1, cx2 - cx1).clone()
             crop[:, oy1 - cy1 : oy2 - cy1, ox1 - cx1 : ox2 - cx1] = distort(part)
             out = resize_image(crop, self.size)  # [3, S, S] uint8
         boxes = to_normalized_boxes(boxes, cx2 - cx1, cy2 - cy1)

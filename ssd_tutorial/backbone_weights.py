@@ -39,10 +39,22 @@ __all__ = [
 ]
 
 # The 13 convs of VGG16 "D" in order (conv5_x live in SSD300.fc, the rest in .backbone).
+# fmt: skip
 CONV_NAMES = (
-    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
-)  # fmt: skip
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
+)
 # Index of every conv of torchvision's vgg16().features, in CONV_NAMES order.
 TORCHVISION_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 # ssd.pytorch's ``vgg`` nn.ModuleList (ssd.py, vgg()) has the same conv indices, then

@@ -252,9 +252,10 @@ class COCODataset(Dataset):
         labels, difficult."""
         objects = self._objects[index]
         return {
+            # [G, 4]
             "boxes": torch.tensor([o[0] for o in objects], dtype=torch.float32).reshape(
                 -1, 4
-            ),  # [G, 4]
+            ),
             "labels": torch.tensor([o[1] for o in objects], dtype=torch.int64),
             "difficult": torch.tensor([o[2] for o in objects], dtype=torch.bool),
         }

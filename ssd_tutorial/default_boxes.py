@@ -130,9 +130,10 @@ class DefaultBoxConfig:
         unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"DefaultBoxConfig: unknown fields {unknown}")
+        # noqa: E731
         as_tuple = lambda v: (
             tuple(as_tuple(x) for x in v) if isinstance(v, (list, tuple)) else v
-        )  # noqa: E731
+        )
         return cls(**{k: as_tuple(v) for k, v in saved.items()})
 
 
@@ -264,9 +265,8 @@ def _paper_config() -> DefaultBoxConfig:
     return DefaultBoxConfig(
         image_size=300,
         feature_maps=maps,
-        steps=tuple(
-            300 / f for f in maps
-        ),  # paper p.6: centres at ((i + 0.5) / |f_k|, ...)
+        # paper p.6: centres at ((i + 0.5) / |f_k|, ...)
+        steps=tuple(300 / f for f in maps),
         min_sizes=tuple(300 * v for v in s),
         max_sizes=tuple(300 * v for v in s_next),
         # paper p.7: conv4_3, conv10_2 and conv11_2 use only 4 boxes (ratios 1, 2, 1/2)
@@ -314,22 +314,19 @@ def default_boxes(cfg: DefaultBoxConfig = SSD300_VOC) -> Tensor:
     for k, f in enumerate(cfg.feature_maps):
         idx = torch.arange(f, dtype=torch.float64)
         centres_1d = (idx + 0.5) * cfg.steps[k] / cfg.image_size  # [f]
-        cy, cx = torch.meshgrid(
-            centres_1d, centres_1d, indexing="ij"
-        )  # row-major: y, then x
+        # row-major: y, then x
+        cy, cx = torch.meshgrid(centres_1d, centres_1d, indexing="ij")
         centres = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2)  # [f*f, 1, 2]
         shapes = _cell_shapes(cfg, k)[None]  # [1, A, 2]
-        boxes = torch.cat(
-            torch.broadcast_tensors(centres, shapes), dim=-1
-        )  # [f*f, A, 4]
+        # [f*f, A, 4]
+        boxes = torch.cat(torch.broadcast_tensors(centres, shapes), dim=-1)
         per_map.append(boxes.reshape(-1, 4))  # [f*f*A, 4]
     priors = torch.cat(per_map)  # [P, 4] cxcywh
     if cfg.clip and cfg.clip_form == "cxcywh":
         priors = priors.clamp(0, 1)  # ssd.pytorch: each of cx, cy, w, h
     elif cfg.clip and cfg.clip_form == "wh":
-        priors = torch.cat(
-            (priors[:, :2], priors[:, 2:].clamp(0, 1)), dim=1
-        )  # torchvision: w, h only
+        # torchvision: w, h only
+        priors = torch.cat((priors[:, :2], priors[:, 2:].clamp(0, 1)), dim=1)
     elif cfg.clip:
         priors = xyxy_to_cxcywh(cxcywh_to_xyxy(priors).clamp(0, 1))
     return priors.float()

@@ -162,16 +162,14 @@ def save_detections_figure(
 
     h, w = image.shape[1:]
     natural = 6.0 * h / w  # inches high at 6 inches wide
-    fig_h = min(
-        max(natural, 1.0), 24.0
-    )  # matplotlib needs a pixel; a thin strip must not be metres high
+    # matplotlib needs a pixel; a thin strip must not be metres high
+    fig_h = min(max(natural, 1.0), 24.0)
     # A bare Figure, not pyplot: no backend switch, so a notebook calling this keeps its
     # plots.
     fig = Figure(figsize=(6.0, fig_h))
     ax = fig.subplots()
-    shown = _shrink(
-        image, max_side=int(2 * 100 * max(6.0, fig_h))
-    )  # twice the drawing's pixels (dpi 100)
+    # twice the drawing's pixels (dpi 100)
+    shown = _shrink(image, max_side=int(2 * 100 * max(6.0, fig_h)))
     # extent: the image spans pixel edges 0..w and 0..h, the coordinates the boxes are
     # in.
     ax.imshow(
@@ -190,9 +188,8 @@ def save_detections_figure(
         labels=captions,
         colors=[COLORS[(l - 1) % 10] for l in labels],
     )
-    fig.subplots_adjust(
-        0.01, 0.01, 0.99, 0.99
-    )  # not tight_layout: it gives up on extreme shapes
+    # not tight_layout: it gives up on extreme shapes
+    fig.subplots_adjust(0.01, 0.01, 0.99, 0.99)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=100)
@@ -518,9 +515,8 @@ def _detect_videos(
     """The video branch of the command line: every video's JSON (and annotated copy) in
     ``--output``."""
     for video in videos:  # a missing or unreadable video is reported before any work
-        open_video(
-            video
-        )  # TorchCodec without FFmpeg: ExternalError, its message says what to install
+        # TorchCodec without FFmpeg: ExternalError, its message says what to install
+        open_video(video)
     output = Path(args.output if args.output is not None else "detections")
     for video in videos:
         report = detect_video(

@@ -211,9 +211,8 @@ def _from_checkpoint(state: dict[str, Any], path: str | Path) -> Detector:
         )
     # no init (nor random draws) for weights that are overwritten
     with torch.device("meta"):
-        model = build_ssd(
-            num_classes, prior_config, None, width
-        )  # SSD300, or SSD512 for 7 maps
+        # SSD300, or SSD512 for 7 maps
+        model = build_ssd(num_classes, prior_config, None, width)
     model = model.to_empty(device="cpu")
     model.load_state_dict(state)  # strict: every tensor, the input buffers included
     return Detector(

@@ -102,9 +102,8 @@ def _evaluate(
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "per_class.txt").write_text(per_class_table(voc07) + "\n")
-    fig = Figure(
-        figsize=(6, 5)
-    )  # not pyplot: no backend switch for a notebook that calls this
+    # not pyplot: no backend switch for a notebook that calls this
+    fig = Figure(figsize=(6, 5))
     ax = plot_pr_curves(voc12, ax=fig.subplots())
     ax.set_title(f"PR curves, VOC AP50 (all-point mAP {voc12['map']:.3f})")
     fig.tight_layout()

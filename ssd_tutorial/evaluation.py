@@ -226,9 +226,8 @@ def _match_detections(
     pair_det = np.repeat(np.arange(det_group.size), per_det)  # [M]
     first_pair = np.concatenate(([0], np.cumsum(per_det)[:-1]))  # [N]
     within = np.arange(pair_det.size) - first_pair[pair_det]  # [M] 0..per_det-1
-    pair_gt = gt_order[
-        gt_start[det_group][pair_det] + within
-    ]  # [M] index into gt arrays
+    # [M] index into gt arrays
+    pair_gt = gt_order[gt_start[det_group][pair_det] + within]
     iou = voc_iou(det["boxes"][pair_det], gt["boxes"][pair_gt])  # [M]
     # a NaN overlap (NaN box) is never above the threshold in the devkit: make it lose
     # every max
@@ -240,13 +239,11 @@ def _match_detections(
     best_iou = np.full(det_group.size, -np.inf)
     best_gt = np.full(det_group.size, -1, dtype=np.int64)
     if has_gt.any():
-        starts = first_pair[
-            has_gt
-        ]  # [N'] first pair of each detection that has candidates
+        # [N'] first pair of each detection that has candidates
+        starts = first_pair[has_gt]
         best_iou[has_gt] = np.maximum.reduceat(iou, starts)
-        position = np.where(
-            iou == best_iou[pair_det], np.arange(iou.size), iou.size
-        )  # [M]
+        # [M]
+        position = np.where(iou == best_iou[pair_det], np.arange(iou.size), iou.size)
         best_gt[has_gt] = pair_gt[np.minimum.reduceat(position, starts)]
 
     above = has_gt & (best_iou > iou_threshold)  # devkit: ovmax > ovthresh, strictly
@@ -254,9 +251,8 @@ def _match_detections(
     difficult[above] = gt["difficult"][best_gt[above]]
 
     # greedy by score, per class, all images together
-    order = np.lexsort(
-        (-det["scores"], det["labels"])
-    )  # class, then score descending; stable
+    # class, then score descending; stable
+    order = np.lexsort((-det["scores"], det["labels"]))
     claims = (above & ~difficult)[order]  # [N] in sorted order
     claimed_gt = best_gt[order][claims]
     # the first claim on each box wins; later ones are duplicates (false positives)
@@ -300,9 +296,8 @@ def evaluate_voc(
 
     sorted_labels = det["labels"][order]
     keep = (tp + fp) > 0  # detections on difficult boxes add no point to the curve
-    num_gt = np.bincount(
-        gt["labels"][~gt["difficult"]], minlength=num_classes + 1
-    )  # [C + 1]
+    # [C + 1]
+    num_gt = np.bincount(gt["labels"][~gt["difficult"]], minlength=num_classes + 1)
     result: dict[str, Any] = {
         "ap": {},
         "recall": {},
@@ -361,15 +356,15 @@ def evaluate_coco(
         return empty
 
     def xywh(b: np.ndarray) -> np.ndarray:
+        # [N, 4]
         return np.stack(
             (b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]), axis=1
-        )  # [N, 4]
+        )
 
     gt_xywh = xywh(gt["boxes"])
     dataset = {
-        "images": [
-            {"id": i + 1} for i in range(len(image_index))
-        ],  # COCO ids are 1-based ints
+        # COCO ids are 1-based ints
+        "images": [{"id": i + 1} for i in range(len(image_index))],
         "categories": [
             {"id": k, "name": name} for k, name in enumerate(class_names, start=1)
         ],
@@ -455,9 +450,8 @@ def plot_pr_curves(
         if recall.size == 0:
             ax.plot([], [], color=color, label=f"{label}, no detections")
             continue
-        envelope = np.maximum.accumulate(precision[::-1])[
-            ::-1
-        ]  # [N] best precision at recall >= r
+        # [N] best precision at recall >= r
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
         # steps-pre: between recall r_(i-1) and r_i the curve has the value at r_i
         ax.plot(
             np.concatenate(([0.0], recall)),

@@ -64,10 +64,11 @@ __all__ = [
 
 # Caffe SSD: patch scale in [0.3, 1] (paper p.6: size [0.1, 1] of the image)
 CROP_MIN_SCALE = 0.3
+# paper p.6: patch aspect ratio between 1/2 and 2 (normalized w / h, as Caffe)
 CROP_ASPECT_RANGE = (
     0.5,
     2.0,
-)  # paper p.6: patch aspect ratio between 1/2 and 2 (normalized w / h, as Caffe)
+)
 # paper p.9 "zoom out": canvas up to 4x the image side (16x the area)
 EXPAND_MAX_RATIO = 4.0
 
@@ -128,17 +129,17 @@ def photometric_distort(
         1, 1]."""
         apply = _coin((B,), generator, device)
         value = _uniform((B,), low, high, generator, device)
+        # [B, 1, 1, 1]
         return torch.where(apply, value, torch.full_like(value, identity)).view(
             B, 1, 1, 1
-        )  # [B, 1, 1, 1]
+        )
 
     brightness = maybe(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, 0.0)  # [B, 1, 1, 1]
     contrast = maybe(*CONTRAST_RANGE, 1.0)
     contrast_first = _coin((B,), generator, device).view(B, 1, 1, 1)  # [B, 1, 1, 1]
     saturation = maybe(*SATURATION_RANGE, 1.0)
-    hue_shift = (
-        maybe(-HUE_DELTA, HUE_DELTA, 0.0) / 360.0
-    )  # degrees -> fraction of a turn
+    # degrees -> fraction of a turn
+    hue_shift = maybe(-HUE_DELTA, HUE_DELTA, 0.0) / 360.0
     swap = _coin((B,), generator, device, p=channel_swap_prob)  # [B]
     perm_index = _randint((B,), len(CHANNEL_PERMUTATIONS), generator, device)  # [B]
 
@@ -147,19 +148,18 @@ def photometric_distort(
     x = (x * torch.where(contrast_first, contrast, one)).clamp(0.0, 255.0)
     hsv = rgb_to_hsv(x)  # [B, 3, H, W]; V stays on the 0..255 scale
     hue, sat, val = hsv.unbind(1)  # each [B, H, W]
-    hue = torch.remainder(
-        hue + hue_shift[:, 0], 1.0
-    )  # [B, 1, 1] broadcast over [B, H, W]
+    # [B, 1, 1] broadcast over [B, H, W]
+    hue = torch.remainder(hue + hue_shift[:, 0], 1.0)
     sat = (sat * saturation[:, 0]).clamp(0.0, 1.0)
     x = hsv_to_rgb(torch.stack((hue, sat, val), dim=1))  # [B, 3, H, W]
     x = (x * torch.where(contrast_first, one, contrast)).clamp(0.0, 255.0)
     perms = torch.tensor(CHANNEL_PERMUTATIONS, device=device)[perm_index]  # [B, 3]
+    # [B, 3]
     perms = torch.where(
         swap[:, None], perms, torch.arange(3, device=device).expand(B, 3)
-    )  # [B, 3]
-    return torch.gather(
-        x, 1, perms.view(B, 3, 1, 1).expand_as(x)
-    )  # [B, 3, 1, 1] -> [B, 3, H, W]
+    )
+    # [B, 3, 1, 1] -> [B, 3, H, W]
+    return torch.gather(x, 1, perms.view(B, 3, 1, 1).expand_as(x))
 
 
 # --------------------------------------------------------------------------------------
@@ -221,12 +221,13 @@ def sample_crops(
     numeric = [m for m in min_ious if m is not None]
     K = len(numeric)
     has_whole = len(numeric) < len(min_ious)
+    # [B, K*T]
     threshold = (
         torch.tensor(numeric, device=device)
         .view(1, K, 1)
         .expand(B, K, T)
         .reshape(B, K * T)
-    )  # [B, K*T]
+    )
 
     s = _uniform((B, K, T), CROP_MIN_SCALE, 1.0, generator, device)  # [B, K, T]
     ar_lo = torch.clamp(s * s, min=CROP_ASPECT_RANGE[0])
@@ -237,40 +238,37 @@ def sample_crops(
     w, h = s * root_ar, s / root_ar  # [B, K, T] fractions of the width and height
     left = _uniform((B, K, T), 0.0, 1.0, generator, device) * (1.0 - w)
     top = _uniform((B, K, T), 0.0, 1.0, generator, device) * (1.0 - h)
-    crops = torch.stack((left, top, left + w, top + h), dim=-1).view(
-        B, K * T, 4
-    )  # [B, K*T, 4]
+    # [B, K*T, 4]
+    crops = torch.stack((left, top, left + w, top + h), dim=-1).view(B, K * T, 4)
 
     iou = _pairwise_iou(crops, boxes)  # [B, K*T, G]
+    # [B, K*T]; G >= 1
     best_iou = torch.where(valid[:, None, :], iou, torch.full_like(iou, -1.0)).amax(
         dim=-1
-    )  # [B, K*T]; G >= 1
-    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(
-        dim=-1
-    )  # [B, K*T]
+    )
+    # [B, K*T]
+    any_inside = (_centres_inside(crops, boxes) & valid[:, None, :]).any(dim=-1)
     ok = (any_inside & (best_iou >= threshold)).view(B, K, T)
 
     first = ok.float().argmax(dim=-1)  # [B, K]; argmax returns the first maximum
+    # [B, K, 4]
     samples = (
         crops.view(B, K, T, 4)
         .gather(2, first[:, :, None, None].expand(B, K, 1, 4))
         .squeeze(2)
-    )  # [B, K, 4]
+    )
     found = ok.any(dim=-1) & valid.any(dim=-1, keepdim=True)  # [B, K]
     full = torch.tensor((0.0, 0.0, 1.0, 1.0), device=device)
     # The pool: [whole image, one sample per option that succeeded]; pick the k-th
     # member, k uniform in [0, pool size), without leaving the device.
-    pool_ok = torch.cat(
-        (torch.full((B, 1), has_whole, device=device), found), dim=1
-    )  # [B, 1+K]
+    # [B, 1+K]
+    pool_ok = torch.cat((torch.full((B, 1), has_whole, device=device), found), dim=1)
     pool = torch.cat((full.expand(B, 1, 4), samples), dim=1)  # [B, 1+K, 4]
     size = pool_ok.sum(dim=1)  # [B]
-    pick = (
-        (_uniform((B,), 0.0, 1.0, generator, device) * size).long().clamp(max=K)
-    )  # [B]
-    chosen = pool_ok & (
-        pool_ok.cumsum(dim=1) - 1 == pick[:, None]
-    )  # [B, 1+K]: one True, or none
+    # [B]
+    pick = (_uniform((B,), 0.0, 1.0, generator, device) * size).long().clamp(max=K)
+    # [B, 1+K]: one True, or none
+    chosen = pool_ok & (pool_ok.cumsum(dim=1) - 1 == pick[:, None])
     crop = pool[torch.arange(B, device=device), chosen.float().argmax(dim=1)]  # [B, 4]
     return torch.where((size > 0)[:, None], crop, full.expand(B, 4))
 
@@ -349,16 +347,13 @@ def _zoom_out(
         _uniform((B,), 1.0, EXPAND_MAX_RATIO, generator, device),
         torch.ones(B, device=device),
     )
-    offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (
-        1.0 - 1.0 / ratio
-    )  # image's left edge on the canvas
+    # image's left edge on the canvas
+    offset_x = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
     offset_y = _uniform((B,), 0.0, 1.0, generator, device) * (1.0 - 1.0 / ratio)
-    offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[
-        :, None, :
-    ]  # [B, 1, 4]
-    canvas_boxes = offset + unit_boxes / ratio.view(
-        B, 1, 1
-    )  # [B, G, 4] normalized to the canvas
+    # [B, 1, 4]
+    offset = torch.stack((offset_x, offset_y, offset_x, offset_y), dim=-1)[:, None, :]
+    # [B, G, 4] normalized to the canvas
+    canvas_boxes = offset + unit_boxes / ratio.view(B, 1, 1)
     return ratio, offset_x, offset_y, canvas_boxes
 
 
@@ -376,9 +371,8 @@ def _crop_and_flip_boxes(
     crop_lo = crop[:, None, :2].repeat(1, 1, 2)  # [B, 1, 4] (x1, y1, x1, y1)
     crop_hi = crop[:, None, 2:].repeat(1, 1, 2)  # [B, 1, 4] (x2, y2, x2, y2)
     clipped = torch.minimum(torch.maximum(canvas_boxes, crop_lo), crop_hi)  # [B, G, 4]
-    out_boxes = (clipped - crop_lo) / (
-        crop_hi - crop_lo
-    )  # [B, G, 4] normalized to the output
+    # [B, G, 4] normalized to the output
+    out_boxes = (clipped - crop_lo) / (crop_hi - crop_lo)
     mirrored = torch.stack(
         (
             1 - out_boxes[..., 2],
@@ -446,22 +440,18 @@ def _resample(
     # axis.
     t = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size  # [size]
     crop_w, crop_h = crop[:, 2] - crop[:, 0], crop[:, 3] - crop[:, 1]  # [B]
-    t_x = torch.where(
-        flip[:, None], 1.0 - t, t
-    )  # [B, size]; a flip reads the crop right to left
+    # [B, size]; a flip reads the crop right to left
+    t_x = torch.where(flip[:, None], 1.0 - t, t)
     x_canvas = crop[:, 0:1] + crop_w[:, None] * t_x  # [B, size]
     y_canvas = crop[:, 1:2] + crop_h[:, None] * t  # [B, size]
-    u = (x_canvas - offset_x[:, None]) * ratio[
-        :, None
-    ]  # [B, size] x normalized to the image
-    v = (y_canvas - offset_y[:, None]) * ratio[
-        :, None
-    ]  # [B, size] y normalized to the image
+    # [B, size] x normalized to the image
+    u = (x_canvas - offset_x[:, None]) * ratio[:, None]
+    # [B, size] y normalized to the image
+    v = (y_canvas - offset_y[:, None]) * ratio[:, None]
     # Clamp to the image's own pixel centres (as F.interpolate does at the border), so
     # the zero padding of the smaller images in the batch is never read.
-    px = torch.minimum(
-        (u * width[:, None]).clamp(min=0.5), width[:, None] - 0.5
-    )  # [B, size] pixels
+    # [B, size] pixels
+    px = torch.minimum((u * width[:, None]).clamp(min=0.5), width[:, None] - 0.5)
     py = torch.minimum((v * height[:, None]).clamp(min=0.5), height[:, None] - 0.5)
     gx = (2.0 * px / w_max - 1.0)[:, None, :].expand(B, size, size)  # [B, size, size]
     gy = (2.0 * py / h_max - 1.0)[:, :, None].expand(B, size, size)  # [B, size, size]
@@ -495,9 +485,10 @@ def _distort_colours(
     undistorted mean, as in Caffe SSD.
     """
     out = photometric_distort(out, generator, channel_swap_prob)
+    # [B, 1, S, S]
     on_image = ((v >= 0) & (v <= 1))[:, None, :, None] & ((u >= 0) & (u <= 1))[
         :, None, None, :
-    ]  # [B, 1, S, S]
+    ]
     return torch.where(on_image, out, mean * 255.0)
 
 
@@ -524,9 +515,8 @@ def gpu_ssd_augment_padded(
     height = sizes[:, 0].float()  # [B]
     width = sizes[:, 1].float()  # [B]
     wh = torch.stack((width, height, width, height), dim=-1)[:, None, :]  # [B, 1, 4]
-    unit_boxes = (
-        boxes.to(device=device, dtype=torch.float32) / wh
-    )  # [B, G, 4] normalized to the image
+    # [B, G, 4] normalized to the image
+    unit_boxes = boxes.to(device=device, dtype=torch.float32) / wh
     valid = valid.to(device)
 
     if train:
@@ -536,12 +526,14 @@ def gpu_ssd_augment_padded(
     out_boxes, keep = _clamp_and_drop_degenerate(geometry.boxes, geometry.keep)
     out, u, v = _resample(padded, sizes, geometry, size)
 
+    # [1, 3, 1, 1]
     mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=torch.float32).view(
         1, 3, 1, 1
-    )  # [1, 3, 1, 1]
+    )
+    # [1, 3, 1, 1]
     std = torch.tensor(IMAGENET_STD, device=device, dtype=torch.float32).view(
         1, 3, 1, 1
-    )  # [1, 3, 1, 1]
+    )
     if train:
         out = _distort_colours(out, u, v, mean, generator, channel_swap_prob)
     normalized = (out / 255.0 - mean) / std  # [B, 3, size, size]
@@ -600,10 +592,11 @@ def gpu_ssd_augment(
     for i, (b, lab) in enumerate(zip(boxes, labels)):
         padded_boxes[i, : counts[i]] = b.to(device=device, dtype=torch.float32)
         padded_labels[i, : counts[i]] = lab.to(device)
+    # [B, G]
     valid = (
         torch.arange(g_max, device=device)[None, :]
         < torch.tensor(counts, device=device)[:, None]
-    )  # [B, G]
+    )
 
     out, out_boxes, keep = gpu_ssd_augment_padded(
         images,

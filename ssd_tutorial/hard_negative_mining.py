@@ -80,12 +80,10 @@ def _top_negatives(scores: Tensor, positive: Tensor, neg_pos_ratio: float) -> Te
     order = ranked.sort(
         dim=1, descending=True, stable=True
     ).indices  # [B, P] prior index at each rank
-    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(
-        order
-    )  # [B, P]
-    rank = torch.empty_like(order).scatter_(
-        1, order, positions
-    )  # [B, P] rank of each prior
+    # [B, P]
+    positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order)
+    # [B, P] rank of each prior
+    rank = torch.empty_like(order).scatter_(1, order, positions)
     # num_keep <= negatives, so the kept ranks never reach a positive; "& ~positive"
     # only guards against a negative whose score is -inf tying with the positives.
     return (rank < num_keep) & ~positive
@@ -125,7 +123,8 @@ def random_negative_mask(
     """
     _check_inputs(positive, neg_pos_ratio)
     gen_device = generator.device if generator is not None else positive.device
+    # [B, P]
     scores = torch.rand(positive.shape, generator=generator, device=gen_device).to(
         positive.device
-    )  # [B, P]
+    )
     return _top_negatives(scores, positive, neg_pos_ratio)

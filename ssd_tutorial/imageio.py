@@ -103,15 +103,15 @@ def read_image(path: str | Path, backend: str | None = None) -> Tensor:
     image = None
     try:
         if codecs is not None:
-            image = codecs.decode_image(
-                path.read_bytes(), mode="RGB"
-            )  # [3, H, W] uint8 (or [N, 3, H, W])
+            # [3, H, W] uint8 (or [N, 3, H, W])
+            image = codecs.decode_image(path.read_bytes(), mode="RGB")
         elif backend == "torchvision":
             with _quiet_torchvision_io():
                 data = torchvision_io.read_file(str(path))
+                # [3, H, W] uint8
                 image = torchvision_io.decode_image(
                     data, mode=torchvision_io.ImageReadMode.RGB
-                )  # [3, H, W] uint8
+                )
     except (RuntimeError, ValueError):
         image = None  # refused: PIL below
     if image is not None and image.ndim == 4:

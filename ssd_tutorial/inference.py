@@ -272,18 +272,18 @@ class Predictor:
         results: list[Detection] = []
         for start in range(0, len(images), self.batch_size):
             chunk = list(images[start : start + self.batch_size])
-            x = torch.stack([self.transform(im) for im in chunk]).to(
-                self.device
-            )  # [b, 3, S, S]
+            # [b, 3, S, S]
+            x = torch.stack([self.transform(im) for im in chunk]).to(self.device)
             x = x.contiguous(memory_format=memory_format)
             with torch.autocast(
                 self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
             ):
                 loc, conf_logits = self.model(x)  # [b, P, 4], [b, P, C]
+            # bf16 -> float32 before softmax and NMS
             loc, conf_logits = (
                 loc.float(),
                 conf_logits.float(),
-            )  # bf16 -> float32 before softmax and NMS
+            )
             for image, det in zip(
                 chunk, detect(loc, conf_logits, self.priors, **self.detect_kwargs)
             ):
@@ -293,9 +293,8 @@ class Predictor:
                     dtype=det["boxes"].dtype,
                     device=self.device,
                 )
-                results.append(
-                    {**det, "boxes": det["boxes"] * scale}
-                )  # normalized -> pixels
+                # normalized -> pixels
+                results.append({**det, "boxes": det["boxes"] * scale})
         return results
 
 

@@ -144,13 +144,11 @@ def multibox_loss(
             reduction="none",
         ).reshape(batch, num_priors)  # [B, P]
         if negatives == "hard":
-            kept_negative = hard_negative_mask(
-                ce.detach(), positive, neg_pos_ratio
-            )  # [B, P]
+            # [B, P]
+            kept_negative = hard_negative_mask(ce.detach(), positive, neg_pos_ratio)
         elif negatives == "random":
-            kept_negative = random_negative_mask(
-                positive, neg_pos_ratio, generator
-            )  # [B, P]
+            # [B, P]
+            kept_negative = random_negative_mask(positive, neg_pos_ratio, generator)
         else:
             kept_negative = ~positive  # [B, P]
         in_conf = positive | kept_negative  # [B, P]

@@ -130,14 +130,12 @@ def greedy_bipartite(iou: Tensor) -> Tensor:
     kth = values[..., -1:]  # [B, G, 1]
     above = values > kth  # [B, G, K]
     prior_index = torch.arange(num_priors, device=iou.device, dtype=iou.dtype)
-    at_kth = torch.where(
-        iou == kth, -prior_index, float("-inf")
-    )  # [B, G, P]: lower index, higher
+    # [B, G, P]: lower index, higher
+    at_kth = torch.where(iou == kth, -prior_index, float("-inf"))
     tie_score, tie_indices = at_kth.topk(k, dim=2)  # [B, G, K]
     rank = torch.arange(k, device=iou.device)
-    tie_kept = (tie_score > float("-inf")) & (
-        rank < k - above.sum(-1, keepdim=True)
-    )  # [B, G, K]
+    # [B, G, K]
+    tie_kept = (tie_score > float("-inf")) & (rank < k - above.sum(-1, keepdim=True))
     cand_prior = torch.cat((indices, tie_indices), dim=2)  # [B, G, 2K]
     cand_iou = torch.cat((values, kth.expand_as(values)), dim=2).float()  # [B, G, 2K]
     kept = torch.cat((above, tie_kept), dim=2) & (cand_iou > 0)  # IoU 0 is no pair
@@ -151,9 +149,10 @@ def greedy_bipartite(iou: Tensor) -> Tensor:
         | (g_max - 1 - obj_index)
     )
     key = key.masked_fill(~kept, -1)
+    # column P: dump
     forced_obj = torch.full(
         (batch, num_priors + 1), -1, dtype=torch.long, device=iou.device
-    )  # column P: dump
+    )
     rows = torch.arange(batch, device=iou.device)
     for _ in range(g_max):
         best = key.reshape(batch, -1).max(dim=1).values  # [B]
@@ -164,9 +163,8 @@ def greedy_bipartite(iou: Tensor) -> Tensor:
             found, obj, -1
         )
         # the pair's object and default box leave the pool (where a pair was found)
-        taken = (obj_index == obj[:, None, None]) | (
-            cand_prior == prior[:, None, None]
-        )  # [B, G, K]
+        # [B, G, K]
+        taken = (obj_index == obj[:, None, None]) | (cand_prior == prior[:, None, None])
         key = key.masked_fill(taken & found[:, None, None], -1)
     return forced_obj[:, :num_priors]
 
@@ -303,18 +301,21 @@ def _flatten_objects(
     device.
     """
     counts = [int(b.shape[0]) for b in gt_boxes]
+    # [N, 4]
     boxes = torch.cat([b.reshape(-1, 4) for b in gt_boxes]).to(
         device=device, dtype=dtype
-    )  # [N, 4]
+    )
+    # [N]
     labels = torch.cat([lab.reshape(-1) for lab in gt_labels]).to(
         device=device, dtype=torch.long
-    )  # [N]
+    )
     # Built from the Python counts (known on the host) rather than with
     # repeat_interleave on tensors: that keeps the step free of data-dependent ops, so
     # torch.compile sees one graph.
+    # [N]
     image = torch.tensor(
         [i for i, c in enumerate(counts) for _ in range(c)], dtype=torch.long
-    )  # [N]
+    )
     slot = torch.tensor([j for c in counts for j in range(c)], dtype=torch.long)  # [N]
     return boxes, labels, image.to(device), slot.to(device), max([1] + counts)
 
@@ -328,18 +329,15 @@ def _batched_iou(a_xyxy: Tensor, b_xyxy: Tensor) -> Tensor:
     """
     ax1, ay1, ax2, ay2 = (t[..., None] for t in a_xyxy.unbind(-1))  # [..., G, 1] each
     bx1, by1, bx2, by2 = b_xyxy.unbind(-1)  # [P] each
-    width = (
-        torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
-    )  # [..., G, P]
-    height = (
-        torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
-    )  # [..., G, P]
+    # [..., G, P]
+    width = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
+    # [..., G, P]
+    height = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
     inter = width.mul_(height)  # [..., G, P]
     area_a = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)  # [..., G, 1]
     area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)  # [P]
-    union = (
-        (area_a + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
-    )  # [..., G, P]
+    # [..., G, P]
+    union = (area_a + area_b).sub_(inter).clamp_(min=torch.finfo(inter.dtype).tiny)
     return inter.div_(union)
 
 
@@ -355,24 +353,20 @@ def _greedy_one_image(iou: Tensor) -> Tensor:
     batched passes.
     """
     count, num_priors = iou.shape
-    kth = iou.topk(min(count, num_priors), dim=1).values[
-        :, -1:
-    ]  # [G, 1]: each object's K-th best IoU
-    obj, prior = ((iou >= kth) & (iou > 0)).nonzero(
-        as_tuple=True
-    )  # [E] candidate pairs
-    pairs = sorted(
-        zip((-iou[obj, prior]).tolist(), prior.tolist(), obj.tolist())
-    )  # best first
+    # [G, 1]: each object's K-th best IoU
+    kth = iou.topk(min(count, num_priors), dim=1).values[:, -1:]
+    # [E] candidate pairs
+    obj, prior = ((iou >= kth) & (iou > 0)).nonzero(as_tuple=True)
+    # best first
+    pairs = sorted(zip((-iou[obj, prior]).tolist(), prior.tolist(), obj.tolist()))
     chosen: dict[int, int] = {}  # default box -> object
     for _, p, o in pairs:
         if p not in chosen and o not in chosen.values():
             chosen[p] = o
             if len(chosen) == count:
                 break
-    forced_obj = torch.full(
-        (num_priors,), -1, dtype=torch.long, device=iou.device
-    )  # [P]
+    # [P]
+    forced_obj = torch.full((num_priors,), -1, dtype=torch.long, device=iou.device)
     forced_obj[list(chosen)] = torch.tensor(
         list(chosen.values()), dtype=torch.long, device=iou.device
     )
@@ -407,21 +401,19 @@ def _match_image_by_image(
     shared with other work from stalling them.
     """
     num_priors, device = priors_xyxy.shape[0], priors_xyxy.device
-    obj = torch.zeros(
-        len(counts), num_priors, dtype=torch.long, device=device
-    )  # [B, P]
-    positive = torch.zeros(
-        len(counts), num_priors, dtype=torch.bool, device=device
-    )  # [B, P]
+    # [B, P]
+    obj = torch.zeros(len(counts), num_priors, dtype=torch.long, device=device)
+    # [B, P]
+    positive = torch.zeros(len(counts), num_priors, dtype=torch.bool, device=device)
     start = 0
     for i, count in enumerate(counts):
         if count:
-            iou = _batched_iou(
-                flat_boxes[start : start + count], priors_xyxy
-            )  # [G_i, P]
+            # [G_i, P]
+            iou = _batched_iou(flat_boxes[start : start + count], priors_xyxy)
+            # [P]
             obj_i, positive[i] = _assign_objects(
                 iou, _greedy_one_image(iou), iou_threshold
-            )  # [P]
+            )
             obj[i] = obj_i + start
         start += count
     return obj, positive
@@ -442,26 +434,24 @@ def _targets_image_by_image(
     are encoded."""
     batch, num_priors = len(counts), priors_cxcywh.shape[0]
     device = priors_cxcywh.device
-    loc_targets = priors_cxcywh.new_zeros(
-        batch, num_priors, 4
-    )  # [B, P, 4]; background: 0
-    out_labels = torch.zeros(
-        batch, num_priors, dtype=torch.long, device=device
-    )  # [B, P]
+    # [B, P, 4]; background: 0
+    loc_targets = priors_cxcywh.new_zeros(batch, num_priors, 4)
+    # [B, P]
+    out_labels = torch.zeros(batch, num_priors, dtype=torch.long, device=device)
     if flat_boxes.shape[0] == 0:  # no objects anywhere: all background
         return loc_targets, out_labels
     obj, positive = _match_image_by_image(
         flat_boxes, counts, priors_xyxy, iou_threshold
     )
-    image_idx, prior_idx = positive.nonzero(
-        as_tuple=True
-    )  # [F] each: the positives only
+    # [F] each: the positives only
+    image_idx, prior_idx = positive.nonzero(as_tuple=True)
     owner = obj[image_idx, prior_idx]  # [F]: row in N of each positive's object
     out_labels[image_idx, prior_idx] = flat_labels[owner]
     if owner.numel():
+        # [F, 4]
         loc_targets[image_idx, prior_idx] = encode(
             flat_boxes[owner], priors_cxcywh[prior_idx], variances
-        )  # [F, 4]
+        )
     return loc_targets, out_labels
 
 
@@ -547,19 +537,16 @@ def build_targets(
     labels = torch.zeros(batch, g_max, dtype=torch.long, device=device)  # [B, G]
     labels[image, slot] = flat_labels
     iou = torch.zeros(batch, g_max, num_priors, device=device, dtype=dtype)  # [B, G, P]
-    iou[image, slot] = _batched_iou(
-        flat_boxes, priors_xyxy
-    )  # [N, P]: the real objects only
+    # [N, P]: the real objects only
+    iou[image, slot] = _batched_iou(flat_boxes, priors_xyxy)
 
     # Forced matches, greedily as in match (padding objects, IoU 0 everywhere, never
     # take part), then each default box's object.
-    obj, positive = _assign_objects(
-        iou, greedy_bipartite(iou), iou_threshold
-    )  # [B, P] each
+    # [B, P] each
+    obj, positive = _assign_objects(iou, greedy_bipartite(iou), iou_threshold)
     out_labels = labels.gather(1, obj).masked_fill_(~positive, 0)  # [B, P]
-    row = (
-        obj + g_max * torch.arange(batch, device=device)[:, None]
-    )  # [B, P]: row in [B * G]
+    # [B, P]: row in [B * G]
+    row = obj + g_max * torch.arange(batch, device=device)[:, None]
     matched = boxes.reshape(batch * g_max, 4)[row]  # [B, P, 4] xyxy
     # background rows (and the -inf that a zero-size padding box gives) become 0: the
     # offsets of a default box onto itself, which is what match + encode give them (up

@@ -72,9 +72,26 @@ __all__ = [
 TINY_WIDTH = 0.125
 
 # VGG16 "D" up to conv5_3: channel counts, "M" = 2x2 max pool, "C" = that in ceil mode.
+# fmt: skip
 VGG16_LAYERS: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "C", 512, 512, 512, "M", 512, 512, 512,
-)  # fmt: skip
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "C",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+)
 # Extra layers (paper fig. 2): (1x1 channels, 3x3 channels, stride, padding) for
 # conv8..conv11.
 _EXTRAS = ((256, 512, 2, 1), (128, 256, 2, 1), (128, 256, 1, 0), (128, 256, 1, 0))
@@ -165,9 +182,8 @@ def _build_conv4_3(width_mult: float) -> tuple[nn.Sequential, int]:
     for v in VGG16_LAYERS[:13]:  # up to conv4_3
         if v in ("M", "C"):
             pools += 1
-            layers.append(
-                (f"pool{pools}", nn.MaxPool2d(2, 2, ceil_mode=(v == "C")))
-            )  # ceil: 75 -> 38
+            # ceil: 75 -> 38
+            layers.append((f"pool{pools}", nn.MaxPool2d(2, 2, ceil_mode=(v == "C"))))
         else:
             name = next(convs)
             c_out = _scaled(v, width_mult)
@@ -404,9 +420,8 @@ class SSD300(nn.Module):
         (38, 19, 10, 5, 3, 1) at 300 px."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"SSD300 takes images [B, 3, H, W], got {list(x.shape)}")
-        x = (
-            x * self.input_scale + self.input_shift
-        )  # identity unless Caffe-style backbone weights
+        # identity unless Caffe-style backbone weights
+        x = x * self.input_scale + self.input_shift
         x = self.backbone(x)  # conv4_3: [B, 512w, 38, 38]
         sources = [self.l2norm(x)]
         x = self.fc(x)  # fc7: [B, 1024w, 19, 19]
@@ -432,9 +447,8 @@ class SSD300(nn.Module):
             conf = conf_head(source).permute(0, 2, 3, 1)  # [B, f, f, A*C]
             locs.append(loc.reshape(batch, -1, 4))  # [B, f*f*A, 4]
             confs.append(conf.reshape(batch, -1, self.num_classes))  # [B, f*f*A, C]
-        return torch.cat(locs, dim=1), torch.cat(
-            confs, dim=1
-        )  # [B, 8732, 4], [B, 8732, C]
+        # [B, 8732, 4], [B, 8732, C]
+        return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
 
     # ------------------------------------------------------------------ introspection
     def trunk_layers(self) -> Iterator[tuple[str, nn.Module, int | None]]:

@@ -45,9 +45,8 @@ def _rank_within_group(group: Tensor) -> Tensor:
     ).indices  # [K] groups together, score order kept inside
     sorted_group = group[order]  # [K]
     counts = torch.bincount(sorted_group)  # [max group + 1]
-    starts = (
-        torch.cumsum(counts, 0) - counts
-    )  # [max group + 1] first position of each group
+    # [max group + 1] first position of each group
+    starts = torch.cumsum(counts, 0) - counts
     rank = torch.empty_like(group)
     rank[order] = (
         torch.arange(group.numel(), device=group.device) - starts[sorted_group]
@@ -105,16 +104,14 @@ def _batched_nms_detect(
     # others (offset = group * (max coordinate + 1)).  In float32 an offset of ~1000
     # costs ~1e-4 of precision on boxes ~0.1 wide, which can flip an IoU near the
     # threshold; float64 avoids it.
-    kept = batched_nms(
-        cand_boxes.double(), cand_scores.double(), group, iou_threshold
-    )  # [N]
+    # [N]
+    kept = batched_nms(cand_boxes.double(), cand_scores.double(), group, iou_threshold)
     # best first; equal scores in candidate order (the kernels' own tie order varies by
     # device)
     kept = kept.sort().values
     kept = kept[torch.sort(cand_scores[kept], descending=True, stable=True).indices]
-    kept = kept[
-        _rank_within_group(image_idx[kept]) < top_k
-    ]  # top_k per image, over all classes
+    # top_k per image, over all classes
+    kept = kept[_rank_within_group(image_idx[kept]) < top_k]
     # image by image, best first: a stable sort by image keeps the score order inside
     # each image
     kept = kept[torch.sort(image_idx[kept], stable=True).indices]
@@ -152,9 +149,8 @@ def _best_entries(
     taken with a compare.
     """
     m = min(m, flat.shape[1])
-    values, index = flat.topk(
-        min(m + 1, flat.shape[1]), dim=1
-    )  # [b, m (+1)], best first
+    # [b, m (+1)], best first
+    values, index = flat.topk(min(m + 1, flat.shape[1]), dim=1)
     # topk puts NaN first; a NaN score is no candidate
     if bool(values[:, 0].isnan().any()):
         flat = flat.nan_to_num(nan=float("-inf"))
@@ -163,9 +159,8 @@ def _best_entries(
     row, col = taken.nonzero(as_tuple=True)  # [E]
     index, score = index[row, col], values[row, col]
     if values.shape[1] > m:
-        tied = (values[:, m] == values[:, m - 1]) & (
-            values[:, m] > score_threshold
-        )  # [b]
+        # [b]
+        tied = (values[:, m] == values[:, m - 1]) & (values[:, m] > score_threshold)
         if bool(tied.any()):  # those rows again: every entry at least the m-th value
             again = tied.nonzero()[:, 0]  # [t]
             extra_row, extra_index = (
@@ -206,12 +201,10 @@ def _per_class_nms_detect(
     """
     batch, num_priors, num_classes = probs.shape
     cap = num_priors if candidates_per_class is None else candidates_per_class
-    probs[..., 0] = float(
-        "-inf"
-    )  # in place (detect's own softmax): background is never a candidate
-    flat = probs.reshape(
-        batch, num_priors * num_classes
-    )  # [B, P*C]: entry = box * C + class
+    # in place (detect's own softmax): background is never a candidate
+    probs[..., 0] = float("-inf")
+    # [B, P*C]: entry = box * C + class
+    flat = probs.reshape(batch, num_priors * num_classes)
     done: list[
         tuple[Tensor, ...]
     ] = []  # per finished image: (image, score, class, box index, box)
@@ -219,15 +212,15 @@ def _per_class_nms_detect(
     while pending:
         rows = torch.tensor(pending, device=probs.device)
         row, index, score = _best_entries(flat[rows], m, score_threshold)  # [E] each
+        # [E]
         prior, label = (
             torch.div(index, num_classes, rounding_mode="floor"),
             index % num_classes,
-        )  # [E]
+        )
         image = rows[row]  # [E]
         group = image * num_classes + label  # [E]: one NMS group per (image, class)
-        order = _sort_entries(
-            [(group, False), (score, True), (prior, False)]
-        )  # class by class, best first
+        # class by class, best first
+        order = _sort_entries([(group, False), (score, True), (prior, False)])
         group, score, prior, image, label = (
             group[order],
             score[order],
@@ -288,11 +281,12 @@ def _nms_per_group(
     for b64, s64, n in zip(cand64, score64, sizes):
         kept.append(nms_kernel(b64, s64, iou_threshold) + start)
         start += n
+    # [N]
     return (
         torch.cat(kept)
         if kept
         else torch.zeros(0, dtype=torch.long, device=cand.device)
-    )  # [N]
+    )
 
 
 def _top_k_per_image(
@@ -334,22 +328,19 @@ def _padded_overlaps(cand: Tensor, iou_threshold: float) -> Tensor:
     under ``_PADDED_NMS_TEMP_BYTES``.
     """
     batch, groups, k, _ = cand.shape
-    allowed = torch.empty(
-        batch, groups, k, k, dtype=torch.bool, device=cand.device
-    )  # [B, G, K, K]
+    # [B, G, K, K]
+    allowed = torch.empty(batch, groups, k, k, dtype=torch.bool, device=cand.device)
     not_later = torch.ones(
         k, k, dtype=torch.bool, device=cand.device
     ).tril()  # [K, K]: j <= i
     per_image = 3 * groups * k * k * 8  # bytes: three live float64 [G, K, K] tensors
     step = max(1, _PADDED_NMS_TEMP_BYTES // per_image)
     for start in range(0, batch, step):
-        x1, y1, x2, y2 = (
-            cand[start : start + step].double().unbind(-1)
-        )  # [b, G, K] each
+        # [b, G, K] each
+        x1, y1, x2, y2 = cand[start : start + step].double().unbind(-1)
         area = (x2 - x1) * (y2 - y1)  # [b, G, K]
-        w = torch.minimum(
-            x2[..., :, None], x2[..., None, :]
-        )  # [b, G, K, K]: row i, column j
+        # [b, G, K, K]: row i, column j
+        w = torch.minimum(x2[..., :, None], x2[..., None, :])
         w.sub_(torch.maximum(x1[..., :, None], x1[..., None, :])).clamp_(min=0)
         h = torch.minimum(y2[..., :, None], y2[..., None, :])  # [b, G, K, K]
         h.sub_(torch.maximum(y1[..., :, None], y1[..., None, :])).clamp_(min=0)
@@ -400,43 +391,41 @@ def _padded_greedy_nms(
     if k == 0:
         return _empty_detections(batch, boxes.device, boxes.dtype)
     # a full stable sort, not topk: equal scores must come in box order, as in "batched"
+    # [B, C-1, P]
     sorted_scores, sorted_idx = torch.sort(
         by_class, dim=-1, descending=True, stable=True
-    )  # [B, C-1, P]
+    )
     top_scores = sorted_scores[..., :k].contiguous()  # [B, C-1, K] best first
     top_idx = sorted_idx[..., :k]  # [B, C-1, K] box index of each candidate
-    cand = boxes.gather(
-        1, top_idx.reshape(batch, num_fg * k, 1).expand(-1, -1, 4)
-    )  # [B, (C-1)*K, 4]
+    # [B, (C-1)*K, 4]
+    cand = boxes.gather(1, top_idx.reshape(batch, num_fg * k, 1).expand(-1, -1, 4))
     cand = cand.reshape(batch, num_fg, k, 4)  # [B, C-1, K, 4]
     allowed = _padded_overlaps(cand, iou_threshold)  # [B, C-1, K, K]
 
-    keep = (
-        top_scores > score_threshold
-    )  # [B, C-1, K]; padding (below the threshold) is never kept
+    # [B, C-1, K]; padding (below the threshold) is never kept
+    keep = top_scores > score_threshold
     # views made once (they see keep's in-place updates): two kernel launches per rank,
     # no slicing
-    rows = allowed.unbind(
-        -2
-    )  # K x [B, C-1, K]: row i = whom candidate i may not suppress
+    # K x [B, C-1, K]: row i = whom candidate i may not suppress
+    rows = allowed.unbind(-2)
     kept_i = keep.unsqueeze(-1).unbind(-2)  # K x [B, C-1, 1]: is candidate i still kept
     for i in range(k - 1):
         # keep[j] &= (i may not suppress j) or (i was suppressed); on bools "a >= b" is
         # "a or not b"
         keep &= rows[i] >= kept_i[i]  # [B, C-1, K]
 
-    flat = torch.where(keep, top_scores, float("-inf")).reshape(
-        batch, num_fg * k
-    )  # [B, (C-1)*K]: class, rank
+    # [B, (C-1)*K]: class, rank
+    flat = torch.where(keep, top_scores, float("-inf")).reshape(batch, num_fg * k)
     n = min(top_k, num_fg * k)
     # stable: equal scores by class, then rank (= box index among equal scores), as in
     # "batched"
     best, where = torch.sort(flat, dim=1, descending=True, stable=True)  # [B, (C-1)*K]
     best, where = best[:, :n], where[:, :n]  # [B, n]
     labels = torch.div(where, k, rounding_mode="floor") + 1  # [B, n] 1-based
+    # [B, n, 4]
     out_boxes = cand.reshape(batch, num_fg * k, 4).gather(
         1, where[..., None].expand(-1, -1, 4)
-    )  # [B, n, 4]
+    )
     counts = keep.sum(dim=(1, 2)).clamp(max=n).tolist()  # [B]; host sync 2
     return [
         {"boxes": out_boxes[b, :c], "scores": best[b, :c], "labels": labels[b, :c]}

@@ -100,13 +100,14 @@ def _group_nms_onnx(
     from onnxscript import opset18 as op
 
     k = op.Shape(scores, start=1, end=2)  # [1] int64: K
+    # [N, 3] int64
     selected = op.NonMaxSuppression(
         boxes,
         op.Unsqueeze(scores, [1]),
         k,
         op.Constant(value_floats=[float(iou_threshold)]),
         op.Constant(value_floats=[float(score_threshold)]),
-    )  # [N, 3] int64
+    )
     group = op.Gather(selected, op.Constant(value_int=0), axis=1)  # [N]
     box = op.Gather(selected, op.Constant(value_int=2), axis=1)  # [N]
     flat = op.Add(op.Mul(group, k), box)  # [N]: position in the flat [G * K]
@@ -161,9 +162,8 @@ class ExportableSSD(nn.Module):
         if not 0.0 <= iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
         self.model = model.eval()
-        self.register_buffer(
-            "priors", priors.detach().float().clone()
-        )  # [P, 4] cxcywh normalized
+        # [P, 4] cxcywh normalized
+        self.register_buffer("priors", priors.detach().float().clone())
         self.with_postprocess = with_postprocess
         self.score_threshold = float(score_threshold)
         self.iou_threshold = float(iou_threshold)
@@ -193,25 +193,22 @@ class ExportableSSD(nn.Module):
         # ONNX TopK and torch.topk on CPU: equal values in index order, like detect's
         # stable sort
         top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=-1)  # [B, C-1, K] each
-        cand = boxes.gather(
-            1, top_idx.reshape(batch, num_fg * k, 1).expand(-1, -1, 4)
-        )  # [B, (C-1)*K, 4]
+        # [B, (C-1)*K, 4]
+        cand = boxes.gather(1, top_idx.reshape(batch, num_fg * k, 1).expand(-1, -1, 4))
         keep = group_nms(
             cand.reshape(batch * num_fg, k, 4),
             top_scores.reshape(batch * num_fg, k),
             self.iou_threshold,
             self.score_threshold,
         ).reshape(batch, num_fg * k)  # [B, (C-1)*K]
-        flat = torch.where(
-            keep, top_scores.reshape(batch, num_fg * k), -1.0
-        )  # [B, (C-1)*K]; scores > 0
+        # [B, (C-1)*K]; scores > 0
+        flat = torch.where(keep, top_scores.reshape(batch, num_fg * k), -1.0)
         n = min(self.top_k, num_fg * k)
         best, where = flat.topk(n, dim=-1)  # [B, n]: ties by class, then rank
         count = keep.sum(dim=1).clamp(max=n)  # [B]
         valid = torch.arange(n, device=loc.device)[None, :] < count[:, None]  # [B, n]
-        labels = torch.where(
-            valid, torch.div(where, k, rounding_mode="floor") + 1, 0
-        )  # [B, n] 1-based
+        # [B, n] 1-based
+        labels = torch.where(valid, torch.div(where, k, rounding_mode="floor") + 1, 0)
         out_boxes = cand.gather(1, where[..., None].expand(-1, -1, 4))  # [B, n, 4]
         out_boxes = torch.where(valid[..., None], out_boxes, 0.0)
         out_scores = torch.where(valid, best, 0.0)
@@ -291,9 +288,8 @@ def export_onnx(
         "boxes": "normalized xyxy (x1, y1, x2, y2 in 0..1 of the image)",
     }
     if class_names is not None:
-        meta["class_names"] = json.dumps(
-            list(class_names)
-        )  # label k is class_names[k - 1]
+        # label k is class_names[k - 1]
+        meta["class_names"] = json.dumps(list(class_names))
     if with_postprocess:
         meta["postprocess"] = json.dumps(
             {

@@ -73,9 +73,8 @@ def rgb_to_hsv(image: Tensor) -> Tensor:
     maxc = torch.maximum(torch.maximum(r, g), b)
     minc = torch.minimum(torch.minimum(r, g), b)
     delta = maxc - minc
-    safe = delta + (delta == 0).to(
-        image.dtype
-    )  # 1 where grey: the hue formulas give 0 there
+    # 1 where grey: the hue formulas give 0 there
+    safe = delta + (delta == 0).to(image.dtype)
     is_r = (maxc == r).to(image.dtype)
     is_g = (maxc == g).to(image.dtype) * (1 - is_r)
     is_b = 1 - is_r - is_g
@@ -206,9 +205,8 @@ def _adjust_saturation_hue(
     wheel = (g - b).mul_(is_r)
     wheel.addcmul_(is_g, (b - r).add_(spread, alpha=2.0))
     wheel.addcmul_(is_b, (r - g).add_(spread, alpha=4.0))
-    wheel.div_(spread + 1.0 - torch.sign(spread)).add_(
-        hue / 60.0
-    )  # 6H + shift (grey: H = 0)
+    # 6H + shift (grey: H = 0)
+    wheel.div_(spread + 1.0 - torch.sign(spread)).add_(hue / 60.0)
     wheel.sub_(torch.floor(wheel / 6.0).mul_(6.0))  # wrap into [0, 6)
     out = torch.empty_like(image)  # [3, H, W]: first 1 - p_c, then the channels
     torch.sub(wheel, 3.0, out=out[0]).abs_().neg_().add_(2.0)

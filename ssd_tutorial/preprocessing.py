@@ -83,9 +83,8 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor]
     floor(x) and floor(x) + 1 (both clamped to the last pixel) with weights 1 - t and t,
     t = x - floor(x).
     """
-    scale = (
-        torch.tensor(in_size, dtype=torch.float32) / out_size
-    )  # in float32, as torch does
+    # in float32, as torch does
+    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
     x = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(
         0.0
     )
@@ -106,9 +105,8 @@ def _read_positions(
     each tap its index into those K framed by one pixel of fill: 0 before the part, K +
     1 after it.
     """
-    inside = [
-        tap - offset for tap in taps
-    ]  # part indices, outside [0, length) for the fill
+    # part indices, outside [0, length) for the fill
+    inside = [tap - offset for tap in taps]
     kept = torch.cat(inside).unique()
     kept = kept[(kept >= 0) & (kept < length)]  # [K]
     frame_index = [
@@ -151,21 +149,24 @@ def _resize_pasted(
     cols, left, right = _read_positions((left, right), x, part.shape[2])
     # Gathered as H x W x 3, the decoder's layout: a pixel's three bytes move together
     # (4x faster).
+    # [3, R, C] uint8
     read = (
         part.permute(1, 2, 0)
         .index_select(0, rows)
         .index_select(1, cols)
         .permute(2, 0, 1)
-    )  # [3, R, C] uint8
+    )
     if distort is not None:
         read = distort(read)
+    # [3, R + 2, C + 2]
     framed = (
         _mean_pixel(torch.uint8).float().expand(3, len(rows) + 2, len(cols) + 2).clone()
-    )  # [3, R + 2, C + 2]
+    )
     framed[:, 1:-1, 1:-1] = read
+    # [3, S, C + 2]
     mixed = framed.index_select(1, top).lerp_(
         framed.index_select(1, bottom), row_weight[:, None]
-    )  # [3, S, C + 2]
+    )
     # torch.gather: several times faster than index_select along the last dimension on a
     # CPU.
     left, right = left.expand(3, size, size), right.expand(3, size, size)
@@ -191,9 +192,8 @@ def normalize(image: Tensor) -> Tensor:
 
 def denormalize(image: Tensor) -> Tensor:
     """Undo :func:`normalize` for display: ``[..., 3, H, W]`` -> float in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(
-        3, 1, 1
-    )  # [3, 1, 1]
+    # [3, 1, 1]
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device).reshape(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=image.device).reshape(3, 1, 1)  # [3, 1, 1]
     return (image * std + mean).clamp(0.0, 1.0)
 
@@ -245,7 +245,6 @@ class InputTransform:
             raise TypeError(f"an image must be uint8 (0..255), got {image.dtype}")
         x = image.expand(3, -1, -1).contiguous()  # [3, H, W] uint8; grey -> 3 channels
         if self.resize == "float":
-            x = (
-                x.float()
-            )  # bilinear is linear: resizing before normalizing is the same map
+            # bilinear is linear: resizing before normalizing is the same map
+            x = x.float()
         return normalize(resize_image(x, self.size))  # [3, S, S] float

@@ -276,9 +276,8 @@ def _num_classes(state_dict: Mapping[str, Tensor], layout: str, source: str) -> 
         else "conf.0.weight"
     )
     weight = state_dict[key]
-    anchors = boxes_per_cell(TORCHVISION_COCO)[
-        0
-    ]  # 4 boxes per cell on conv4_3 in both layouts
+    # 4 boxes per cell on conv4_3 in both layouts
+    anchors = boxes_per_cell(TORCHVISION_COCO)[0]
     if (
         not isinstance(weight, Tensor)
         or weight.ndim != 4
@@ -357,14 +356,16 @@ def _vgg16_reducedfc_shapes() -> dict[str, tuple[int, ...]]:
         )
         c_in = c_out
     fc6, fc7 = SSD_PYTORCH_FC_INDICES["fc6"], SSD_PYTORCH_FC_INDICES["fc7"]
+    # conv6: 3x3, dilation 6
     shapes[f"{fc6}.weight"], shapes[f"{fc6}.bias"] = (
         (1024, 512, 3, 3),
         (1024,),
-    )  # conv6: 3x3, dilation 6
+    )
+    # conv7: 1x1
     shapes[f"{fc7}.weight"], shapes[f"{fc7}.bias"] = (
         (1024, 1024, 1, 1),
         (1024,),
-    )  # conv7: 1x1
+    )
     return shapes
 
 

@@ -120,9 +120,8 @@ def _check_file_hash(
     """torchvision's hash prefix from the file name (re-checked: torch.hub checks only
     downloads), and ``expected_sha256`` when given."""
     digest: str | None = None
-    match = re.search(
-        r"-([a-f0-9]{8,})\.", path.name
-    )  # torch.hub's HASH_REGEX convention
+    # torch.hub's HASH_REGEX convention
+    match = re.search(r"-([a-f0-9]{8,})\.", path.name)
     if weights.layout == "torchvision" and match:
         digest = sha256_of(path)
         if not digest.startswith(match.group(1)):

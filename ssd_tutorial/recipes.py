@@ -317,9 +317,8 @@ def initial_model(
     if not cfg.weights:
         return build_model(cfg, num_classes)
     layout = LAYOUTS[cfg.prior_layout]
-    state, prior_config, source = initial_weights(
-        cfg.weights
-    )  # no random draws: the init below is a run's
+    # no random draws: the init below is a run's
+    state, prior_config, source = initial_weights(cfg.weights)
     if len(prior_config.feature_maps) != len(layout.feature_maps):
         raise ValueError(
             f"weights {cfg.weights} are for {len(prior_config.feature_maps)} feature "

@@ -81,10 +81,11 @@ class ResumableBatchSampler:
         self.end_iteration = end_iteration
         self.rank = rank
         self.batches_per_epoch = num_items // global_batch
+        # (epoch, its order): one randperm per epoch
         self._cached_order: tuple[int, list[int]] = (
             -1,
             [],
-        )  # (epoch, its order): one randperm per epoch
+        )
 
     def epoch_order(self, epoch: int) -> Tensor:
         """``[num_items]`` permutation used in ``epoch``."""
@@ -166,8 +167,7 @@ def collate_to_flat(
     else:
         images, targets = detection_collate(batch)
     counts = [int(t["boxes"].shape[0]) for t in targets]
-    boxes = torch.cat(
-        [t["boxes"].reshape(-1, 4).float() for t in targets]
-    )  # [sum G_i, 4]
+    # [sum G_i, 4]
+    boxes = torch.cat([t["boxes"].reshape(-1, 4).float() for t in targets])
     labels = torch.cat([t["labels"].reshape(-1).long() for t in targets])  # [sum G_i]
     return images, boxes, labels, counts

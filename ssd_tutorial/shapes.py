@@ -60,9 +60,8 @@ def _overlap_ok(
     new = torch.from_numpy(box[None])  # [1, 4]
     old = torch.from_numpy(np.stack(placed))  # [K, 4]
     iou = box_iou(new, old)[0]  # [K]
-    cover = box_intersection(new, old)[0] / torch.minimum(
-        box_area(new), box_area(old)
-    )  # [K] share of the smaller box
+    # [K] share of the smaller box
+    cover = box_intersection(new, old)[0] / torch.minimum(box_area(new), box_area(old))
     return not bool(((iou > max_iou) | (cover > max_cover)).any())
 
 
@@ -124,9 +123,8 @@ class ShapesDataset(Dataset):
             "difficult": torch.zeros(len(labels), dtype=torch.bool),
             "image_id": f"shapes_{self.seed}_{index:06d}",
         }
-        image = (
-            torch.from_numpy(image).permute(2, 0, 1).contiguous()
-        )  # [H, W, 3] -> [3, H, W]
+        # [H, W, 3] -> [3, H, W]
+        image = torch.from_numpy(image).permute(2, 0, 1).contiguous()
         if self.transform is not None:
             image, target = self.transform(image, target)
         return image, target
@@ -191,9 +189,8 @@ class ShapesDataset(Dataset):
         ) / 3.0  # [n, n]
         low = c0 + (c1 - c0) * t[..., None]  # [n, n, 3]
         low += rng.normal(0, rng.uniform(5, 30), size=(n, n, 1))  # blocky texture
-        image = np.repeat(np.repeat(low.astype(np.int16), block, 0), block, 1)[
-            :s, :s
-        ]  # [S, S, 3]
+        # [S, S, 3]
+        image = np.repeat(np.repeat(low.astype(np.int16), block, 0), block, 1)[:s, :s]
         image = np.ascontiguousarray(image)
         for _ in range(int(rng.integers(0, 4))):  # thin clutter bars, not objects
             colour = rng.integers(0, 256, size=3)

@@ -194,10 +194,11 @@ def batch_to_device(
         # from the workers (see recipes.worker_transform): normalize here
         if images.dtype == torch.uint8:
             images = normalize(images)
+        # [G_i, 4], [G_i]
         box_list, label_list = (
             list(boxes.split(counts)),
             list(labels.split(counts)),
-        )  # [G_i, 4], [G_i]
+        )
     if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, box_list, label_list

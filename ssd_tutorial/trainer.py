@@ -95,9 +95,8 @@ def compute_loss(
     processes), so the gradient is that of one process holding the whole batch.  No host
     synchronisation.
     """
-    loc_targets, labels = loss_fn.targets(
-        gt_boxes, gt_labels
-    )  # [B, P, 4] encoded, [B, P] long
+    # [B, P, 4] encoded, [B, P] long
+    loc_targets, labels = loss_fn.targets(gt_boxes, gt_labels)
     out = multibox_loss(
         loc, conf_logits, loc_targets, labels, loss_fn.neg_pos_ratio, loss_fn.alpha
     )
@@ -195,9 +194,8 @@ class Trainer:
             cfg, self.num_classes, log=_to_stderr if self.is_main else None
         )
         self.prior_config = model.prior_config
-        self.priors = model.default_boxes().to(
-            self.device
-        )  # [P, 4] cxcywh normalized (8732 for SSD300)
+        # [P, 4] cxcywh normalized (8732 for SSD300)
+        self.priors = model.default_boxes().to(self.device)
         model = model.to(self.device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -448,9 +446,8 @@ class Trainer:
                     and self.iteration != end
                 ):
                     self._evaluate_and_log()
-                    window.start = (
-                        time.perf_counter()
-                    )  # the evaluation's time is not training time
+                    # the evaluation's time is not training time
+                    window.start = time.perf_counter()
                 if stopped_by_signal:
                     break
                 if (

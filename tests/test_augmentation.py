@@ -71,9 +71,8 @@ def scenes(draw, max_side: int = 120):
     )
     target = {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.arange(
-            1, n + 1, dtype=torch.int64
-        ),  # unique labels track identity
+        # unique labels track identity
+        "labels": torch.arange(1, n + 1, dtype=torch.int64),
         "difficult": torch.tensor([i % 2 == 1 for i in range(n)], dtype=torch.bool),
         "image_id": "scene",
     }
@@ -240,13 +239,14 @@ def test_hsv_matches_colorsys() -> None:
     rgb[:, 0, 0] = 77.0  # grey
     rgb[:, 0, 1] = 0.0  # black
     hsv = rgb_to_hsv(rgb)
+    # [256, 3] H, S in [0, 1], V in [0, 1]
     expected = np.array(
         [
             colorsys.rgb_to_hsv(*(rgb[:, i, j] / 255).tolist())
             for i in range(16)
             for j in range(16)
         ]
-    )  # [256, 3] H, S in [0, 1], V in [0, 1]
+    )
     got = hsv.reshape(3, -1).T.numpy()  # [256, 3]
     assert np.allclose(got[:, 0], expected[:, 0], atol=1e-5)
     assert np.allclose(got[:, 1], expected[:, 1], atol=1e-5)
@@ -373,12 +373,13 @@ def _straightforward(image, target, generator, size=300):
 @pytest.mark.parametrize(
     ("part_hw", "offset", "canvas", "size"),
     [
+        # zoom-out: a small image on a large canvas
         (
             (375, 500),
             (700, 90),
             (1800, 1400),
             300,
-        ),  # zoom-out: a small image on a large canvas
+        ),
         ((375, 500), (0, 0), (520, 400), 300),  # the part in a corner
         ((40, 30), (5, 7), (45, 60), 300),  # upsampling
         ((200, 120), (0, 13), (120, 260), 64),  # fill above and below only
@@ -422,14 +423,12 @@ def test_resize_pasted_distorts_only_what_it_reads_with_the_same_result() -> Non
         return apply_photometric(pixels.float(), photo).round_().to(torch.uint8)
 
     for offset, canvas in (((700, 90), (1800, 1400)), ((3, 0), (503, 380))):
-        expected = _resize_pasted(
-            distort(part), offset, canvas, 300
-        )  # distort everything, then resize
+        # distort everything, then resize
+        expected = _resize_pasted(distort(part), offset, canvas, 300)
         got = _resize_pasted(part, offset, canvas, 300, distort)
         assert torch.equal(got, expected)
-    assert (
-        seen[1][1] * seen[1][2] < part.shape[1] * part.shape[2] / 4
-    )  # 1800 x 1400 canvas: few pixels read
+    # 1800 x 1400 canvas: few pixels read
+    assert seen[1][1] * seen[1][2] < part.shape[1] * part.shape[2] / 4
 
 
 def test_fused_pipeline_equals_straightforward_order() -> None:
@@ -508,9 +507,8 @@ def test_zoom_out_keeps_pixels_and_boxes_together(scene) -> None:
         width <= canvas.shape[2] <= 4 * width
         and height <= canvas.shape[1] <= 4 * height
     )
-    shift = (
-        boxes - target["boxes"]
-    )  # [G, 4]: the same (left, top, left, top) for every box
+    # [G, 4]: the same (left, top, left, top) for every box
+    shift = boxes - target["boxes"]
     if len(boxes):
         left, top = int(shift[0, 0]), int(shift[0, 1])
         assert torch.equal(canvas[:, top : top + height, left : left + width], image)
@@ -549,9 +547,8 @@ def test_hsv_works_on_a_batch_and_on_any_scale() -> None:
     hsv = rgb_to_hsv(x)  # [2, 3, 4, 5]
     for k in range(2):
         torch.testing.assert_close(hsv[k], rgb_to_hsv(x[k]))
-    torch.testing.assert_close(
-        hsv_to_rgb(hsv), x, atol=1e-3, rtol=0
-    )  # float32 on the 0..255 scale
+    # float32 on the 0..255 scale
+    torch.testing.assert_close(hsv_to_rgb(hsv), x, atol=1e-3, rtol=0)
     unit = rgb_to_hsv(x / 255)
     torch.testing.assert_close(unit[:, :2], hsv[:, :2])
     torch.testing.assert_close(unit[:, 2] * 255, hsv[:, 2], atol=1e-3, rtol=0)

@@ -44,9 +44,8 @@ def test_extra_user_errors_and_key_error_message(capsys):
         run_main(_fails_with(KeyError("unknown config 'x'")), user_errors=(KeyError,))
         == 2
     )
-    assert (
-        capsys.readouterr().err == "error: unknown config 'x'\n"
-    )  # without KeyError's quotes
+    # without KeyError's quotes
+    assert capsys.readouterr().err == "error: unknown config 'x'\n"
 
 
 def test_int_at_least_and_the_debug_flag(capsys):

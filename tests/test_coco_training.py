@@ -90,9 +90,8 @@ def test_periodic_evaluation_reports_pycocotools_ap(coco_run):
         coco_run["root"] / "annotations" / "instances_val2017.json",
         coco_run["root"] / "val2017",
     )
-    again = evaluate_model(
-        stored.model, val, list(SHAPES_CLASSES), "cpu", coco=True
-    )  # its own boxes
+    # its own boxes
+    again = evaluate_model(stored.model, val, list(SHAPES_CLASSES), "cpu", coco=True)
     assert again["coco"] == pytest.approx(coco, abs=1e-6) and again[
         "map"
     ] == pytest.approx(evals[0]["map"], abs=1e-6)
@@ -105,6 +104,5 @@ def test_checkpoint_keeps_the_coco_layout_and_category_ids(coco_run):
     torch.testing.assert_close(
         stored.priors, default_boxes(SSD300_COCO), rtol=0, atol=0
     )
-    assert stored.priors[0, 2].item() == pytest.approx(
-        21 / 300
-    )  # conv4_3's 21 px box (paper Sec. 3.4)
+    # conv4_3's 21 px box (paper Sec. 3.4)
+    assert stored.priors[0, 2].item() == pytest.approx(21 / 300)

@@ -129,9 +129,8 @@ def test_annotation_is_parsed_once_and_handed_out_as_new_tensors(
     )
     dataset = VOCDataset(root)
     _, first = dataset[0]
-    first["boxes"].mul_(
-        0
-    )  # a transform that works in place must not change the next read
+    # a transform that works in place must not change the next read
+    first["boxes"].mul_(0)
     xml.unlink()  # kept in memory: the file is not read again
     _, second = dataset[0]
     assert second["boxes"].tolist() == [[1.0, 2.0, 30.0, 40.0]]
@@ -271,9 +270,8 @@ def test_grayscale_rgba_and_cmyk_become_rgb(tmp_path: Path, backend: str) -> Non
         tmp_path / "cmyk.jpg", quality=100
     )
 
-    image = read_image(
-        tmp_path / "gray.png", backend
-    )  # lossless: every channel equals the grey value
+    # lossless: every channel equals the grey value
+    image = read_image(tmp_path / "gray.png", backend)
     assert image.shape == (3, 12, 16) and image.dtype == torch.uint8
     for c in range(3):
         assert torch.equal(image[c], torch.from_numpy(gray))
@@ -310,9 +308,8 @@ def test_16_bit_png_becomes_8_bits(tmp_path: Path, backend: str) -> None:
     assert pil.mode == "I;16"
     pil.save(tmp_path / "deep.png")
     image = read_image(tmp_path / "deep.png", backend)
-    expected = torch.tensor(
-        [[0, 0, 1, 127], [128, 156, 254, 255]], dtype=torch.uint8
-    )  # round(v * 255 / 65535)
+    # round(v * 255 / 65535)
+    expected = torch.tensor([[0, 0, 1, 127], [128, 156, 254, 255]], dtype=torch.uint8)
     assert image.dtype == torch.uint8 and image.shape == (3, 2, 4)
     for c in range(3):
         assert torch.equal(image[c], expected)
@@ -323,9 +320,8 @@ def test_every_decoder_gives_the_same_pixels(tmp_path: Path) -> None:
     PNGs."""
     from PIL import Image
 
-    files = sorted(SHARED.glob("*/JPEGImages/*.jpg"))[
-        ::7
-    ]  # real camera JPEGs, where present
+    # real camera JPEGs, where present
+    files = sorted(SHARED.glob("*/JPEGImages/*.jpg"))[::7]
     image, _ = ShapesDataset(1, image_size=96, seed=5)[0]
     write_jpeg(image, tmp_path / "ours.jpg", quality=90)
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "ours.png")
@@ -352,9 +348,8 @@ def test_without_torchcodec_the_torchvision_path_reads_and_writes_quietly(
     image, _ = ShapesDataset(1, image_size=64, seed=2)[0]
     with_codec = imageio.encode_jpeg(image, quality=90)
     monkeypatch.setattr(imageio, "_torchcodec_image_codecs", lambda: None)
-    assert (
-        image_backend() == "torchvision"
-    )  # the name data re-exports sees the patch too
+    # the name data re-exports sees the patch too
+    assert image_backend() == "torchvision"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         write_jpeg(image, tmp_path / "fallback.jpg", quality=90)

@@ -128,9 +128,8 @@ def test_paper_preset_reproduces_the_formula():
     boxes = default_boxes(PAPER)
     assert boxes.shape == (8732, 4)
     assert boxes[0, 2].item() == pytest.approx(0.2, abs=1e-7)  # first square of conv4_3
-    assert boxes[0, 0].item() == pytest.approx(
-        0.5 / 38, abs=1e-7
-    )  # centre (i + 0.5) / |f_k|
+    # centre (i + 0.5) / |f_k|
+    assert boxes[0, 0].item() == pytest.approx(0.5 / 38, abs=1e-7)
 
 
 def test_clip_keeps_count_and_keeps_boxes_in_the_image():
@@ -139,9 +138,8 @@ def test_clip_keeps_count_and_keeps_boxes_in_the_image():
     assert clipped.shape == (8732, 4)
     assert clipped.min() >= 0 and clipped.max() <= 1
     unclipped = cxcywh_to_xyxy(default_boxes(SSD300_VOC))
-    assert (
-        unclipped.min() < 0 and unclipped.max() > 1
-    )  # so clipping really changed something
+    # so clipping really changed something
+    assert unclipped.min() < 0 and unclipped.max() > 1
 
 
 def _torchvision_priors_xyxy(cfg: DefaultBoxConfig) -> torch.Tensor:
@@ -164,9 +162,8 @@ def _torchvision_priors_xyxy(cfg: DefaultBoxConfig) -> torch.Tensor:
 
 
 def test_ssd300_matches_torchvision_default_box_generator(priors):
-    assert (
-        SSD300_VOC.max_sizes[:-1] == SSD300_VOC.min_sizes[1:]
-    )  # the layout torchvision can express
+    # the layout torchvision can express
+    assert SSD300_VOC.max_sizes[:-1] == SSD300_VOC.min_sizes[1:]
     theirs = _torchvision_priors_xyxy(SSD300_VOC)
     assert theirs.shape == (8732, 4)
     torch.testing.assert_close(cxcywh_to_xyxy(priors), theirs, rtol=0, atol=1e-6)

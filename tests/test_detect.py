@@ -222,9 +222,8 @@ def test_cli_on_a_folder_of_real_photos(tmp_path, capsys):
         shutil.copy(path, photos / path.name)
     (photos / "notes.txt").write_text("not an image, and not named like one")
     (tmp_path / "extra").mkdir()
-    shutil.copy(
-        chosen[0], tmp_path / "extra" / chosen[0].name
-    )  # the same name from another folder
+    # the same name from another folder
+    shutil.copy(chosen[0], tmp_path / "extra" / chosen[0].name)
     out = tmp_path / "out"
     argv = [
         str(photos),
@@ -288,9 +287,8 @@ def test_cli_folder_with_a_broken_image_stops_or_skips(
         )
         == 2
     )
-    assert (
-        "broken.jpg" in capsys.readouterr().err and not out.exists()
-    )  # nothing half-written
+    # nothing half-written
+    assert "broken.jpg" in capsys.readouterr().err and not out.exists()
     assert (
         main(
             [
@@ -415,10 +413,11 @@ def test_resolve_class_names_rules():
 
     assert resolve_class_names(None, ["x", "y"], 3, "c.pt") == ["x", "y"]
     assert resolve_class_names(None, None, 6, "c.pt") == list(SHAPES_CLASSES)
+    # no stored names: a count check
     assert resolve_class_names(["p", "q"], None, 3, "c.pt") == [
         "p",
         "q",
-    ]  # no stored names: a count check
+    ]
     with pytest.raises(ValueError, match="differ from those stored in c.pt"):
         resolve_class_names(["y", "x"], ["x", "y"], 3, "c.pt")
     with pytest.raises(
@@ -461,11 +460,12 @@ def test_max_pixels_refuses_before_decoding(
     )
     assert "--max-pixels" in capsys.readouterr().err and not out.exists()
     monkeypatch.undo()
+    # at the limit: read
     assert read_image_file(png, max_pixels=90_000).shape == (
         3,
         300,
         300,
-    )  # at the limit: read
+    )
 
 
 @pytest.mark.parametrize("height, width", [(2, 5000), (600, 2)])

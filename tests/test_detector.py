@@ -53,9 +53,8 @@ def test_ssd512_detects_without_priors_passed():
     assert predictor.priors.shape == (24564, 4) and predictor.size == 512
     (found,) = predictor([image])
     assert len(found["scores"]) == 200  # an untrained model: every class scores ~1/6
-    assert (
-        found["boxes"].min() >= 0 and found["boxes"].max() <= 512
-    )  # in the image's pixels
+    # in the image's pixels
+    assert found["boxes"].min() >= 0 and found["boxes"].max() <= 512
     torch.testing.assert_close(
         model.default_boxes(), default_boxes(SSD512_VOC), rtol=0, atol=0
     )

@@ -152,9 +152,8 @@ def test_resume_after_partial_file(tmp_path: Path) -> None:
     part.write_bytes(data[:half])
     with _Server({FILENAME: data}) as server:
         assert download_voc.main(_argv(server, out, data)) == 0
-    assert server.requests == [
-        (FILENAME, f"bytes={half}-")
-    ]  # only the missing half was asked for
+    # only the missing half was asked for
+    assert server.requests == [(FILENAME, f"bytes={half}-")]
     assert (out / "downloads" / FILENAME).read_bytes() == data
     assert not part.exists()
 

@@ -78,11 +78,12 @@ def test_hand_case_11_point() -> None:
     assert result["missing_classes"] == ["c"]
     assert "c" not in result["ap"]
     assert result["map"] == pytest.approx((8.5 / 11 + 0.0) / 2, abs=1e-12)
+    # the difficult box is not counted
     assert result["num_gt"] == {
         "a": 2,
         "b": 1,
         "c": 0,
-    }  # the difficult box is not counted
+    }
 
 
 def test_hand_case_all_point_and_looser_threshold() -> None:
@@ -313,9 +314,8 @@ def read_voc_mini() -> tuple[dict, dict]:
                 line.split() for line in path.read_text().splitlines() if line.strip()
             ]
             dets[image_id] = {
-                "labels": [
-                    int(r[0]) + 1 for r in rows
-                ],  # 0-based class index -> 1-based label
+                # 0-based class index -> 1-based label
+                "labels": [int(r[0]) + 1 for r in rows],
                 "scores": [float(r[1]) for r in rows],
                 "boxes": [[float(v) for v in r[2:6]] for r in rows],
             }
@@ -538,9 +538,8 @@ def test_evaluate_cli_uses_and_checks_the_checkpoints_class_names(
     assert main([*common, "--dataset", "shapes", "--num-images", "1"]) == 2
     assert "ellipse" in capsys.readouterr().err
     plain = tmp_path / "plain.pt"
-    torch.save(
-        _tiny_state_dict(6), plain
-    )  # no stored names: --classes needs the right count
+    # no stored names: --classes needs the right count
+    torch.save(_tiny_state_dict(6), plain)
     assert main([*voc, "--checkpoint", str(plain), "--classes", "a,b"]) == 2
     assert "2 classes given" in capsys.readouterr().err
 

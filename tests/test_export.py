@@ -41,9 +41,8 @@ from ssd_tutorial.inference import detect, preprocess  # noqa: E402
 from ssd_tutorial.model import SSD512  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK_MODEL = (
-    ROOT / "book" / "results" / "shapes_tiny.pt"
-)  # the book's trained tiny SSD300 (5 shape classes)
+# the book's trained tiny SSD300 (5 shape classes)
+BOOK_MODEL = ROOT / "book" / "results" / "shapes_tiny.pt"
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +136,8 @@ def test_postprocess_gives_detects_detections(exported, shapes_images):
     got = run_onnx(exported["path"], shapes_images)
     with torch.no_grad():
         loc, conf = model(shapes_images)
-    expected = detect(
-        loc, conf, default_boxes()
-    )  # score 0.01, IoU 0.45, top 200, 400 per class
+    # score 0.01, IoU 0.45, top 200, 400 per class
+    expected = detect(loc, conf, default_boxes())
     assert got["boxes"].shape == (8, 200, 4) and got["labels"].dtype == torch.int64
     for b, det in enumerate(expected):
         n = len(det["scores"])
@@ -151,9 +149,8 @@ def test_postprocess_gives_detects_detections(exported, shapes_images):
         )
         # the padding: zeros, label 0
         assert not got["labels"][b, n:].any() and not got["scores"][b, n:].any()
-    assert (
-        sum(len(d["scores"]) for d in expected) > 8
-    )  # a real test: there are detections to compare
+    # a real test: there are detections to compare
+    assert sum(len(d["scores"]) for d in expected) > 8
 
 
 def test_metadata_says_how_to_feed_the_model(exported):

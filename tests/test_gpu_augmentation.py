@@ -50,9 +50,8 @@ def _batch(seed: int = 0, n: int = 6):
         wh = (0.1 + 0.5 * torch.rand(k, 2, generator=g)) * torch.tensor([w, h])
         b = torch.cat((xy, (xy + wh).minimum(torch.tensor([w, h]))), dim=1)
         boxes.append(b)
-        labels.append(
-            torch.arange(1, k + 1) + 10 * i
-        )  # distinct labels: (image, object) -> label
+        # distinct labels: (image, object) -> label
+        labels.append(torch.arange(1, k + 1) + 10 * i)
     return images, boxes, labels
 
 
@@ -264,9 +263,8 @@ def test_flip_happens_half_the_time():
     grey = (pixels.amax(1) - pixels.amin(1)) < 3  # the mean-coloured fill is not grey
     columns = torch.arange(20.0).expand(20, 20)
     dark = grey & (level < 80)  # black after distortion: at most (0 + 32) * 1.5 = 48
-    light = grey & (
-        level > 100
-    )  # white after distortion: at least (255 - 32) * 0.5 = 111.5
+    # white after distortion: at least (255 - 32) * 0.5 = 111.5
+    light = grey & (level > 100)
     dark_x = (dark * columns).flatten(1).sum(1) / dark.flatten(1).sum(1)
     light_x = (light * columns).flatten(1).sum(1) / light.flatten(1).sum(1)
     flipped = (dark_x > light_x).float().mean().item()
@@ -292,12 +290,10 @@ def test_photometric_keeps_range_and_identity_on_grey_statistics():
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(*[st.integers(0, 255)] * 3), min_size=1, max_size=8))
 def test_hsv_matches_colorsys_and_round_trips(levels):
-    colours = [
-        tuple(c / 255 for c in level) for level in levels
-    ]  # 8-bit colours in [0, 1]
-    rgb = torch.tensor(colours, dtype=torch.float64).T.reshape(
-        1, 3, 1, -1
-    )  # [1, 3, 1, N]
+    # 8-bit colours in [0, 1]
+    colours = [tuple(c / 255 for c in level) for level in levels]
+    # [1, 3, 1, N]
+    rgb = torch.tensor(colours, dtype=torch.float64).T.reshape(1, 3, 1, -1)
     hsv = rgb_to_hsv(rgb)
     for k, (r, g, b) in enumerate(colours):
         h, s, v = colorsys.rgb_to_hsv(r, g, b)

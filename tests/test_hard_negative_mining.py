@@ -106,9 +106,8 @@ def test_random_mask_same_counts_reproducible_and_not_hardest() -> None:
     g = torch.Generator().manual_seed(0)
     positive = torch.rand(4, 500, generator=g) < 0.02
     positive[2] = False  # an image without positives
-    conf_loss = torch.arange(500, dtype=torch.float32).expand(
-        4, 500
-    )  # hardest = highest index
+    # hardest = highest index
+    conf_loss = torch.arange(500, dtype=torch.float32).expand(4, 500)
 
     mask_a = random_negative_mask(positive, 3, torch.Generator().manual_seed(1))
     mask_b = random_negative_mask(positive, 3, torch.Generator().manual_seed(1))

@@ -30,9 +30,8 @@ def reference_detect(
     score."""
     centre = priors[:, :2] + loc[..., :2] * 0.1 * priors[:, 2:]  # [B, P, 2]
     size = priors[:, 2:] * torch.exp(loc[..., 2:] * 0.2)  # [B, P, 2]
-    boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1).clamp(
-        0, 1
-    )  # [B, P, 4]
+    # [B, P, 4]
+    boxes = torch.cat((centre - size / 2, centre + size / 2), dim=-1).clamp(0, 1)
     probs = conf_logits.softmax(-1)
     out = []
     for b in range(loc.shape[0]):
@@ -308,9 +307,8 @@ def test_padded_matches_reference_with_ssd300_priors(batch: int) -> None:
     g = torch.Generator().manual_seed(100 + batch)
     priors = default_boxes()  # [8732, 4]
     loc = torch.randn(batch, 8732, 4, generator=g)
-    logits = 3 * torch.randn(
-        batch, 8732, 4, generator=g
-    )  # 3 classes + background: fast
+    # 3 classes + background: fast
+    logits = 3 * torch.randn(batch, 8732, 4, generator=g)
     for thr, iou, top_k, cap in (
         (0.01, 0.45, 200, 400),
         (0.3, 0.5, 100, 50),
@@ -470,13 +468,14 @@ def torchvision_postprocess(loc, logits, priors, size=300):
 
     from ssd_tutorial.boxes import cxcywh_to_xyxy
 
+    # ssd300_vgg16's coder
     tv = types.SimpleNamespace(
         box_coder=BoxCoder(weights=(10.0, 10.0, 5.0, 5.0)),
         score_thresh=0.01,
         nms_thresh=0.45,
         detections_per_img=200,
         topk_candidates=400,
-    )  # ssd300_vgg16's coder
+    )
     head = {"bbox_regression": loc, "cls_logits": logits}
     anchors = [cxcywh_to_xyxy(priors) * size] * loc.shape[0]
     with torch.inference_mode():
@@ -508,9 +507,8 @@ def test_per_class_gives_torchvisions_detections(kind: str) -> None:
     trained model's look."""
     g = torch.Generator().manual_seed(17)
     priors = default_boxes()  # [8732, 4]
-    batch = (
-        1 if kind == "dense" else 2
-    )  # torchvision's loop takes ~0.1 s an image on dense scores
+    # torchvision's loop takes ~0.1 s an image on dense scores
+    batch = 1 if kind == "dense" else 2
     loc = torch.randn(batch, 8732, 4, generator=g)
     logits = (
         torch.randn(batch, 8732, 21, generator=g)
@@ -585,9 +583,8 @@ def test_per_class_lowers_the_cut_until_top_k_survive(monkeypatch) -> None:
 
     g = torch.Generator().manual_seed(11)
     priors = random_priors(8, g).repeat(75, 1)  # [600, 4]
-    loc = 0.01 * torch.randn(
-        2, 600, 4, generator=g
-    )  # nearly the default boxes: copies overlap
+    # nearly the default boxes: copies overlap
+    loc = 0.01 * torch.randn(2, 600, 4, generator=g)
     logits = torch.randn(2, 600, 6, generator=g)
     rounds = []
     original = nms_module._best_entries
@@ -613,9 +610,8 @@ def test_per_class_lowers_the_cut_until_top_k_survive(monkeypatch) -> None:
         if cap == 3:
             assert rounds == [2 * top_k]
         else:
-            assert (
-                len(rounds) >= 2 and rounds[1] == 4 * rounds[0] == 8 * top_k
-            )  # the cut was lowered
+            # the cut was lowered
+            assert len(rounds) >= 2 and rounds[1] == 4 * rounds[0] == 8 * top_k
         assert all(len(d["scores"]) <= 40 for d in got)
 
 
@@ -638,13 +634,11 @@ def test_pick_precision(monkeypatch) -> None:
 
     monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
     assert inference.pick_precision("auto", "cpu") == "bf16"
-    assert (
-        inference.pick_precision("auto", "cuda") == "fp32"
-    )  # CUDA: unchanged, float32
+    # CUDA: unchanged, float32
+    assert inference.pick_precision("auto", "cuda") == "fp32"
     assert inference.pick_precision("fp32", "cpu") == "fp32"
-    monkeypatch.setattr(
-        inference, "cpu_has_native_bf16", lambda: False
-    )  # emulated bf16 is slower
+    # emulated bf16 is slower
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
     assert inference.pick_precision("auto", "cpu") == "fp32"
     assert inference.pick_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ValueError, match="precision"):
@@ -663,10 +657,11 @@ def test_predictor_runs_channels_last_and_bf16_under_autocast() -> None:
             )
             seen["autocast"] = torch.is_autocast_enabled("cpu")
             loc, logits = super().forward(x)
+            # as bf16 convolutions would return
             return (
                 loc.bfloat16(),
                 logits.bfloat16(),
-            )  # as bf16 convolutions would return
+            )
 
     _, _, priors = hand_case()
     images = [torch.zeros(3, 40, 50, dtype=torch.uint8)] * 2

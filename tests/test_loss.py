@@ -273,11 +273,12 @@ def test_no_positives_gives_zero_loss_and_zero_gradient() -> None:
     loc.requires_grad_(True)
     logits.requires_grad_(True)
     out = multibox_loss(loc, logits, loc_targets, labels)
+    # paper p.5: "If N = 0, we set the loss to 0"
     assert [t.item() for t in out] == [
         0.0,
         0.0,
         0.0,
-    ]  # paper p.5: "If N = 0, we set the loss to 0"
+    ]
     out.total.backward()
     assert torch.count_nonzero(loc.grad) == 0 and torch.count_nonzero(logits.grad) == 0
 

@@ -29,9 +29,8 @@ HAND_PRIORS = torch.tensor(
         [0.75, 0.25, 0.5, 0.5],  # p4: (.5, 0, 1, .5)
     ]
 )
-HAND_GT = torch.tensor(
-    [[0.0, 0.0, 0.5, 0.5], [0.45, 0.45, 0.55, 0.55]]
-)  # A (label 3), B (label 7)
+# A (label 3), B (label 7)
+HAND_GT = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.45, 0.45, 0.55, 0.55]])
 HAND_LABELS = torch.tensor([3, 7])
 
 
@@ -88,13 +87,14 @@ def test_threshold_is_inclusive_and_adjustable():
     _, labels = match(HAND_GT, HAND_LABELS, HAND_PRIORS, iou_threshold=9 / 11 - 1e-6)
     assert labels[2] == 3
     _, labels = match(HAND_GT, HAND_LABELS, HAND_PRIORS, iou_threshold=0.82)
+    # the forced matches stay whatever the threshold
     assert labels.tolist() == [
         3,
         0,
         0,
         7,
         0,
-    ]  # the forced matches stay whatever the threshold
+    ]
 
 
 def test_image_without_objects_is_all_background():
@@ -156,9 +156,8 @@ def test_shared_best_box_goes_to_the_object_overlapping_it_most():
 
 
 def test_exact_tie_goes_to_the_lower_index():
-    gt = torch.tensor(
-        [[0.45, 0.45, 0.55, 0.55], [0.45, 0.45, 0.55, 0.55]]
-    )  # the same box twice
+    # the same box twice
+    gt = torch.tensor([[0.45, 0.45, 0.55, 0.55], [0.45, 0.45, 0.55, 0.55]])
     labels = torch.tensor([4, 6])
     # both want p3 (IoU 0.25): object 0 takes it; object 1 its next best, p2 (IoU
     # 0.0196)
@@ -210,9 +209,8 @@ def test_forced_matches_are_caffes_bipartite_matching(
     expected = caffe_bipartite(iou.tolist())
     forced = greedy_bipartite(iou[None])[0]
     assert {p: g for p, g in enumerate(forced.tolist()) if g >= 0} == expected
-    matched, out = match(
-        gt, labels, priors, iou_threshold=0.99
-    )  # the threshold adds ~nothing
+    # the threshold adds ~nothing
+    matched, out = match(gt, labels, priors, iou_threshold=0.99)
     for p, g in expected.items():
         assert out[p] == labels[g] and torch.equal(matched[p], gt[g])
     # an object left out is one whose every overlapping default box went to another
@@ -228,26 +226,23 @@ def test_no_object_of_a_crowded_batch_is_left_without_a_positive():
     scenes = []
     for _ in range(4):
         centre = 0.2 + 0.6 * torch.rand(2, generator=gen)
-        centres = centre + 0.004 * torch.randn(
-            8, 2, generator=gen
-        )  # 8 objects about 4 px apart
-        half = 0.02 + 0.005 * torch.rand(
-            8, 2, generator=gen
-        )  # 12-15 px objects on a 300 px image
+        # 8 objects about 4 px apart
+        centres = centre + 0.004 * torch.randn(8, 2, generator=gen)
+        # 12-15 px objects on a 300 px image
+        half = 0.02 + 0.005 * torch.rand(8, 2, generator=gen)
+        # label = object
         scenes.append(
             (torch.cat((centres - half, centres + half), 1), torch.arange(1, 9))
-        )  # label = object
+        )
     _, batched = build_targets([s[0] for s in scenes], [s[1] for s in scenes], PRIORS)
     priors_xyxy = cxcywh_to_xyxy(PRIORS)
     for (gt, labels), row in zip(scenes, batched):
-        assert tv_box_iou(gt, priors_xyxy).argmax(dim=1).unique().numel() < len(
-            gt
-        )  # shared best boxes
+        # shared best boxes
+        assert tv_box_iou(gt, priors_xyxy).argmax(dim=1).unique().numel() < len(gt)
         _, out = match(gt, labels, PRIORS)
         assert torch.equal(out, row)
-        assert (
-            sorted(out[out > 0].unique().tolist()) == labels.tolist()
-        )  # every object is somewhere
+        # every object is somewhere
+        assert sorted(out[out > 0].unique().tolist()) == labels.tolist()
 
 
 def test_object_overlapping_nothing_forces_nothing():
@@ -266,9 +261,8 @@ def torchvision_targets(
     BoxCoder(10, 10, 5, 5))."""
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
     matcher = SSDMatcher(0.5)
-    coder = BoxCoder(
-        weights=(10.0, 10.0, 5.0, 5.0)
-    )  # 1 / variances (0.1, 0.1, 0.2, 0.2)
+    # 1 / variances (0.1, 0.1, 0.2, 0.2)
+    coder = BoxCoder(weights=(10.0, 10.0, 5.0, 5.0))
     matches = matcher(tv_box_iou(gt, priors_xyxy))  # [P], -1 = background
     foreground = matches >= 0
     out_labels = torch.zeros(priors_xyxy.shape[0], dtype=torch.long)
@@ -316,9 +310,8 @@ def test_decode_inverts_encode(seed: int, batch: int):
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, PRIORS.shape[0], (64,), generator=gen)
     priors = PRIORS[idx]  # [64, 4]
-    boxes = torch.stack(
-        [random_scene(gen, 64)[0] for _ in range(batch)]
-    )  # [batch, 64, 4]
+    # [batch, 64, 4]
+    boxes = torch.stack([random_scene(gen, 64)[0] for _ in range(batch)])
     round_trip = decode(encode(boxes, priors), priors)
     assert round_trip.shape == boxes.shape
     assert torch.allclose(round_trip, boxes, atol=1e-5)

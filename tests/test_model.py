@@ -86,9 +86,8 @@ def test_same_outputs_as_torchvision_with_the_same_weights(
     # Copy our weights into torchvision's SSD300 layer by layer, then compare the raw
     # head outputs (torchvision's backbone + head, skipping its resize/normalize
     # transform).
-    tv = (
-        torchvision_ssd300().to_empty(device="cpu").eval()
-    )  # every parameter is overwritten below
+    # every parameter is overwritten below
+    tv = torchvision_ssd300().to_empty(device="cpu").eval()
     ours = (
         [full_model.l2norm.weight]
         + [m.weight for m in full_model.backbone if isinstance(m, nn.Conv2d)]
@@ -209,9 +208,8 @@ def test_l2norm_hand_worked():
     layer = L2Norm(2)
     x = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
     assert torch.allclose(layer(x).flatten(), torch.tensor([12.0, 16.0]))
-    assert torch.allclose(
-        layer(torch.zeros(1, 2, 1, 1)), torch.zeros(1, 2, 1, 1)
-    )  # no NaN at 0
+    # no NaN at 0
+    assert torch.allclose(layer(torch.zeros(1, 2, 1, 1)), torch.zeros(1, 2, 1, 1))
 
 
 def test_channels_last_gives_the_same_outputs():
@@ -297,9 +295,8 @@ def test_local_torchvision_state_dict_round_trip(tmp_path):
     # conv4_3 (before L2Norm) equals torchvision's VGG16 up to relu4_3 on the converted
     # input
     features[16].ceil_mode = True  # pool3, as SSD
-    x = torch.randn(
-        1, 3, 68, 68
-    )  # small: the layers are what is compared, not the size
+    # small: the layers are what is compared, not the size
+    x = torch.randn(1, 3, 68, 68)
     with torch.no_grad():
         expected = features[:23](x * model.input_scale + model.input_shift)
         got = model.backbone(x * model.input_scale + model.input_shift)
@@ -326,9 +323,8 @@ def test_imagenet_offline_error_says_what_to_do(monkeypatch):
     def offline(weights):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(
-        backbone_weights, "download_state_dict", offline
-    )  # never touch the network
+    # never touch the network
+    monkeypatch.setattr(backbone_weights, "download_state_dict", offline)
     for name, member, file_name in (
         ("imagenet", "IMAGENET1K_V1", "vgg16_imagenet.pt"),
         ("imagenet_features", "IMAGENET1K_FEATURES", "vgg16_features.pt"),
@@ -380,9 +376,8 @@ def test_imagenet_loads_pretrained_fc6_fc7(
     )
     assert torch.equal(model.fc.fc7.bias, state["classifier.3.bias"][::4])
     assert torch.equal(model.fc.conv5_3.weight, state["features.28.weight"])
-    assert torch.equal(
-        model.input_scale, torch.ones(1, 3, 1, 1)
-    )  # IMAGENET1K_V1 takes normalized input
+    # IMAGENET1K_V1 takes normalized input
+    assert torch.equal(model.input_scale, torch.ones(1, 3, 1, 1))
     # the same file saved by hand (the offline route the error message gives) loads the
     # same
     path = tmp_path / "vgg16_imagenet.pt"
@@ -535,18 +530,18 @@ def test_ssd512_tiny_smoke_train(tmp_path):
         all(math.isfinite(r["loss"]) for r in summary["losses"])
         and len(summary["losses"]) == 3
     )
-    assert (
-        summary["map50"] is not None
-    )  # the periodic evaluation ran at 512 px with 24,564 boxes
+    # the periodic evaluation ran at 512 px with 24,564 boxes
+    assert summary["map50"] is not None
     stored = load_stored_detector(tmp_path / "last.pt")
     assert isinstance(stored.model, SSD512) and stored.priors.shape == (24564, 4)
 
 
 def test_describe_layers_of_ssd512_reaches_conv12_2():
+    # 512 px
     rows = {
         r["layer"]: r
         for r in describe_layers(SSD512(num_classes=3, width_mult=TINY_WIDTH))
-    }  # 512 px
+    }
     assert rows["relu12_2"]["output"] == (32, 1, 1) and rows["relu12_2"]["source"] == 6
     assert (
         rows["relu11_2"]["output"] == (32, 2, 2) and rows["relu11_2"]["stride"] == 256

@@ -34,13 +34,14 @@ from ssd_tutorial.own_data import (
 )
 
 RACCOON = Path(__file__).resolve().parents[2] / "shared" / "data" / "raccoon"
+# COCO-style ids with gaps, as labelling tools number categories
 ODD_IDS = [
     3,
     7,
     11,
     20,
     42,
-]  # COCO-style ids with gaps, as labelling tools number categories
+]
 
 
 def _voc_folder(root: Path, n: int = 6, seed: int = 0) -> Path:
@@ -91,9 +92,8 @@ def test_make_shapes_coco_keeps_the_shapes_pixel_edges(tmp_path, data_script):
     )
     data = json.loads((tmp_path / "train.json").read_text())
     assert sorted(c["id"] for c in data["categories"]) == ODD_IDS
-    coco = COCODataset(
-        tmp_path / "train.json"
-    )  # file names lead from the JSON to images/
+    # file names lead from the JSON to images/
+    coco = COCODataset(tmp_path / "train.json")
     shapes = ShapesDataset(3, seed=0)
     for k in range(3):
         _, want = shapes[k]
@@ -118,10 +118,11 @@ def test_class_names_are_discovered_sorted_and_coco_ids_map_to_contiguous_labels
     labels = torch.cat([coco[k][1]["labels"] for k in range(4)])
     assert labels.min() >= 1 and labels.max() <= 5  # 42 became 5
     reordered = COCODataset(tmp_path / "set.json", class_names=["cross", "ellipse"])
+    # the other three categories' objects left out
     assert reordered.category_ids == (
         42,
         3,
-    )  # the other three categories' objects left out
+    )
     assert {int(l) for k in range(4) for l in reordered[k][1]["labels"]} <= {1, 2}
 
 
@@ -209,30 +210,34 @@ def test_every_bad_coco_record_is_reported_and_an_empty_set_is_a_problem(tmp_pat
         {"id": 99, "file_name": "images/missing.jpg", "width": 300, "height": 300}
     )
     data["annotations"] += [
+        # image not listed
         {
             "id": 501,
             "image_id": 1234,
             "category_id": 3,
             "bbox": [1, 1, 5, 5],
-        },  # image not listed
+        },
+        # unknown category
         {
             "id": 502,
             "image_id": 2,
             "category_id": 8,
             "bbox": [1, 1, 5, 5],
-        },  # unknown category
+        },
+        # negative width
         {
             "id": 503,
             "image_id": 3,
             "category_id": 3,
             "bbox": [10, 10, -4, 5],
-        },  # negative width
+        },
+        # past the right edge
         {
             "id": 504,
             "image_id": 4,
             "category_id": 3,
             "bbox": [250, 10, 90, 5],
-        },  # past the right edge
+        },
     ]
     json_file.write_text(json.dumps(data))
     with pytest.raises(DatasetError) as caught:

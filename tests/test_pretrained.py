@@ -54,9 +54,8 @@ MINI100 = (
     / "voc2012_mini100"
     / "JPEGImages"
 )
-TV_MEAN_01 = torch.tensor([0.48235, 0.45882, 0.40784]).view(
-    3, 1, 1
-)  # torchvision ssd300_vgg16 image_mean
+# torchvision ssd300_vgg16 image_mean
+TV_MEAN_01 = torch.tensor([0.48235, 0.45882, 0.40784]).view(3, 1, 1)
 # Added to every background logit of the random heads: the foreground scores then spread
 # from below 0.01 to ~0.1, so some pass the 0.01 threshold, most do not, and the 200 cap
 # is reached on some images but not all (photos: 132, 200, 200, 132 detections;
@@ -212,9 +211,8 @@ def _match(ours: dict[str, Tensor], theirs: dict[str, Tensor]) -> Tensor:
     assert len(ours["labels"]) == len(theirs["labels"])
     if len(theirs["labels"]) == 0:
         return torch.zeros(0, dtype=torch.long)
-    gap = (
-        (theirs["boxes"][:, None, :] - ours["boxes"][None, :, :]).abs().amax(-1)
-    )  # [N, N] px
+    # [N, N] px
+    gap = (theirs["boxes"][:, None, :] - ours["boxes"][None, :, :]).abs().amax(-1)
     gap = gap + (theirs["scores"][:, None] - ours["scores"][None, :]).abs() * 1e4
     gap[theirs["labels"][:, None] != ours["labels"][None, :]] = float("inf")
     partner = gap.argmin(dim=1)  # [N]
@@ -230,9 +228,8 @@ def test_conversion_gives_torchvisions_raw_outputs(tv_model, tv_detector, images
         # torchvision's transform on 0..1 RGB: (x - mean) / (1 / 255)
         x_tv = ((image.float() / 255 - TV_MEAN_01) * 255)[None]
         head = tv_model.head(list(tv_model.backbone(x_tv).values()))
-        loc, conf = tv_detector.model(
-            preprocess(image)[None]
-        )  # our input: ImageNet-normalized
+        # our input: ImageNet-normalized
+        loc, conf = tv_detector.model(preprocess(image)[None])
     torch.testing.assert_close(loc, head["bbox_regression"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conf, head["cls_logits"], rtol=1e-4, atol=1e-4)
     # and the input buffers turn ImageNet-normalized input into torchvision's, to float
@@ -252,9 +249,9 @@ def test_detections_equal_torchvisions_own(tv_model, tv_detector, images):
     detections: same count, labels, boxes in the image's pixels and scores, image by
     image."""
     with torch.no_grad():
-        theirs = tv_model(
-            [im.float() / 255 for im in images]
-        )  # boxes in each image's pixels
+        # boxes in each image's pixels
+        theirs = tv_model([im.float() / 255 for im in images])
+    # float32 as torchvision; auto may pick bf16
     predictor = Predictor(
         tv_detector.model,
         priors=tv_detector.priors,
@@ -262,16 +259,17 @@ def test_detections_equal_torchvisions_own(tv_model, tv_detector, images):
         score_threshold=0.01,
         batch_size=8,
         precision="fp32",
-    )  # float32 as torchvision; auto may pick bf16
+    )
     ours = predictor(images)
     counts = []
     for mine, tv in zip(ours, theirs):
         partner = _match(mine, tv)
         counts.append(len(partner))
         assert torch.equal(mine["labels"][partner], tv["labels"])
+        # px
         torch.testing.assert_close(
             mine["boxes"][partner], tv["boxes"], rtol=0, atol=2e-3
-        )  # px
+        )
         torch.testing.assert_close(
             mine["scores"][partner], tv["scores"], rtol=0, atol=1e-5
         )
@@ -280,9 +278,8 @@ def test_detections_equal_torchvisions_own(tv_model, tv_detector, images):
     # the 200 cap reached on some images, the 0.01 threshold deciding on others; many
     # boxes survive
     assert max(counts) == 200 and 10 < min(counts) < 200
-    assert (
-        ours[3]["boxes"][:, 2].max() > 300
-    )  # the 300 x 600 image: boxes in its own pixels
+    # the 300 x 600 image: boxes in its own pixels
+    assert ours[3]["boxes"][:, 2].max() > 300
 
 
 def test_detect_cli_runs_torchvision_coco(
@@ -327,15 +324,13 @@ def test_detect_cli_runs_torchvision_coco(
     keep = tv["scores"] > threshold
     assert 0 < len(report["detections"]) == int(keep.sum())
     categories = pretrained.coco_categories()
-    assert all(
-        d["label"] == categories[d["label_id"]] for d in report["detections"]
-    )  # torchvision's ids
+    # torchvision's ids
+    assert all(d["label"] == categories[d["label_id"]] for d in report["detections"])
     assert sorted(d["label_id"] for d in report["detections"]) == sorted(
         tv["labels"][keep].tolist()
     )
-    scores = torch.tensor(
-        [d["score"] for d in report["detections"]]
-    )  # JSON: 4 decimals, best first
+    # JSON: 4 decimals, best first
+    scores = torch.tensor([d["score"] for d in report["detections"]])
     torch.testing.assert_close(scores, tv["scores"][keep], rtol=0, atol=1e-4)
     assert (tmp_path / "out.png").is_file()
 
@@ -344,9 +339,8 @@ def test_coco_names_keep_torchvisions_label_ids(tv_detector):
     names = tv_detector.class_names
     categories = pretrained.coco_categories()
     assert len(names) == 90 and categories[0] == "__background__"
-    assert (
-        names[0] == "person" and names.count("N/A") == 10
-    )  # id 12 is "N/A", as in torchvision
+    # id 12 is "N/A", as in torchvision
+    assert names[0] == "person" and names.count("N/A") == 10
     assert all(names[i - 1] == categories[i] for i in range(1, 91))
     assert tv_detector.model.num_classes == 91 and not tv_detector.model.training
     assert torch.equal(tv_detector.priors, default_boxes(TORCHVISION_COCO))
@@ -355,9 +349,8 @@ def test_coco_names_keep_torchvisions_label_ids(tv_detector):
 def test_torchvision_key_map_is_complete_and_errors_name_the_key(tv_model):
     state = tv_model.state_dict()
     converted = convert_torchvision_ssd300(state)
-    assert (
-        len(converted) == len(state) == 71
-    )  # 35 convs x (weight, bias) + the L2Norm scale
+    # 35 convs x (weight, bias) + the L2Norm scale
+    assert len(converted) == len(state) == 71
     assert converted["fc.fc6.weight"] is state["backbone.extra.0.7.1.weight"]
     assert converted["extras.3.conv11_2.bias"] is state["backbone.extra.4.2.bias"]
     broken = {
@@ -512,12 +505,10 @@ def test_ssd_pytorch_layout_lands_in_the_right_places(ssd_pytorch_model, images)
         x_ours = preprocess(image)[None]
         sources = model.source_maps(x_ours)
         loc, conf = model(x_ours)
-    torch.testing.assert_close(
-        sources[0], conv4_3, rtol=1e-4, atol=1e-4
-    )  # conv1_1 .. conv4_3, L2Norm
-    torch.testing.assert_close(
-        loc, loc_theirs, rtol=1e-4, atol=1e-4
-    )  # fc6/fc7, extras, loc heads
+    # conv1_1 .. conv4_3, L2Norm
+    torch.testing.assert_close(sources[0], conv4_3, rtol=1e-4, atol=1e-4)
+    # fc6/fc7, extras, loc heads
+    torch.testing.assert_close(loc, loc_theirs, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conf, conf_theirs, rtol=1e-4, atol=1e-4)  # conf heads
     assert conf.std() > 0.1 and loc.std() > 0.1  # not a comparison of zeros
 
@@ -653,9 +644,8 @@ def test_vgg16_reducedfc_is_a_backbone_file(tmp_path, ssd_pytorch_model, images)
     )
     with torch.no_grad():
         x = images[2]
-        fc7_theirs = (x.float() - 255 * TV_MEAN_01)[
-            None
-        ]  # IMAGENET1K_FEATURES' mean (the Caffe mean)
+        # IMAGENET1K_FEATURES' mean (the Caffe mean)
+        fc7_theirs = (x.float() - 255 * TV_MEAN_01)[None]
         for layer in vgg:
             fc7_theirs = layer(fc7_theirs)
         fc7_ours = model.fc(

@@ -171,9 +171,8 @@ def test_end_to_end_loss_goes_down(reference_run):
 
 def test_stop_then_resume_equals_uninterrupted(reference_run, tmp_path):
     ref_dir, _ = reference_run
-    first = train(
-        tiny_cfg(), tmp_path, max_iters=1, progress=False
-    )  # stops between checkpoints
+    # stops between checkpoints
+    first = train(tiny_cfg(), tmp_path, max_iters=1, progress=False)
     assert first["iterations"] == 1 and (tmp_path / "checkpoint_0000001.pt").exists()
     second = train(tiny_cfg(), tmp_path, resume=True, progress=False)
     assert second["iterations"] == 4 and second["trained_iterations"] == 3
@@ -239,9 +238,8 @@ def test_sigterm_writes_a_checkpoint_and_stops(tmp_path, monkeypatch):
     summary = train(tiny_cfg(checkpoint_every=100), tmp_path, progress=False)
     assert summary["stopped_by_signal"] and summary["iterations"] == 2
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
-    assert (
-        signal.getsignal(signal.SIGTERM) is not None
-    )  # handler restored (no crash here)
+    # handler restored (no crash here)
+    assert signal.getsignal(signal.SIGTERM) is not None
 
 
 # -- safety ----------------------------------------------------------------------------
@@ -314,9 +312,8 @@ def test_nonfinite_loss_skips_the_update(tmp_path, fused):
         out = trainer.train_step(torch.full_like(images, float("nan")), boxes, labels)
         assert not torch.isfinite(out["loss"])
         after = trainer.model.state_dict()
-        assert all(
-            torch.equal(before[k], after[k]) for k in before
-        )  # weights untouched
+        # weights untouched
+        assert all(torch.equal(before[k], after[k]) for k in before)
         now = {id(p): s["momentum_buffer"] for p, s in trainer.optimizer.state.items()}
         assert now.keys() == momentum.keys() and all(
             torch.equal(momentum[k], now[k]) for k in now
@@ -436,9 +433,8 @@ def test_resume_after_a_kill_mid_metrics_line(reference_run, tmp_path):
     ref_dir, _ = reference_run
     train(tiny_cfg(), tmp_path, max_iters=2, progress=False)
     with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write(
-            '{"iteration": 3, "loss": 1.2'
-        )  # the half-written record of iteration 3
+        # the half-written record of iteration 3
+        f.write('{"iteration": 3, "loss": 1.2')
     train(tiny_cfg(), tmp_path, resume=True, progress=False)
     assert losses(tmp_path) == losses(ref_dir)
 
@@ -587,9 +583,8 @@ def test_caffe_bias_groups_get_twice_the_lr_and_no_decay() -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)].endswith(".bias") for p in biases["params"])
     assert not any(names[id(p)].endswith(".bias") for p in weights["params"])
-    assert "l2norm.weight" in {
-        names[id(p)] for p in weights["params"]
-    }  # a weight blob in Caffe: decayed
+    # a weight blob in Caffe: decayed
+    assert "l2norm.weight" in {names[id(p)] for p in weights["params"]}
     assert len(weights["params"]) + len(biases["params"]) == len(
         list(model.parameters())
     )
@@ -682,9 +677,8 @@ def test_resume_after_last_pt_is_truncated_in_place(reference_run, tmp_path):
     """last.pt cut short where it lies: the numbered checkpoint beside it is another
     file and still reads, and --resume continues from it, exactly."""
     ref_dir, _ = reference_run
-    train(
-        tiny_cfg(), tmp_path, max_iters=3, progress=False
-    )  # checkpoints 2 and 3, last.pt = 3
+    # checkpoints 2 and 3, last.pt = 3
+    train(tiny_cfg(), tmp_path, max_iters=3, progress=False)
     last, newest = tmp_path / "last.pt", tmp_path / "checkpoint_0000003.pt"
     assert not os.path.samefile(last, newest)
     with open(last, "r+b") as f:
@@ -758,9 +752,8 @@ def test_a_bad_image_mid_run_names_the_file_and_keeps_the_iterations_done(
 ):
     root, cfg = _voc_run_cfg(tmp_path)
     ids = (root / "ImageSets" / "Main" / "trainval.txt").read_text().split()
-    index = ResumableBatchSampler(len(ids), cfg.batch_size, cfg.seed).batch(2)[0][
-        0
-    ]  # read by iteration 3
+    # read by iteration 3
+    index = ResumableBatchSampler(len(ids), cfg.batch_size, cfg.seed).batch(2)[0][0]
     image_file = root / "JPEGImages" / f"{ids[index]}.jpg"
     good = image_file.read_bytes()
     image_file.write_bytes(good[:200])  # a JPEG cut short
@@ -768,9 +761,8 @@ def test_a_bad_image_mid_run_names_the_file_and_keeps_the_iterations_done(
         train(cfg, tmp_path / "run", progress=False)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["iteration"] == 2
     assert "checkpoint written at iteration 2" in capsys.readouterr().err
-    image_file.write_bytes(
-        good
-    )  # fixed: resume, and the run is the one never interrupted
+    # fixed: resume, and the run is the one never interrupted
+    image_file.write_bytes(good)
     train(cfg, tmp_path / "run", resume=True, progress=False)
     train(cfg, tmp_path / "straight", progress=False)
     assert losses(tmp_path / "run") == losses(tmp_path / "straight")

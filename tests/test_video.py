@@ -22,9 +22,8 @@ from ssd_tutorial.detect import main
 from ssd_tutorial.video import is_video, open_video, torchcodec_video_problem
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK_MODEL = (
-    ROOT / "book" / "results" / "shapes_tiny.pt"
-)  # the book's trained tiny SSD300 (shapes)
+# the book's trained tiny SSD300 (shapes)
+BOOK_MODEL = ROOT / "book" / "results" / "shapes_tiny.pt"
 NUM_FRAMES = 6
 
 
@@ -178,9 +177,8 @@ def test_json_detections_equal_the_predictor_on_decoded_frames(clip, tmp_path, c
         got = torch.tensor([d["box_xyxy_px"] for d in frame["detections"]]).reshape(
             -1, 4
         )
-        torch.testing.assert_close(
-            got, det["boxes"], rtol=0, atol=0.051
-        )  # JSON rounds to 0.1 px
+        # JSON rounds to 0.1 px
+        torch.testing.assert_close(got, det["boxes"], rtol=0, atol=0.051)
 
 
 def test_videos_are_recognised_by_suffix():
@@ -212,9 +210,8 @@ def test_without_torchcodec_the_error_says_what_to_install(
 ):
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"\x00" * 64)
-    monkeypatch.setitem(
-        sys.modules, "torchcodec.decoders", None
-    )  # import fails, as without FFmpeg
+    # import fails, as without FFmpeg
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
     with pytest.raises(RuntimeError, match="FFmpeg"):
         open_video(video)
     status, _, err = _run([str(video), "--checkpoint", str(BOOK_MODEL)], capsys)

@@ -91,9 +91,8 @@ def test_draw_boxes_geometry_labels_and_scale(ax):
 
 def test_draw_boxes_colours(ax):
     draw_boxes(ax, [[0, 0, 1, 1], [0, 0, 2, 2]], colors=["red", "blue"])
-    draw_boxes(
-        ax, [[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 3, 3]], colors=(0.0, 1.0, 0.0)
-    )  # one RGB colour
+    # one RGB colour
+    draw_boxes(ax, [[0, 0, 1, 1], [0, 0, 2, 2], [0, 0, 3, 3]], colors=(0.0, 1.0, 0.0))
     edge = [tuple(round(c, 3) for c in p.get_edgecolor()[:3]) for p in ax.patches]
     assert edge == [(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)] + [(0.0, 1.0, 0.0)] * 3
 
@@ -123,9 +122,8 @@ def test_draw_default_boxes_several_cells_are_the_model_priors(ax):
     draw_default_boxes(
         ax, map_index=1, cells=[(0, 0), (18, 18)], cfg=SSD300_VOC, show_centres=False
     )
-    drawn = torch.tensor(
-        [[x, y, x + w, y + h] for x, y, w, h in rectangles(ax)]
-    )  # [12, 4] xyxy
+    # [12, 4] xyxy
+    drawn = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in rectangles(ax)])
     assert drawn.shape == (12, 4)  # 6 boxes per cell of the 19x19 map
     assert not ax.lines
     # the last cell of the 19x19 map is centred at 18.5 * 16 / 300 on both axes
@@ -138,9 +136,8 @@ def test_draw_default_boxes_several_cells_are_the_model_priors(ax):
     torch.testing.assert_close(
         sides, torch.tensor([60.0, math.sqrt(60 * 111)]), atol=0.05, rtol=0
     )
-    assert (
-        box_iou(drawn[:1], drawn[6:7]).item() == 0.0
-    )  # opposite corners of the map do not overlap
+    # opposite corners of the map do not overlap
+    assert box_iou(drawn[:1], drawn[6:7]).item() == 0.0
 
 
 @pytest.mark.parametrize(
@@ -158,9 +155,8 @@ def test_show_source_is_the_real_source():
     assert inspect.getsource(box_iou).rstrip("\n") == repr(src)
     markdown = src._repr_markdown_()
     assert markdown == "```python\n" + repr(src) + "\n```"
-    assert not hasattr(
-        src, "_repr_html_"
-    )  # no library's HTML is stored in the notebooks
+    # no library's HTML is stored in the notebooks
+    assert not hasattr(src, "_repr_html_")
 
 
 def test_show_source_fence_outlasts_backticks_in_the_code():
